@@ -1,0 +1,201 @@
+"""The composite forward model of transfer learning.
+
+star clone (RV on line centres) → rotational broadening (v sin i, ε) → × telluric
+clone (optional small shift, optical-depth scale) → instrumental Gaussian (R) →
+average into the data pixels → × a smooth per-order continuum.
+
+Everything up to the pixel averaging happens on one log-uniform (uniform-velocity)
+fine grid that covers every order plus a buffer for the kernels, so RV, v sin i and
+R act as shifts and convolutions there. Multiplication by the tellurics happens
+before the instrumental convolution (they do not commute).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from .broadening import (
+    SPEED_OF_LIGHT_KMS,
+    InstrumentalBroadening,
+    RotationalBroadening,
+    log_uniform_grid,
+)
+from .lineforest import LineForest
+from .resample import PixelAverager
+
+__all__ = ["ForwardModel", "chebyshev_design"]
+
+
+def chebyshev_design(x: torch.Tensor, degree: int) -> torch.Tensor:
+    """Chebyshev polynomials T_0..T_degree at ``x`` ∈ [−1, 1], shape ``(len(x), degree+1)``."""
+    cols = [torch.ones_like(x)]
+    if degree >= 1:
+        cols.append(x)
+    for _ in range(2, degree + 1):
+        cols.append(2.0 * x * cols[-1] - cols[-2])
+    return torch.stack(cols, dim=1)
+
+
+class ForwardModel(nn.Module):
+    """Star × telluric model observed through an instrument, at the data pixels.
+
+    Parameters
+    ----------
+    stellar : LineForest
+        Stellar clone (flattened units).
+    pixel_edges : list of numpy.ndarray
+        Per order, ``(n_pixels, 2)`` arrays of [lower, upper] pixel edges, Å (vacuum).
+    telluric : LineForest, optional
+        Telluric clone (transmission).
+    rv : float
+        Initial radial velocity, km/s (applied to stellar line centres).
+    vsini : float
+        Initial projected rotational velocity, km/s.
+    limb_darkening : float
+        Linear limb-darkening coefficient ε.
+    resolving_power : float
+        Initial resolving power R.
+    step_kms : float
+        Velocity step of the fine grid, km/s.
+    vsini_max : float, optional
+        Largest v sin i the rotation kernel holds, km/s.
+    rv_max : float
+        Largest |RV| expected, km/s: sets the fine grid's buffer.
+    continuum_degree : int
+        Degree of the per-order Chebyshev continuum.
+    fit_rv, fit_vsini, fit_limb_darkening, fit_resolving_power : bool
+        Which global parameters train.
+    fit_telluric_shift, fit_telluric_scale : bool
+        Whether a small telluric velocity shift (km/s) and an optical-depth scale train.
+    dtype : torch.dtype
+        Working dtype.
+    device : torch.device or str, optional
+        Where everything lives.
+    tolerance : float
+        Wing tolerance of the forests' sparse windows.
+    """
+
+    def __init__(
+        self,
+        stellar: LineForest,
+        pixel_edges: list[np.ndarray],
+        *,
+        telluric: LineForest | None = None,
+        rv: float = 0.0,
+        vsini: float = 2.0,
+        limb_darkening: float = 0.6,
+        resolving_power: float = 55000.0,
+        step_kms: float = 0.5,
+        vsini_max: float | None = None,
+        rv_max: float = 500.0,
+        continuum_degree: int = 2,
+        fit_rv: bool = True,
+        fit_vsini: bool = True,
+        fit_limb_darkening: bool = False,
+        fit_resolving_power: bool = False,
+        fit_telluric_shift: bool = False,
+        fit_telluric_scale: bool = False,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+        tolerance: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if continuum_degree < 0:
+            raise ValueError("continuum_degree must be >= 0")
+        self.stellar = stellar
+        self.telluric = telluric
+        self.tolerance = tolerance
+        self.step_kms = float(step_kms)
+        self.n_orders = len(pixel_edges)
+        edges = [np.asarray(e, dtype=np.float64) for e in pixel_edges]
+        lo = min(float(e[:, 0].min()) for e in edges)
+        hi = max(float(e[:, 1].max()) for e in edges)
+        self.rotation = RotationalBroadening(
+            vsini, limb_darkening, step_kms=step_kms, vsini_max=vsini_max,
+            fit_vsini=fit_vsini, fit_limb_darkening=fit_limb_darkening, dtype=dtype,
+        )
+        self.instrument = InstrumentalBroadening(
+            resolving_power, step_kms=step_kms, fit=fit_resolving_power, dtype=dtype
+        )
+        # Buffer: both kernels plus a margin of 8 steps, in velocity.
+        pad_kms = (self.rotation.half_width + self.instrument.half_width + 8) * step_kms
+        grid = log_uniform_grid(
+            lo * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS), hi * math.exp(pad_kms / SPEED_OF_LIGHT_KMS),
+            step_kms, dtype=torch.float64,
+        )
+        self.register_buffer("fine_wavelength", grid.to(device))
+        self.rv_max = rv_max
+        self.rv = nn.Parameter(torch.tensor(float(rv), dtype=dtype, device=device), requires_grad=fit_rv)
+        self.telluric_shift = nn.Parameter(
+            torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_shift
+        )
+        self.ln_telluric_scale = nn.Parameter(
+            torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_scale
+        )
+        all_edges = np.concatenate(edges, axis=0)
+        self.averager = PixelAverager(grid.cpu().numpy(), all_edges, dtype=dtype, device=device)
+        order_index = np.concatenate([np.full(len(e), k) for k, e in enumerate(edges)])
+        x = np.concatenate(
+            [
+                2.0 * (e.mean(1) - e.mean(1).min()) / max(np.ptp(e.mean(1)), 1e-12) - 1.0
+                for e in edges
+            ]
+        )
+        self.register_buffer("order_index", torch.as_tensor(order_index, dtype=torch.long, device=device))
+        self.register_buffer(
+            "continuum_basis", chebyshev_design(torch.as_tensor(x, dtype=dtype, device=device), continuum_degree)
+        )
+        self.continuum_coefficients = nn.Parameter(
+            torch.zeros(self.n_orders, continuum_degree + 1, dtype=dtype, device=device)
+        )
+        with torch.no_grad():
+            self.continuum_coefficients[:, 0] = 1.0
+        self.order_sizes = [len(e) for e in edges]
+        self.relayout()
+
+    # ---------------------------------------------------------------- layouts
+    @torch.no_grad()
+    def relayout(self) -> None:
+        """Re-size the forests' windows on the fine grid from their current widths."""
+        self.stellar_layout = self.stellar.make_layout(self.fine_wavelength, tolerance=self.tolerance)
+        self.telluric_layout = (
+            None if self.telluric is None
+            else self.telluric.make_layout(self.fine_wavelength, tolerance=self.tolerance)
+        )
+
+    # ------------------------------------------------------------- components
+    def stellar_fine(self) -> torch.Tensor:
+        """RV-shifted, rotationally broadened stellar flux on the fine grid."""
+        return self.rotation(self.stellar(self.stellar_layout, self.rv))
+
+    def telluric_fine(self) -> torch.Tensor | None:
+        """Telluric transmission on the fine grid (``T^scale``), or None."""
+        if self.telluric is None:
+            return None
+        shift = self.telluric_shift if self.telluric_shift.requires_grad or float(self.telluric_shift) else None
+        log_t = self.telluric.log_transmission(self.telluric_layout, shift)
+        return torch.exp(torch.exp(self.ln_telluric_scale) * log_t)
+
+    def continuum(self) -> torch.Tensor:
+        """Per-pixel continuum of every order, concatenated."""
+        coeff = self.continuum_coefficients[self.order_index]
+        return (self.continuum_basis * coeff).sum(1)
+
+    def joint_fine(self) -> torch.Tensor:
+        """Star × telluric on the fine grid, before the instrument."""
+        star = self.stellar_fine()
+        tell = self.telluric_fine()
+        return star if tell is None else star * tell
+
+    def forward(self) -> torch.Tensor:
+        """Model flux at every data pixel (orders concatenated)."""
+        observed = self.instrument(self.joint_fine())
+        return self.averager(observed) * self.continuum()
+
+    def split(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """Split a concatenated per-pixel vector back into orders."""
+        return list(torch.split(values, self.order_sizes))

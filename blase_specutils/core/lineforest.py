@@ -1,0 +1,285 @@
+"""LineForest: thousands of tunable Voigt-like lines as one PyTorch module.
+
+The flux of the forest is the product of every line's transmission::
+
+    linear mode:  F(λ) = ∏_j (1 − s_j a_j V_j(λ − λc_j))
+    log mode:     F(λ) = exp(−Σ_j s_j a_j V_j(λ − λc_j))
+
+with ``s_j = +1`` for absorption and ``−1`` for emission lines, ``a_j`` the amplitude
+(area, Å) and ``V_j`` an area-normalised pseudo-Voigt or exact Voigt with Gaussian
+standard deviation ``σ_j`` and Lorentzian HWHM ``γ_j`` (Å). The trainable parameters
+are ``ln a``, ``ln σ``, ``ln γ`` and a centre shift ``δλc`` (Å) relative to the float64
+reference centres; a radial velocity shifts every centre by ``λc · v / c``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
+from .sparse import SparseLayout, pseudo_voigt_log_transmission, window_half_widths
+
+__all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES"]
+
+SPEED_OF_LIGHT_KMS = 299792.458
+#: Names accepted by ``trainable``.
+PARAMETER_NAMES = ("center", "amplitude", "sigma", "gamma")
+_LOG_BOUNDS = {
+    "ln_amplitude": (-40.0, 5.0),
+    "ln_sigma": (math.log(1e-6), math.log(50.0)),
+    "ln_gamma": (math.log(1e-6), math.log(50.0)),
+}
+
+
+def _check_finite(name: str, value: np.ndarray) -> None:
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} contains non-finite values")
+
+
+class LineForest(nn.Module):
+    """A forest of spectral lines with per-line tunable properties.
+
+    Parameters
+    ----------
+    center : array_like
+        Line centres, Å (kept as float64 reference values).
+    amplitude : array_like
+        Line amplitudes ``a`` (> 0), Å (area of ``a V``).
+    sigma : array_like
+        Gaussian standard deviations (> 0), Å.
+    gamma : array_like
+        Lorentzian half widths at half maximum (> 0), Å.
+    emission : array_like of bool, optional
+        True for emission lines (flux added instead of removed).
+    mode : {"linear", "log"}
+        ``"linear"``: ∏(1 − aV); ``"log"``: exp(−Σ aV).
+    profile : {"pseudo_voigt", "voigt"}
+        Line shape.
+    trainable : iterable of str
+        Which of ``"center"``, ``"amplitude"``, ``"sigma"``, ``"gamma"`` train.
+    dtype : torch.dtype
+        Working dtype of the parameters and fluxes (float32 or float64).
+    device : str or torch.device, optional
+        Where the parameters live.
+    """
+
+    def __init__(
+        self,
+        center,
+        amplitude,
+        sigma,
+        gamma,
+        *,
+        emission=None,
+        mode: str = "linear",
+        profile: str = "pseudo_voigt",
+        trainable: Iterable[str] = ("amplitude", "sigma", "gamma"),
+        dtype: torch.dtype = torch.float32,
+        device=None,
+    ) -> None:
+        super().__init__()
+        center = np.asarray(center, dtype=np.float64).ravel()
+        amplitude = np.asarray(amplitude, dtype=np.float64).ravel()
+        sigma = np.asarray(sigma, dtype=np.float64).ravel()
+        gamma = np.asarray(gamma, dtype=np.float64).ravel()
+        n = center.size
+        for name, value in (("amplitude", amplitude), ("sigma", sigma), ("gamma", gamma)):
+            if value.size != n:
+                raise ValueError(f"{name} has {value.size} entries but center has {n}")
+            _check_finite(name, value)
+            if np.any(value <= 0):
+                raise ValueError(f"{name} must be positive for every line")
+        _check_finite("center", center)
+        if n == 0:
+            raise ValueError("a LineForest needs at least one line")
+        if mode not in ("linear", "log"):
+            raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
+        if profile not in ("pseudo_voigt", "voigt"):
+            raise ValueError(f"profile must be 'pseudo_voigt' or 'voigt', not {profile!r}")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError("dtype must be torch.float32 or torch.float64")
+        self.mode = mode
+        self.profile = profile
+        self.register_buffer("center_ref", torch.as_tensor(center, dtype=torch.float64, device=device))
+        sign = np.ones(n) if emission is None else np.where(np.asarray(emission, bool).ravel(), -1.0, 1.0)
+        if sign.size != n:
+            raise ValueError("emission must have one entry per line")
+        self.register_buffer("sign", torch.as_tensor(sign, dtype=dtype, device=device))
+        self.center_shift = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
+        self.ln_amplitude = nn.Parameter(torch.as_tensor(np.log(amplitude), dtype=dtype, device=device))
+        self.ln_sigma = nn.Parameter(torch.as_tensor(np.log(sigma), dtype=dtype, device=device))
+        self.ln_gamma = nn.Parameter(torch.as_tensor(np.log(gamma), dtype=dtype, device=device))
+        self.set_trainable(trainable)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def n_lines(self) -> int:
+        """Number of lines."""
+        return int(self.center_ref.numel())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.ln_amplitude.dtype
+
+    def set_trainable(self, names: Iterable[str]) -> None:
+        """Choose which line properties train (others are frozen)."""
+        names = set(names)
+        unknown = names - set(PARAMETER_NAMES)
+        if unknown:
+            raise ValueError(f"unknown trainable parameter(s) {sorted(unknown)}; choose from {PARAMETER_NAMES}")
+        self.center_shift.requires_grad_("center" in names)
+        self.ln_amplitude.requires_grad_("amplitude" in names)
+        self.ln_sigma.requires_grad_("sigma" in names)
+        self.ln_gamma.requires_grad_("gamma" in names)
+
+    @property
+    def trainable(self) -> tuple[str, ...]:
+        flags = (self.center_shift, self.ln_amplitude, self.ln_sigma, self.ln_gamma)
+        return tuple(n for n, p in zip(PARAMETER_NAMES, flags) if p.requires_grad)
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep parameters finite and inside physical bounds (called after optimiser steps)."""
+        for name, (lo, hi) in _LOG_BOUNDS.items():
+            p = getattr(self, name)
+            p.nan_to_num_(nan=0.5 * (lo + hi)).clamp_(lo, hi)
+        self.center_shift.nan_to_num_(nan=0.0)
+
+    def line_properties(self) -> dict[str, np.ndarray]:
+        """Current per-line properties as float64 numpy arrays (Å for lengths)."""
+        with torch.no_grad():
+            sigma = torch.exp(self.ln_sigma.double())
+            gamma = torch.exp(self.ln_gamma.double())
+            fwhm, eta = tch_fwhm_and_eta(sigma, gamma)
+            return {
+                "center": (self.center_ref + self.center_shift.double()).cpu().numpy(),
+                "amplitude": torch.exp(self.ln_amplitude.double()).cpu().numpy(),
+                "sigma": sigma.cpu().numpy(),
+                "gamma": gamma.cpu().numpy(),
+                "fwhm": fwhm.cpu().numpy(),
+                "eta": eta.cpu().numpy(),
+                "emission": (self.sign < 0).cpu().numpy(),
+            }
+
+    # ----------------------------------------------------------------- layout
+    def make_layout(
+        self,
+        wavelength,
+        *,
+        tolerance: float = 1e-4,
+        velocity_budget_kms: float = 0.0,
+        n_fwhm: float = 4.0,
+        max_half_width: float = 50.0,
+        min_pixels: int = 8,
+    ) -> SparseLayout:
+        """Windows of every line on ``wavelength`` sized from the current line widths.
+
+        Parameters
+        ----------
+        wavelength : array_like or torch.Tensor
+            Strictly increasing evaluation grid, Å.
+        tolerance : float
+            Flux tolerance for truncated wings (see :func:`window_half_widths`).
+        velocity_budget_kms : float
+            Extra half-width for shifts that happen without a re-layout, km/s. Windows
+            already follow the current centres, so 0 suffices unless centres move by
+            more than a window between refreshes.
+        n_fwhm : float
+            Minimum window half-width in FWHM.
+        max_half_width : float
+            Largest window half-width, Å.
+        min_pixels : int
+            Smallest window, pixels.
+        """
+        props = self.line_properties()
+        budget = props["center"] * velocity_budget_kms / SPEED_OF_LIGHT_KMS
+        half, core = window_half_widths(
+            props["amplitude"],
+            props["sigma"],
+            props["gamma"],
+            tolerance=tolerance,
+            n_fwhm=n_fwhm,
+            budget=budget,
+            max_half_width=max_half_width,
+        )
+        wl = torch.as_tensor(wavelength, dtype=torch.float64)
+        if wl.ndim != 1 or wl.numel() < 2:
+            raise ValueError("wavelength must be a 1-D grid with at least two samples")
+        if not bool(torch.all(torch.isfinite(wl))):
+            raise ValueError("wavelength contains non-finite values")
+        if not bool(torch.all(wl[1:] > wl[:-1])):
+            raise ValueError("wavelength must be strictly increasing")
+        return SparseLayout(
+            wl.to(self.center_ref.device),
+            self.center_ref,
+            half,
+            core,
+            dtype=self.dtype,
+            min_pixels=min_pixels,
+        )
+
+    # ------------------------------------------------------------- evaluation
+    def shift(self, velocity_kms: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Per-line centre shift from the reference centres, Å, including an RV."""
+        shift = self.center_shift
+        if velocity_kms is not None:
+            v = torch.as_tensor(velocity_kms, dtype=self.dtype, device=shift.device)
+            shift = shift + self.center_ref.to(self.dtype) * (v / SPEED_OF_LIGHT_KMS)
+        return shift
+
+    def log_transmission(self, layout: SparseLayout, velocity_kms=None, *, fused: bool = True) -> torch.Tensor:
+        """ln of the forest flux on ``layout``'s grid.
+
+        Parameters
+        ----------
+        layout : SparseLayout
+            From :meth:`make_layout`.
+        velocity_kms : float or torch.Tensor, optional
+            Radial velocity applied to every line centre, km/s.
+        fused : bool
+            Use the fused pseudo-Voigt kernel (ignored for the exact Voigt).
+        """
+        shift = self.shift(velocity_kms)
+        layout.refresh(shift)
+        amplitude = torch.exp(self.ln_amplitude)
+        sigma = torch.exp(self.ln_sigma)
+        gamma = torch.exp(self.ln_gamma)
+        linear = self.mode == "linear"
+        if self.profile == "pseudo_voigt" and fused:
+            fwhm, eta = tch_fwhm_and_eta(sigma, gamma)
+            return pseudo_voigt_log_transmission(
+                layout, amplitude, fwhm, eta, shift, self.sign, linear=linear,
+                emission=bool(torch.any(self.sign < 0)),
+            )
+        shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
+        clip = 1.0 - 1e-6
+
+        def term(dx, amplitude, sigma, gamma, sign):
+            av = sign * amplitude * shape(dx, sigma, gamma)
+            return torch.log1p(-av.clamp(max=clip)) if linear else -av
+
+        return layout.evaluate(
+            term, {"amplitude": amplitude, "sigma": sigma, "gamma": gamma, "sign": self.sign}, shift
+        )
+
+    def forward(self, layout: SparseLayout, velocity_kms=None) -> torch.Tensor:
+        """Forest flux (transmission) on ``layout``'s grid."""
+        return torch.exp(self.log_transmission(layout, velocity_kms))
+
+    def dense_flux(self, wavelength, velocity_kms=None) -> torch.Tensor:
+        """Reference evaluation of every line on every pixel (small problems and tests only)."""
+        wl = torch.as_tensor(wavelength, dtype=torch.float64, device=self.center_ref.device)
+        shift = self.shift(velocity_kms)
+        dx = (wl[None, :] - self.center_ref[:, None]).to(self.dtype) - shift[:, None]
+        shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
+        av = self.sign[:, None] * torch.exp(self.ln_amplitude)[:, None] * shape(
+            dx, torch.exp(self.ln_sigma)[:, None], torch.exp(self.ln_gamma)[:, None]
+        )
+        if self.mode == "linear":
+            return torch.prod(1.0 - av, dim=0)
+        return torch.exp(-av.sum(0))

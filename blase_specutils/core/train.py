@@ -1,0 +1,228 @@
+"""Optimisation loops: Adam (default) or L-BFGS, stopping rule, progress, checkpoints.
+
+The loop is generic: it trains whatever ``requires_grad`` parameters a module has
+against a loss closure. Checkpoints hold the module's ``state_dict``, the optimiser
+state, the epoch, the loss history and the RNG state; they are written atomically
+(temporary file + :func:`os.replace`) and read back with ``weights_only=True``, so
+loading one never executes code. Resuming from a checkpoint reproduces the
+uninterrupted run exactly on the same device and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["TrainingHistory", "optimize", "resolve_device", "save_checkpoint", "load_checkpoint"]
+
+
+@dataclass
+class TrainingHistory:
+    """What happened during an optimisation.
+
+    Attributes
+    ----------
+    loss : list of float
+        Loss after each epoch.
+    epochs : int
+        Epochs run in total (including any before a resume).
+    wall_time : float
+        Seconds spent in this call.
+    stop_reason : str
+        ``"converged"`` (relative loss change below ``rtol``), ``"max_epochs"`` or
+        ``"time_limit"``.
+    """
+
+    loss: list[float] = field(default_factory=list)
+    epochs: int = 0
+    wall_time: float = 0.0
+    stop_reason: str = ""
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but no CUDA device is available")
+    return device
+
+
+def save_checkpoint(path, module: nn.Module, optimizer, epoch: int, history: list[float]) -> None:
+    """Write a checkpoint atomically (temporary file, then rename)."""
+    path = Path(path)
+    state = {
+        "module": module.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": int(epoch),
+        "loss": torch.tensor(history, dtype=torch.float64),
+        "rng": torch.get_rng_state(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (never executes code)."""
+    return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def optimize(
+    module: nn.Module,
+    loss_fn: Callable[[], torch.Tensor],
+    *,
+    epochs: int = 1000,
+    learning_rate: float = 0.05,
+    optimizer: str = "adam",
+    rtol: float = 1e-5,
+    patience: int = 20,
+    progress: bool = True,
+    description: str = "blase",
+    after_step: Callable[[int], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
+    checkpoint_seconds: float | None = None,
+    resume: str | os.PathLike | None = None,
+    time_limit: float | None = None,
+    param_groups: list[dict] | None = None,
+) -> TrainingHistory:
+    """Minimise ``loss_fn()`` over the trainable parameters of ``module``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Holds the parameters; its ``state_dict`` is what checkpoints save.
+    loss_fn : callable
+        Returns the scalar loss (a fresh graph each call).
+    epochs : int
+        Maximum number of epochs (total, counting epochs before a resume).
+    learning_rate : float
+        Adam step size (L-BFGS: its ``lr``).
+    optimizer : {"adam", "lbfgs"}
+        Adam for many parameters; L-BFGS converges faster on few, smooth parameters.
+    rtol : float
+        Stop when the loss improved by less than ``rtol`` (relative) over the last
+        ``patience`` epochs. Set to 0 to always run ``epochs``.
+    patience : int
+        Window of the stopping rule, epochs.
+    progress : bool
+        Show a tqdm progress bar.
+    description : str
+        Label of the progress bar.
+    after_step : callable, optional
+        Called with the epoch number after every optimiser step (e.g. clamping, re-layout).
+    checkpoint : path-like, optional
+        Where to write checkpoints.
+    checkpoint_every : int
+        Epochs between checkpoints.
+    checkpoint_seconds : float, optional
+        Also write a checkpoint when this many seconds passed since the last one.
+    resume : path-like, optional
+        Continue from this checkpoint.
+    time_limit : float, optional
+        Stop after this many seconds.
+    param_groups : list of dict, optional
+        Explicit optimiser parameter groups (e.g. different learning rates); default:
+        every trainable parameter of ``module`` with ``learning_rate``.
+
+    Returns
+    -------
+    TrainingHistory
+    """
+    if epochs < 0:
+        raise ValueError("epochs must be non-negative")
+    if not learning_rate > 0:
+        raise ValueError("learning_rate must be positive")
+    groups = param_groups or [{"params": [p for p in module.parameters() if p.requires_grad]}]
+    if not any(len(list(g["params"])) for g in groups):
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    if optimizer == "adam":
+        opt = torch.optim.Adam(groups, lr=learning_rate)
+    elif optimizer == "lbfgs":
+        opt = torch.optim.LBFGS(
+            [p for g in groups for p in g["params"]], lr=learning_rate, max_iter=20,
+            line_search_fn="strong_wolfe",
+        )
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs', not {optimizer!r}")
+
+    history = TrainingHistory()
+    start_epoch = 0
+    if resume is not None and Path(resume).exists():
+        state = load_checkpoint(resume)
+        module.load_state_dict(state["module"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history.loss = [float(x) for x in state["loss"]]
+        torch.set_rng_state(state["rng"])
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs, initial=start_epoch, desc=description, leave=False)
+    t0 = time.perf_counter()
+    last_checkpoint = t0
+    history.stop_reason = "max_epochs"
+    epoch = start_epoch
+    try:
+        while epoch < epochs:
+            if optimizer == "lbfgs":
+
+                def closure():
+                    opt.zero_grad(set_to_none=True)
+                    value = loss_fn()
+                    value.backward()
+                    return value
+
+                loss = opt.step(closure)
+            else:
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn()
+                loss.backward()
+                opt.step()
+            epoch += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(
+                    f"loss became {value} at epoch {epoch}; lower the learning rate or check the inputs"
+                )
+            history.loss.append(value)
+            if after_step is not None:
+                after_step(epoch)
+            if bar is not None:
+                bar.update(1)
+                if epoch % 10 == 0:
+                    bar.set_postfix(loss=f"{value:.4g}")
+            now = time.perf_counter()
+            if checkpoint is not None and (
+                epoch % checkpoint_every == 0
+                or (checkpoint_seconds is not None and now - last_checkpoint > checkpoint_seconds)
+            ):
+                save_checkpoint(checkpoint, module, opt, epoch, history.loss)
+                last_checkpoint = now
+            if rtol > 0 and len(history.loss) > patience:
+                old = history.loss[-patience - 1]
+                if (old - value) <= rtol * abs(old):
+                    history.stop_reason = "converged"
+                    break
+            if time_limit is not None and now - t0 > time_limit:
+                history.stop_reason = "time_limit"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, module, opt, epoch, history.loss)
+    history.epochs = epoch
+    history.wall_time = time.perf_counter() - t0
+    return history

@@ -1,0 +1,652 @@
+"""Transfer learning: fit stellar (× telluric) clones to observed échelle spectra.
+
+``fit`` builds the composite forward model of :mod:`blase_specutils.core.forward`
+and trains it in three stages:
+
+1. **RV search** — χ² over a grid of radial velocities (continuum solved by linear
+   least squares at each step), so the gradient descent starts in the right valley.
+2. **Globals** — RV, v sin i (and R, ε, telluric scale when asked) plus the per-order
+   continua, with every line frozen (Adam).
+3. **Lines** — the chosen line properties join, with an L1 prior on departures of
+   ln a from the cloned values (weight 1/Λ per line, Λ = ``prior_scale``), then the
+   globals are polished once more with the lines frozen.
+
+Uncertainties of the global parameters come from the curvature of χ² (Gauss–Newton
+approximation ``(Jᵀ W J)⁻¹`` with the model Jacobian from central differences), with
+the line properties held at their fitted values.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+import torch
+
+from ._validation import as_angstrom, as_flux_array
+from .cloning import CloneResult, load_clone
+from .core.forward import ForwardModel
+from .core.lineforest import LineForest
+from .core.train import TrainingHistory, optimize, resolve_device
+
+__all__ = ["fit", "FitResult", "BadPixelWarning"]
+
+C_KMS = 299792.458
+
+
+class BadPixelWarning(UserWarning):
+    """Pixels were masked because their uncertainty or flux was unusable."""
+
+
+@dataclass
+class _Order:
+    wavelength: np.ndarray
+    flux: np.ndarray
+    sigma: np.ndarray
+    good: np.ndarray
+
+    @property
+    def edges(self) -> np.ndarray:
+        wl = self.wavelength
+        mid = 0.5 * (wl[1:] + wl[:-1])
+        lo = np.concatenate([[wl[0] - (mid[0] - wl[0])], mid])
+        hi = np.concatenate([mid, [wl[-1] + (wl[-1] - mid[-1])]])
+        return np.stack([lo, hi], axis=1)
+
+
+def _as_list(value, n=None):
+    if value is None:
+        return [None] * (n or 1)
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, u.Quantity) and value.ndim == 2:
+        return list(value)
+    if isinstance(value, np.ndarray) and value.ndim == 2:
+        return list(value)
+    return [value]
+
+
+def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
+    wls = _as_list(wavelength)
+    fls = _as_list(flux)
+    if len(fls) != len(wls):
+        raise ValueError(f"got {len(wls)} wavelength arrays but {len(fls)} flux arrays")
+    uns = _as_list(uncertainty, len(wls))
+    mks = _as_list(mask, len(wls))
+    if len(uns) != len(wls) or len(mks) != len(wls):
+        raise ValueError("uncertainty and mask must have one entry per order")
+    orders = []
+    n_bad_sigma = 0
+    for k, (w, f, s, m) in enumerate(zip(wls, fls, uns, mks)):
+        if not isinstance(w, u.Quantity) and isinstance(f, u.Quantity) is False and w is None:
+            raise ValueError(f"order {k}: wavelength is missing")
+        wl = as_angstrom(w, f"wavelength of order {k}")
+        fl = np.array(f.value if isinstance(f, u.Quantity) else f, dtype=np.float64)
+        if fl.shape != wl.shape:
+            raise ValueError(f"order {k}: flux has shape {fl.shape} but wavelength has {wl.shape}")
+        good = np.isfinite(fl)
+        if m is not None:
+            m = np.asarray(m, dtype=bool)
+            if m.shape != wl.shape:
+                raise ValueError(f"order {k}: mask has shape {m.shape} but wavelength has {wl.shape}")
+            good &= m
+        if s is None:
+            sig = np.full_like(fl, np.nan)
+        else:
+            sig = np.array(s.value if isinstance(s, u.Quantity) else s, dtype=np.float64)
+            if sig.shape != wl.shape:
+                raise ValueError(f"order {k}: uncertainty has shape {sig.shape} but wavelength has {wl.shape}")
+            bad = ~(np.isfinite(sig) & (sig > 0)) & good
+            n_bad_sigma += int(bad.sum())
+            good &= ~bad
+        order = np.argsort(wl)
+        wl, fl, sig, good = wl[order], fl[order], sig[order], good[order]
+        if np.any(np.diff(wl) <= 0):
+            raise ValueError(f"order {k}: wavelength has duplicated values")
+        fl = np.where(good, fl, 0.0)
+        orders.append(_Order(wl, fl, sig, good))
+    if n_bad_sigma:
+        warnings.warn(
+            f"{n_bad_sigma} pixels have uncertainties that are <= 0 or NaN; they are masked",
+            BadPixelWarning,
+            stacklevel=3,
+        )
+    if sum(int(o.good.sum()) for o in orders) == 0:
+        raise ValueError("every pixel is masked (mask, NaN flux or bad uncertainties): nothing to fit")
+    if uncertainty is None:
+        for o in orders:
+            # Robust noise from first differences of good neighbours.
+            d = np.diff(o.flux)[o.good[1:] & o.good[:-1]]
+            noise = 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2) if d.size > 5 else 1.0
+            o.sigma = np.full_like(o.flux, noise if noise > 0 else 1.0)
+        warnings.warn(
+            "no uncertainties given: using a constant per-order noise estimated from pixel-to-pixel "
+            "scatter, so chi2 and the parameter uncertainties are approximate",
+            BadPixelWarning,
+            stacklevel=3,
+        )
+    for o in orders:
+        o.sigma = np.where(o.good, o.sigma, 1.0)
+    return orders
+
+
+def _as_forest(obj, name: str) -> tuple[LineForest, CloneResult | None]:
+    if obj is None:
+        return None, None
+    if isinstance(obj, (str, Path)):
+        obj = load_clone(obj)
+    if isinstance(obj, CloneResult):
+        return obj.forest, obj
+    if isinstance(obj, LineForest):
+        return obj, None
+    raise TypeError(f"{name} must be a CloneResult, a saved clone path or a LineForest, not {type(obj).__name__}")
+
+
+def _forest_range(forest: LineForest, clone_result: CloneResult | None) -> tuple[float, float]:
+    if clone_result is not None and "wavelength_min" in clone_result.meta:
+        return clone_result.meta["wavelength_min"], clone_result.meta["wavelength_max"]
+    c = forest.center_ref.cpu().numpy()
+    return float(c.min()), float(c.max())
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`fit`.
+
+    Attributes
+    ----------
+    rv, vsini : float
+        Radial velocity and projected rotational velocity, km/s.
+    resolving_power, limb_darkening : float
+        Instrumental resolving power and linear limb darkening.
+    uncertainties : dict
+        1-σ uncertainties of the global parameters (same units; NaN if not fitted).
+    chi2_reduced : float
+        χ² per degree of freedom at the end of the fit.
+    model : ForwardModel
+        The trained forward model.
+    template : CloneResult
+        The transfer-learned stellar clone at native resolution (no RV, rotation or
+        instrument), savable like any clone.
+    """
+
+    rv: float
+    vsini: float
+    resolving_power: float
+    limb_darkening: float
+    uncertainties: dict
+    chi2_reduced: float
+    model: ForwardModel
+    template: CloneResult
+    orders: list = field(repr=False, default_factory=list)
+    history: TrainingHistory = field(repr=False, default_factory=TrainingHistory)
+    telluric: LineForest | None = field(repr=False, default=None)
+    initial_chi2_reduced: float = float("nan")
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ arrays
+    def _per_order(self, values: np.ndarray):
+        parts = np.split(values, np.cumsum([len(o.wavelength) for o in self.orders])[:-1])
+        return parts[0] if len(parts) == 1 else parts
+
+    @property
+    def rv_uncertainty(self) -> float:
+        return self.uncertainties.get("rv", float("nan"))
+
+    @property
+    def vsini_uncertainty(self) -> float:
+        return self.uncertainties.get("vsini", float("nan"))
+
+    @property
+    def resolving_power_uncertainty(self) -> float:
+        return self.uncertainties.get("resolving_power", float("nan"))
+
+    @property
+    def wavelength(self):
+        """Data wavelengths, Å (array, or list per order)."""
+        return self._per_order(np.concatenate([o.wavelength for o in self.orders]))
+
+    @property
+    def flux(self):
+        """Observed flux (masked pixels hold 0)."""
+        return self._per_order(np.concatenate([o.flux for o in self.orders]))
+
+    @property
+    def uncertainty(self):
+        return self._per_order(np.concatenate([o.sigma for o in self.orders]))
+
+    @property
+    def good(self):
+        return self._per_order(np.concatenate([o.good for o in self.orders]))
+
+    @property
+    def model_flux(self):
+        """Forward model at the data pixels (array, or list per order)."""
+        with torch.no_grad():
+            return self._per_order(self.model().double().cpu().numpy())
+
+    @property
+    def continuum_flux(self):
+        """Fitted per-order continuum at the data pixels."""
+        with torch.no_grad():
+            return self._per_order(self.model.continuum().double().cpu().numpy())
+
+    @property
+    def telluric_flux(self):
+        """Telluric transmission seen by the instrument at the data pixels (1 if none)."""
+        with torch.no_grad():
+            t = self.model.telluric_fine()
+            if t is None:
+                n = sum(len(o.wavelength) for o in self.orders)
+                return self._per_order(np.ones(n))
+            return self._per_order(self.model.averager(self.model.instrument(t)).double().cpu().numpy())
+
+    @property
+    def telluric_corrected_flux(self):
+        """Data divided by the observed telluric transmission and the continuum."""
+        flux = np.concatenate([o.flux for o in self.orders])
+        tell = self.telluric_flux
+        tell = np.concatenate(tell) if isinstance(tell, list) else tell
+        cont = self.continuum_flux
+        cont = np.concatenate(cont) if isinstance(cont, list) else cont
+        good = np.concatenate([o.good for o in self.orders])
+        out = np.where(good, flux / (tell * cont), np.nan)
+        return self._per_order(out)
+
+    @property
+    def residual(self):
+        """Data − model (NaN at masked pixels)."""
+        data = np.concatenate([o.flux for o in self.orders])
+        good = np.concatenate([o.good for o in self.orders])
+        with torch.no_grad():
+            model = self.model().double().cpu().numpy()
+        return self._per_order(np.where(good, data - model, np.nan))
+
+    def residual_rms_over_noise(self) -> float:
+        """RMS of (data − model)/σ over good pixels (≈ 1 at photon noise)."""
+        r = self.residual
+        r = np.concatenate(r) if isinstance(r, list) else r
+        s = np.concatenate([o.sigma for o in self.orders])
+        good = np.concatenate([o.good for o in self.orders])
+        return float(np.sqrt(np.mean((r[good] / s[good]) ** 2)))
+
+
+def _chi2(model: ForwardModel, data, inv_sigma, good) -> torch.Tensor:
+    r = (model() - data) * inv_sigma
+    return torch.sum(torch.where(good, r * r, torch.zeros_like(r)))
+
+
+@torch.no_grad()
+def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> None:
+    """Weighted linear least squares for the continuum coefficients at fixed lines."""
+    cont = model.continuum_coefficients
+    saved = cont.detach().clone()
+    cont.zero_()
+    cont[:, 0] = 1.0
+    shape = model().double()
+    cont.copy_(saved)
+    basis = model.continuum_basis.double()
+    w = (inv_sigma.double() * good.double())
+    for k in range(model.n_orders):
+        sel = model.order_index == k
+        a = basis[sel] * (shape[sel] * w[sel])[:, None]
+        b = data[sel].double() * w[sel]
+        if int(good[sel].sum()) <= a.shape[1]:
+            continue
+        sol = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+        if bool(torch.all(torch.isfinite(sol))):
+            cont[k] = sol.to(cont.dtype)
+
+
+def fit(
+    wavelength,
+    flux,
+    uncertainty=None,
+    *,
+    stellar,
+    telluric=None,
+    rv: float = 0.0,
+    vsini: float | None = None,
+    resolving_power: float = 55000.0,
+    mask=None,
+    limb_darkening: float = 0.6,
+    fit_rv: bool = True,
+    fit_vsini: bool = True,
+    fit_resolving_power: bool = False,
+    fit_limb_darkening: bool = False,
+    fit_telluric_scale: bool = True,
+    fit_telluric_shift: bool = False,
+    rv_search: float = 100.0,
+    rv_max: float = 500.0,
+    continuum_degree: int = 2,
+    trainable=("amplitude",),
+    telluric_trainable=("amplitude",),
+    prior_scale: float = 5.0,
+    prior_weight: float = 1.0,
+    epochs: int = 300,
+    global_epochs: int = 150,
+    learning_rate: float = 0.02,
+    step_kms: float = 0.5,
+    dtype: torch.dtype = torch.float32,
+    device="auto",
+    checkpoint=None,
+    checkpoint_every: int = 50,
+    resume=None,
+    seed: int = 0,
+    progress: bool = True,
+) -> FitResult:
+    """Transfer-learn stellar (and telluric) clones against an observed spectrum.
+
+    Parameters
+    ----------
+    wavelength : array_like, Quantity, or list of them
+        Pixel-centre wavelengths (vacuum), Å unless a Quantity; one 1-D array per order.
+    flux : array_like or list of array_like
+        Observed flux per order (any normalisation; the continuum is fitted).
+    uncertainty : array_like or list, optional
+        1-σ flux uncertainties per pixel. Pixels with σ ≤ 0 or NaN are masked (with a
+        warning that counts them). Without uncertainties a constant noise per order is
+        estimated from the pixel-to-pixel scatter.
+    stellar : CloneResult, LineForest or path
+        The stellar clone (flattened units).
+    telluric : CloneResult, LineForest or path, optional
+        A telluric clone (transmission).
+    rv : float
+        Initial radial velocity, km/s.
+    vsini : float, optional
+        Initial v sin i, km/s (default 5 km/s).
+    resolving_power : float
+        Initial (or fixed) resolving power R.
+    mask : array_like of bool or list, optional
+        True for pixels to use. NaN fluxes are masked automatically.
+    limb_darkening : float
+        Linear limb-darkening coefficient ε.
+    fit_rv, fit_vsini, fit_resolving_power, fit_limb_darkening : bool
+        Which global parameters train.
+    fit_telluric_scale, fit_telluric_shift : bool
+        Train the telluric optical-depth scale and a small telluric velocity shift.
+    rv_search : float
+        Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
+    rv_max : float
+        |RV| beyond which a warning is issued, km/s.
+    continuum_degree : int
+        Degree of the per-order Chebyshev continuum.
+    trainable, telluric_trainable : iterable of str
+        Line properties of the stellar and telluric clones that train in stage 3
+        (subset of "center", "amplitude", "sigma", "gamma"; empty for none).
+    prior_scale : float
+        Λ of the L1 prior Σ|ln a − ln â|/Λ.
+    prior_weight : float
+        Overall weight of the prior relative to χ²/2.
+    epochs : int
+        Epochs of the joint stage.
+    global_epochs : int
+        Epochs of the global-parameter stages.
+    learning_rate : float
+        Adam step size of the line parameters.
+    step_kms : float
+        Velocity step of the fine model grid, km/s.
+    dtype : torch.dtype
+        Working dtype.
+    device : {"auto", "cpu", "cuda"}
+        Where to compute.
+    checkpoint : path-like, optional
+        Write checkpoints of the joint stage here (atomically).
+    checkpoint_every : int
+        Epochs between checkpoints.
+    resume : path-like, optional
+        Resume the joint stage from this checkpoint.
+    seed : int
+        Random seed.
+    progress : bool
+        Show progress bars.
+
+    Returns
+    -------
+    FitResult
+    """
+    torch.manual_seed(seed)
+    dev = resolve_device(device)
+    orders = _prepare_orders(wavelength, flux, uncertainty, mask)
+    star0, star_clone = _as_forest(stellar, "stellar")
+    if star0 is None:
+        raise ValueError("a stellar clone is required")
+    tell0, tell_clone = _as_forest(telluric, "telluric")
+    if not prior_scale > 0:
+        raise ValueError("prior_scale must be positive")
+    if abs(rv) > rv_max:
+        warnings.warn(f"initial rv = {rv} km/s is beyond rv_max = {rv_max} km/s", UserWarning, stacklevel=2)
+    vsini = 5.0 if vsini is None else float(vsini)
+    if not (np.isfinite(vsini) and vsini >= 0):
+        raise ValueError(f"vsini must be >= 0 km/s, got {vsini}")
+    if not (np.isfinite(resolving_power) and resolving_power > 0):
+        raise ValueError(f"resolving_power must be positive, got {resolving_power}")
+
+    data_lo = min(float(o.wavelength[o.good].min()) for o in orders if o.good.any())
+    data_hi = max(float(o.wavelength[o.good].max()) for o in orders if o.good.any())
+    for name, forest, cl in (("stellar", star0, star_clone), ("telluric", tell0, tell_clone)):
+        if forest is None:
+            continue
+        lo, hi = _forest_range(forest, cl)
+        if data_lo < lo or data_hi > hi:
+            raise ValueError(
+                f"the data span {data_lo:.2f}–{data_hi:.2f} Å but the {name} clone covers only "
+                f"{lo:.2f}–{hi:.2f} Å; clone a wider range of the template"
+            )
+    # Keep the inputs untouched: train copies.
+    star = copy.deepcopy(star0).to(device=dev, dtype=dtype)
+    star.center_ref = star.center_ref.double()
+    star.set_trainable(())
+    ln_a0_star = star.ln_amplitude.detach().clone()
+    tell = None
+    ln_a0_tell = None
+    if tell0 is not None:
+        tell = copy.deepcopy(tell0).to(device=dev, dtype=dtype)
+        tell.center_ref = tell.center_ref.double()
+        tell.set_trainable(())
+        ln_a0_tell = tell.ln_amplitude.detach().clone()
+
+    model = ForwardModel(
+        star,
+        [o.edges for o in orders],
+        telluric=tell,
+        rv=rv,
+        vsini=vsini,
+        limb_darkening=limb_darkening,
+        resolving_power=resolving_power,
+        step_kms=step_kms,
+        vsini_max=max(2.0 * vsini, vsini + 30.0),
+        rv_max=rv_max,
+        continuum_degree=continuum_degree,
+        fit_rv=fit_rv,
+        fit_vsini=fit_vsini,
+        fit_limb_darkening=fit_limb_darkening,
+        fit_resolving_power=fit_resolving_power,
+        fit_telluric_scale=fit_telluric_scale and tell is not None,
+        fit_telluric_shift=fit_telluric_shift and tell is not None,
+        dtype=dtype,
+        device=dev,
+    )
+    data = torch.as_tensor(np.concatenate([o.flux for o in orders]), dtype=dtype, device=dev)
+    inv_sigma = torch.as_tensor(1.0 / np.concatenate([o.sigma for o in orders]), dtype=dtype, device=dev)
+    good = torch.as_tensor(np.concatenate([o.good for o in orders]), device=dev)
+    empty = getattr(model.averager, "empty", None)
+    if empty is not None:
+        good = good & ~torch.as_tensor(np.asarray(empty), device=dev)
+    n_good = int(good.sum())
+
+    def chi2():
+        return _chi2(model, data, inv_sigma, good)
+
+    # Stage 1: RV grid search with linear continuum.
+    _solve_continuum(model, data, inv_sigma, good)
+    if fit_rv and rv_search > 0:
+        with torch.no_grad():
+            grid = np.arange(rv - rv_search, rv + rv_search + 1e-9, 1.0)
+            values = []
+            for v in grid:
+                model.rv.fill_(float(v))
+                _solve_continuum(model, data, inv_sigma, good)
+                values.append(float(chi2()))
+            best = int(np.argmin(values))
+            # Parabola through the minimum and its neighbours.
+            v0 = grid[best]
+            if 0 < best < len(grid) - 1:
+                y0, y1, y2 = values[best - 1], values[best], values[best + 1]
+                den = y0 - 2 * y1 + y2
+                if den > 0:
+                    v0 = grid[best] + 0.5 * (y0 - y2) / den
+            model.rv.fill_(float(v0))
+            _solve_continuum(model, data, inv_sigma, good)
+    with torch.no_grad():
+        initial_chi2 = float(chi2()) / max(n_good, 1)
+
+    global_lrs = {
+        "rv": 0.02,
+        "rotation.vsini": 0.05,
+        "rotation.limb_darkening": 0.01,
+        "instrument.log_resolving_power": 0.002,
+        "continuum_coefficients": 0.002,
+        "ln_telluric_scale": 0.01,
+        "telluric_shift": 0.02,
+    }
+
+    def global_groups():
+        groups = []
+        for name, p in model.named_parameters():
+            if name in global_lrs and p.requires_grad:
+                groups.append({"params": [p], "lr": global_lrs[name]})
+        return groups
+
+    def after_step(epoch):
+        star.clamp_()
+        if tell is not None:
+            tell.clamp_()
+        if epoch % 100 == 0:
+            model.relayout()
+
+    history = TrainingHistory()
+    # Stage 2: globals only.
+    groups = global_groups()
+    if groups and global_epochs > 0:
+        h = optimize(model, chi2, epochs=global_epochs, learning_rate=0.01, rtol=1e-7, patience=20,
+                     progress=progress, description="fit: globals", param_groups=groups)
+        history.loss += h.loss
+
+    # Stage 3: lines join, with the L1 prior.
+    star.set_trainable(trainable)
+    if tell is not None:
+        tell.set_trainable(telluric_trainable)
+
+    def total_loss():
+        loss = 0.5 * chi2()
+        loss = loss + (prior_weight / prior_scale) * torch.sum(torch.abs(star.ln_amplitude - ln_a0_star))
+        if tell is not None:
+            loss = loss + (prior_weight / prior_scale) * torch.sum(torch.abs(tell.ln_amplitude - ln_a0_tell))
+        return loss
+
+    line_params = [p for p in star.parameters() if p.requires_grad]
+    if tell is not None:
+        line_params += [p for p in tell.parameters() if p.requires_grad]
+    if line_params and epochs > 0:
+        groups = global_groups() + [{"params": line_params, "lr": learning_rate}]
+        h = optimize(model, total_loss, epochs=epochs, learning_rate=learning_rate, rtol=1e-6, patience=30,
+                     progress=progress, description="fit: lines", param_groups=groups,
+                     after_step=after_step, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
+                     resume=resume)
+        history.loss += h.loss
+    star.set_trainable(())
+    if tell is not None:
+        tell.set_trainable(())
+    # Stage 4: polish the globals.
+    groups = global_groups()
+    if groups and global_epochs > 0:
+        for g in groups:
+            g["lr"] *= 0.2
+        h = optimize(model, chi2, epochs=global_epochs, learning_rate=0.01, rtol=1e-8, patience=20,
+                     progress=progress, description="fit: polish", param_groups=groups)
+        history.loss += h.loss
+    model.relayout()
+
+    n_free = sum(p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad)
+    chi2_red = float(chi2()) / max(n_good - n_free, 1)
+    uncertainties = _global_uncertainties(model, data, inv_sigma, good)
+
+    template_forest = copy.deepcopy(star).cpu()
+    template_forest.set_trainable(star0.trainable)
+    if star_clone is not None:
+        template = CloneResult(
+            template_forest, star_clone.wavelength, star_clone.target_flux, star_clone.continuum,
+            star_clone.history, star_clone.initial, dict(star_clone.meta, transfer_learned=True),
+        )
+    else:
+        c = template_forest.center_ref.numpy()
+        wl = np.exp(np.arange(np.log(c.min()), np.log(c.max()), step_kms / C_KMS / 4))
+        template = CloneResult(template_forest, wl, np.full_like(wl, np.nan), np.ones_like(wl),
+                               meta={"transfer_learned": True})
+    return FitResult(
+        rv=float(model.rv),
+        vsini=float(model.rotation.effective_vsini()),
+        resolving_power=float(model.instrument.resolving_power),
+        limb_darkening=float(model.rotation.limb_darkening),
+        uncertainties=uncertainties,
+        chi2_reduced=chi2_red,
+        model=model,
+        template=template,
+        orders=orders,
+        history=history,
+        telluric=tell,
+        initial_chi2_reduced=initial_chi2,
+        meta={"n_good_pixels": n_good, "prior_scale": prior_scale, "prior_weight": prior_weight,
+              "trainable": list(trainable), "step_kms": step_kms},
+    )
+
+
+@torch.no_grad()
+def _global_uncertainties(model: ForwardModel, data, inv_sigma, good) -> dict:
+    """Gauss–Newton 1-σ errors of RV, v sin i, R and ε from central differences."""
+    specs = [
+        ("rv", model.rv, 0.01, lambda x: x),
+        ("vsini", model.rotation.vsini, 0.02, lambda x: x),
+        ("limb_darkening", model.rotation.limb_darkening, 0.01, lambda x: x),
+        ("resolving_power", model.instrument.log_resolving_power, 1e-3, None),
+    ]
+    active = [s for s in specs if s[1].requires_grad]
+    out = {name: float("nan") for name, *_ in specs}
+    if not active:
+        return out
+    w = (inv_sigma * good).double()
+    cols = []
+    for _, p, h, _ in active:
+        orig = p.detach().clone()
+        p.copy_(orig + h)
+        m_plus = model().double()
+        p.copy_(orig - h)
+        m_minus = model().double()
+        p.copy_(orig)
+        cols.append((m_plus - m_minus) / (2 * h) * w)
+    jac = torch.stack(cols, dim=1)
+    # Continuum coefficients are nuisance parameters: profile them out by including them.
+    basis = model.continuum_basis.double()
+    shape = model().double() / model.continuum().double()
+    nuis = []
+    for k in range(model.n_orders):
+        sel = (model.order_index == k).double()[:, None]
+        nuis.append(basis * sel * shape[:, None] * w[:, None])
+    full = torch.cat([jac] + nuis, dim=1)
+    fisher = full.T @ full
+    try:
+        cov = torch.linalg.pinv(fisher)
+    except RuntimeError:
+        return out
+    for i, (name, p, _, _) in enumerate(active):
+        sd = float(torch.sqrt(torch.clamp(cov[i, i], min=0)))
+        if name == "resolving_power":
+            sd *= float(torch.exp(p))
+        out[name] = sd
+    return out
