@@ -9,24 +9,28 @@ clone
     Turn a synthetic spectrum (wavelength, flux) into a trained line forest.
 load_clone
     Read a clone written by ``CloneResult.save``.
+CloneResult
+    A trained clone: line table, emulator, flattened target, continuum.
 fit
     Transfer-learn stellar (and telluric) clones against observed spectra.
+FitResult
+    RV, v sin i, R with uncertainties, the semi-empirical template, spectra.
 datasets
     Example data (PHOENIX, HPF, IGRINS, WASP 69) with checksums and a cache.
 
 Importing the package registers the ``.blase`` accessor on
 ``specutils.Spectrum`` and ``specutils.SpectrumList``.
 
-Layers (imports only point down): ``core`` (PyTorch + numpy), ``prep``
-(numpy/scipy), ``astro`` (astropy/specutils face), then the workflows
-``cloning`` and ``fitting`` and the command line ``cli``.
+Layers (imports only point down): ``core`` (PyTorch + numpy, no astropy),
+``prep`` (numpy/scipy), ``astro`` (the astropy/specutils face), then the
+workflows ``cloning`` and ``fitting`` and the command line ``cli``. The public
+names above are loaded on first use, so ``blase_specutils.core`` can be imported
+on a compute node that has only torch and numpy.
 """
 
+from importlib import import_module
+
 from ._version import __version__
-from .cloning import CloneResult, clone, load_clone
-from .fitting import FitResult, fit
-from . import datasets
-from .astro import accessor as _accessor  # noqa: F401  (registers `.blase`)
 
 __all__ = [
     "__version__",
@@ -37,3 +41,34 @@ __all__ = [
     "FitResult",
     "datasets",
 ]
+
+_LAZY = {
+    "clone": ("cloning", "clone"),
+    "load_clone": ("cloning", "load_clone"),
+    "CloneResult": ("cloning", "CloneResult"),
+    "fit": ("fitting", "fit"),
+    "FitResult": ("fitting", "FitResult"),
+    "datasets": ("datasets", None),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        module = import_module(f".{module_name}", __name__)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+try:  # Register the `.blase` accessor wherever specutils is installed (always, for users).
+    import specutils as _specutils  # noqa: F401
+except ImportError:  # a bare compute node: the torch core stays importable
+    pass
+else:
+    from .astro import accessor as _accessor  # noqa: F401

@@ -168,8 +168,8 @@ class FitResult:
         1-σ uncertainties of the global parameters (same units; NaN if not fitted).
     chi2_reduced : float
         χ² per degree of freedom at the end of the fit.
-    model : ForwardModel
-        The trained forward model.
+    forward_model : ForwardModel
+        The trained torch forward model.
     template : CloneResult
         The transfer-learned stellar clone at native resolution (no RV, rotation or
         instrument), savable like any clone.
@@ -181,7 +181,7 @@ class FitResult:
     limb_darkening: float
     uncertainties: dict
     chi2_reduced: float
-    model: ForwardModel
+    forward_model: ForwardModel
     template: CloneResult
     orders: list = field(repr=False, default_factory=list)
     history: TrainingHistory = field(repr=False, default_factory=TrainingHistory)
@@ -228,23 +228,23 @@ class FitResult:
     def model_flux(self):
         """Forward model at the data pixels (array, or list per order)."""
         with torch.no_grad():
-            return self._per_order(self.model().double().cpu().numpy())
+            return self._per_order(self.forward_model().double().cpu().numpy())
 
     @property
     def continuum_flux(self):
         """Fitted per-order continuum at the data pixels."""
         with torch.no_grad():
-            return self._per_order(self.model.continuum().double().cpu().numpy())
+            return self._per_order(self.forward_model.continuum().double().cpu().numpy())
 
     @property
     def telluric_flux(self):
         """Telluric transmission seen by the instrument at the data pixels (1 if none)."""
         with torch.no_grad():
-            t = self.model.telluric_fine()
+            t = self.forward_model.telluric_fine()
             if t is None:
                 n = sum(len(o.wavelength) for o in self.orders)
                 return self._per_order(np.ones(n))
-            return self._per_order(self.model.averager(self.model.instrument(t)).double().cpu().numpy())
+            return self._per_order(self.forward_model.averager(self.forward_model.instrument(t)).double().cpu().numpy())
 
     @property
     def telluric_corrected_flux(self):
@@ -264,7 +264,7 @@ class FitResult:
         data = np.concatenate([o.flux for o in self.orders])
         good = np.concatenate([o.good for o in self.orders])
         with torch.no_grad():
-            model = self.model().double().cpu().numpy()
+            model = self.forward_model().double().cpu().numpy()
         return self._per_order(np.where(good, data - model, np.nan))
 
     def residual_rms_over_noise(self) -> float:
@@ -329,8 +329,9 @@ def fit(
     prior_scale: float = 5.0,
     prior_weight: float = 1.0,
     epochs: int = 300,
-    global_epochs: int = 150,
+    global_epochs: int = 30,
     learning_rate: float = 0.02,
+    rtol: float = 1e-6,
     step_kms: float = 0.5,
     dtype: torch.dtype = torch.float32,
     device="auto",
@@ -386,9 +387,12 @@ def fit(
     epochs : int
         Epochs of the joint stage.
     global_epochs : int
-        Epochs of the global-parameter stages.
+        L-BFGS iterations (of up to 20 evaluations each) of the global-parameter stages.
     learning_rate : float
         Adam step size of the line parameters.
+    rtol : float
+        Stop the joint stage when the loss improved by less than ``rtol`` (relative) over
+        30 epochs.
     step_kms : float
         Velocity step of the fine model grid, km/s.
     dtype : torch.dtype
@@ -534,8 +538,9 @@ def fit(
     # Stage 2: globals only.
     groups = global_groups()
     if groups and global_epochs > 0:
-        h = optimize(model, chi2, epochs=global_epochs, learning_rate=0.01, rtol=1e-7, patience=20,
-                     progress=progress, description="fit: globals", param_groups=groups)
+        h = optimize(model, chi2, epochs=global_epochs, learning_rate=1.0, rtol=1e-7, patience=3,
+                     optimizer="lbfgs", progress=progress, description="fit: globals",
+                     param_groups=groups)
         history.loss += h.loss
 
     # Stage 3: lines join, with the L1 prior.
@@ -550,12 +555,18 @@ def fit(
             loss = loss + (prior_weight / prior_scale) * torch.sum(torch.abs(tell.ln_amplitude - ln_a0_tell))
         return loss
 
-    line_params = [p for p in star.parameters() if p.requires_grad]
-    if tell is not None:
-        line_params += [p for p in tell.parameters() if p.requires_grad]
-    if line_params and epochs > 0:
-        groups = global_groups() + [{"params": line_params, "lr": learning_rate}]
-        h = optimize(model, total_loss, epochs=epochs, learning_rate=learning_rate, rtol=1e-6, patience=30,
+    line_groups = []
+    for forest in (star, tell):
+        if forest is None:
+            continue
+        for name, p in forest.named_parameters():
+            if p.requires_grad:
+                # Centres move in Å: a step of lr·(0.05 Å) ~ 1 mÅ; log-parameters move by lr.
+                lr = learning_rate * (0.05 if name == "center_shift" else 1.0)
+                line_groups.append({"params": [p], "lr": lr})
+    if line_groups and epochs > 0:
+        groups = global_groups() + line_groups
+        h = optimize(model, total_loss, epochs=epochs, learning_rate=learning_rate, rtol=rtol, patience=30,
                      progress=progress, description="fit: lines", param_groups=groups,
                      after_step=after_step, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
                      resume=resume)
@@ -566,15 +577,15 @@ def fit(
     # Stage 4: polish the globals.
     groups = global_groups()
     if groups and global_epochs > 0:
-        for g in groups:
-            g["lr"] *= 0.2
-        h = optimize(model, chi2, epochs=global_epochs, learning_rate=0.01, rtol=1e-8, patience=20,
-                     progress=progress, description="fit: polish", param_groups=groups)
+        h = optimize(model, chi2, epochs=global_epochs, learning_rate=1.0, rtol=1e-8, patience=3,
+                     optimizer="lbfgs", progress=progress, description="fit: polish",
+                     param_groups=groups)
         history.loss += h.loss
     model.relayout()
 
     n_free = sum(p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad)
-    chi2_red = float(chi2()) / max(n_good - n_free, 1)
+    with torch.no_grad():
+        chi2_red = float(chi2()) / max(n_good - n_free, 1)
     uncertainties = _global_uncertainties(model, data, inv_sigma, good)
 
     template_forest = copy.deepcopy(star).cpu()
@@ -590,13 +601,13 @@ def fit(
         template = CloneResult(template_forest, wl, np.full_like(wl, np.nan), np.ones_like(wl),
                                meta={"transfer_learned": True})
     return FitResult(
-        rv=float(model.rv),
-        vsini=float(model.rotation.effective_vsini()),
+        rv=float(model.rv.detach()),
+        vsini=float(model.rotation.effective_vsini().detach()),
         resolving_power=float(model.instrument.resolving_power),
         limb_darkening=float(model.rotation.limb_darkening),
         uncertainties=uncertainties,
         chi2_reduced=chi2_red,
-        model=model,
+        forward_model=model,
         template=template,
         orders=orders,
         history=history,

@@ -158,7 +158,9 @@ def test_rotation_kernel_second_moment_sensitivity_is_analytic():
     variance = (kernel * velocity**2).sum()
     variance.backward()
     # independent continuous variance from quadrature, plus the bin term step^2/12
-    continuous = integrate.quad(lambda v: v * v * rotation_profile(v, 80.0, 0.6), -80, 80, epsabs=1e-12)[0]
+    continuous = integrate.quad(
+        lambda v: v * v * rotation_profile(v, 80.0, 0.6), -80, 80, epsabs=1e-12
+    )[0]
     assert float(variance.detach()) == pytest.approx(continuous + step**2 / 12, rel=1e-6)
     # the limb sits on a bin centre here, so the Sheppard term is only nearly
     # constant in vsini: the analytic slope holds to 1e-5, finite differences to 1e-8
@@ -251,18 +253,26 @@ def test_gaussian_half_width_helper():
 
 # --------------------------------------------------------------------------- convolution
 @pytest.mark.parametrize("method", ["direct", "fft", "auto"])
-@pytest.mark.parametrize("n_flux, kernel_length", [(1000, 1), (1000, 3), (1000, 57), (997, 201), (50, 81)])
+@pytest.mark.parametrize(
+    "n_flux, kernel_length", [(1000, 1), (1000, 3), (1000, 57), (997, 201), (50, 81)]
+)
 def test_convolve_same_matches_numpy_reference(method, n_flux, kernel_length):
     rng = np.random.default_rng(kernel_length + n_flux)
     flux = rng.normal(size=(3, n_flux))
     kernel = rng.random(kernel_length)  # asymmetric: checks orientation
     half = kernel_length // 2
-    reference = np.stack([np.convolve(np.pad(row, half, mode="edge"), kernel, mode="valid") for row in flux])
+    reference = np.stack(
+        [np.convolve(np.pad(row, half, mode="edge"), kernel, mode="valid") for row in flux]
+    )
     result = convolve_same(torch.from_numpy(flux), torch.from_numpy(kernel), method=method)
     assert result.shape == (3, n_flux)
-    np.testing.assert_allclose(result.numpy(), reference, rtol=0, atol=1e-10 * np.abs(reference).max())
+    np.testing.assert_allclose(
+        result.numpy(), reference, rtol=0, atol=1e-10 * np.abs(reference).max()
+    )
     single = convolve_same(torch.from_numpy(flux[1]), torch.from_numpy(kernel), method=method)
-    np.testing.assert_allclose(single.numpy(), reference[1], rtol=0, atol=1e-10 * np.abs(reference).max())
+    np.testing.assert_allclose(
+        single.numpy(), reference[1], rtol=0, atol=1e-10 * np.abs(reference).max()
+    )
 
 
 @pytest.mark.parametrize("method", ["direct", "fft"])
@@ -274,7 +284,9 @@ def test_convolve_same_gradcheck_flux_and_kernel(method):
 
 
 def absorption_line(n_samples, step, depth, sigma_kms, centre_index=None):
-    velocity = (np.arange(n_samples) - (n_samples // 2 if centre_index is None else centre_index)) * step
+    velocity = (
+        np.arange(n_samples) - (n_samples // 2 if centre_index is None else centre_index)
+    ) * step
     return 1 - depth * np.exp(-0.5 * (velocity / sigma_kms) ** 2)
 
 
@@ -378,7 +390,9 @@ def test_rotational_broadening_module_gradients_match_function_and_finite_differ
         (vsini, epsilon),
     )
     weights = (torch.arange(200.0, dtype=F64) - 90.0) ** 2  # sensitive to the width
-    grad_v, grad_e = torch.autograd.grad((out * weights).sum(), (module.vsini, module.limb_darkening))
+    grad_v, grad_e = torch.autograd.grad(
+        (out * weights).sum(), (module.vsini, module.limb_darkening)
+    )
     assert float(grad_v) == pytest.approx(float((jac_v * weights).sum()), rel=1e-10)
     assert float(grad_e) == pytest.approx(float((jac_e * weights).sum()), rel=1e-10)
     # finite difference in vsini through the module

@@ -260,8 +260,13 @@ def test_benchmark_cost_vs_pseudo_voigt(half_window_angstrom):
     sigma = 0.01 + 0.04 * torch.rand(n, generator=generator)
     gamma = 0.005 + 0.03 * torch.rand(n, generator=generator)
     dx = (2 * torch.rand(n, generator=generator) - 1) * half_window_angstrom
-    pseudo = _time_forward_backward(_pseudo_voigt, dx, sigma, gamma, 3)
-    exact = _time_forward_backward(voigt_profile, dx, sigma, gamma, 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per-element cost, not thread scheduling on a shared machine
+    try:
+        pseudo = _time_forward_backward(_pseudo_voigt, dx, sigma, gamma, 5)
+        exact = _time_forward_backward(voigt_profile, dx, sigma, gamma, 5)
+    finally:
+        torch.set_num_threads(threads)
     print(
         f"half window {half_window_angstrom} A: pseudo {pseudo * 1e3:.0f} ms, "
         f"exact {exact * 1e3:.0f} ms, "

@@ -25,7 +25,9 @@ def reference_means(fine_wavelength, fine_flux, pixel_bounds):
         else:
             lower_edges.append((fine_wavelength[j - 1] + fine_wavelength[j]) / 2)
         if j == n - 1:
-            upper_edges.append(fine_wavelength[-1] + (fine_wavelength[-1] - fine_wavelength[-2]) / 2)
+            upper_edges.append(
+                fine_wavelength[-1] + (fine_wavelength[-1] - fine_wavelength[-2]) / 2
+            )
         else:
             upper_edges.append((fine_wavelength[j] + fine_wavelength[j + 1]) / 2)
     means, coverage = [], []
@@ -90,9 +92,11 @@ def test_matches_dense_reference_contiguous_edges(method, seed):
     assert averager.coverage[0] < 1  # partial coverage at the blue end
     # batch dimensions
     batch = np.stack([flux, 2 * flux + 1])
+    empty = averager.empty.numpy()
+    np.testing.assert_array_equal(empty, coverage == 0)
     np.testing.assert_allclose(
         averager(torch.from_numpy(batch)).numpy(),
-        np.stack([expected, 2 * expected + 1]),
+        np.stack([expected, np.where(empty, 0.0, 2 * expected + 1)]),
         rtol=0,
         atol=1e-12,
     )
@@ -148,7 +152,9 @@ def test_linear_function_preserved_where_fully_covered(method):
     rng = np.random.default_rng(3)
     data_edges = np.sort(rng.uniform(fine_edges[0], fine_edges[-1], 40))
     averager = PixelAverager(fine, data_edges, method=method)
-    np.testing.assert_allclose(averager(torch.full((500,), 2.5, dtype=F64)).numpy(), 2.5, rtol=1e-14)
+    np.testing.assert_allclose(
+        averager(torch.full((500,), 2.5, dtype=F64)).numpy(), 2.5, rtol=1e-14
+    )
     centres = 0.5 * (data_edges[1:] + data_edges[:-1])
     error = averager(flux).numpy() - (intercept + slope * centres)
     assert np.max(np.abs(error)) <= slope * 0.02
@@ -203,9 +209,13 @@ def test_gradcheck(method):
     fine, _ = random_case(2, n_fine=30)
     data_edges = np.linspace(fine[0] - 1, fine[-1] + 0.5, 8)
     averager = PixelAverager(fine, data_edges, method=method)
-    flux = torch.randn(2, 30, dtype=F64, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    flux = torch.randn(
+        2, 30, dtype=F64, generator=torch.Generator().manual_seed(0), requires_grad=True
+    )
     assert torch.autograd.gradcheck(averager, (flux,))
-    single = torch.randn(30, dtype=F64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    single = torch.randn(
+        30, dtype=F64, generator=torch.Generator().manual_seed(1), requires_grad=True
+    )
     assert torch.autograd.gradcheck(averager, (single,))
 
 

@@ -297,7 +297,6 @@ _EDGE_BUG = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=_EDGE_BUG)
 def test_edge_line_wings_below_tolerance():
     wl = np.arange(10000.0, 10010.0, 0.01)
     tolerance = 1e-4
@@ -312,7 +311,6 @@ def test_edge_line_wings_below_tolerance():
     assert max(worst.values()) < tolerance
 
 
-@pytest.mark.xfail(strict=True, reason=_EDGE_BUG)
 def test_huge_half_width_windows_cover_grid():
     # tolerance=1e-30 and max_half_width=1e4 Å ask for windows far wider than this 3 Å grid,
     # so every line should see every pixel and sparse should equal dense to rounding.

@@ -79,7 +79,7 @@ from ..core.broadening import (
 )
 from ..core.lineforest import LineForest
 from ..core.resample import PixelAverager, pixel_edges_from_centers
-from ..core.train import optimize
+from ..core.train import TrainingHistory, optimize
 
 __all__ = ["LineForestModel", "ExtrinsicModel", "BlaseFitter"]
 
@@ -138,7 +138,9 @@ def _spectral_axis_angstrom(x, name: str = "x") -> np.ndarray:
     if np.any(bad):
         raise ValueError(f"{name} contains {int(bad.sum())} NaN or infinite values")
     if np.any(values <= 0):
-        raise ValueError(f"{name} must be positive wavelengths; {int(np.sum(values <= 0))} are <= 0 Å")
+        raise ValueError(
+            f"{name} must be positive wavelengths; {int(np.sum(values <= 0))} are <= 0 Å"
+        )
     return values
 
 
@@ -168,7 +170,9 @@ class _ScaledForest(nn.Module):
         return self.forest.log_transmission(layout, velocity_kms, fused=fused)
 
 
-def _scaled_log_transmission(forest: LineForest, layout, rv: Tensor, scale: Tensor, *, fused: bool) -> Tensor:
+def _scaled_log_transmission(
+    forest: LineForest, layout, rv: Tensor, scale: Tensor, *, fused: bool
+) -> Tensor:
     """ln F of the forest with every amplitude multiplied by ``scale`` (> 0).
 
     The scale enters as ``ln a + ln scale`` through :func:`torch.func.functional_call`,
@@ -254,7 +258,9 @@ class LineForestModel(Fittable1DModel):
     #: Parameter units used inside ``evaluate`` / torch (``None``: dimensionless).
     _internal_units = {"rv": _KMS, "scale": None}
 
-    def __init__(self, forest, rv=0.0, scale=1.0, *, tolerance: float = 1e-4, device=None, **kwargs) -> None:
+    def __init__(
+        self, forest, rv=0.0, scale=1.0, *, tolerance: float = 1e-4, device=None, **kwargs
+    ) -> None:
         tolerance = float(tolerance)
         if not (math.isfinite(tolerance) and tolerance > 0):
             raise ValueError(f"tolerance must be finite and > 0, got {tolerance}")
@@ -279,6 +285,27 @@ class LineForestModel(Fittable1DModel):
         # first (input_units) and the flux is dimensionless.
         return {name: unit for name, unit in self._internal_units.items() if unit is not None}
 
+    def without_units(self) -> LineForestModel:
+        """A copy whose parameters are plain numbers in the internal units (km/s).
+
+        Use it to build compound models with astropy models that do not support
+        units in fitting (e.g. ``Chebyshev1D``), then fit with plain arrays, x in Å.
+
+        Returns
+        -------
+        LineForestModel
+            Same class, same forest, parameter units removed (values in km/s
+            and dimensionless).
+        """
+        model = self.copy()
+        for name, unit in self._internal_units.items():
+            parameter = getattr(model, name)
+            if parameter.unit is not None:
+                target = u.dimensionless_unscaled if unit is None else unit
+                parameter.value = parameter.quantity.to_value(target)
+                parameter._set_unit(None, force=True)
+        return model
+
     @property
     def forest(self) -> LineForest:
         """The model's own float64 :class:`LineForest` (the torch module)."""
@@ -298,9 +325,14 @@ class LineForestModel(Fittable1DModel):
 
     # ----------------------------------------------------------- evaluation
     def _parameter_values(self, values: Mapping[str, object]) -> dict[str, float]:
-        out = {name: _parameter_scalar(values[name], self._internal_units[name], name) for name in values}
+        out = {
+            name: _parameter_scalar(values[name], self._internal_units[name], name)
+            for name in values
+        }
         if out["scale"] < 0:
-            raise ValueError(f"scale must be >= 0 (it multiplies line amplitudes), got {out['scale']}")
+            raise ValueError(
+                f"scale must be >= 0 (it multiplies line amplitudes), got {out['scale']}"
+            )
         return out
 
     def _tensors(self, values: Mapping[str, float]) -> dict[str, Tensor]:
@@ -322,6 +354,11 @@ class LineForestModel(Fittable1DModel):
         inverse, shape = how
         return values[inverse].reshape(shape)
 
+    @staticmethod
+    def _restore_x_torch(values: Tensor, how) -> Tensor:
+        inverse, shape = how
+        return values[torch.as_tensor(inverse, device=values.device)].reshape(shape)
+
     def _layout(self, grid: np.ndarray, *, reuse: bool = False):
         """Sparse layout of the forest on ``grid`` (cached; rebuilt when the lines change)."""
         forest = self._forest
@@ -335,11 +372,19 @@ class LineForestModel(Fittable1DModel):
         cache.key, cache.value = (key, state), layout
         return layout
 
-    def _torch_flux(self, grid: np.ndarray, params: Mapping[str, Tensor], *, fused: bool = True,
-                    reuse_layout: bool = False) -> Tensor:
+    def _torch_flux(
+        self,
+        grid: np.ndarray,
+        params: Mapping[str, Tensor],
+        *,
+        fused: bool = True,
+        reuse_layout: bool = False,
+    ) -> Tensor:
         """Flux on the prepared ``grid`` (Å) as a float64 tensor, differentiable in ``params``."""
         layout = self._layout(grid, reuse=reuse_layout)
-        log_t = _scaled_log_transmission(self._forest, layout, params["rv"], params["scale"], fused=fused)
+        log_t = _scaled_log_transmission(
+            self._forest, layout, params["rv"], params["scale"], fused=fused
+        )
         return torch.exp(log_t)
 
     def _evaluate_numpy(self, x, values: Mapping[str, object]) -> np.ndarray:
@@ -392,7 +437,9 @@ class LineForestModel(Fittable1DModel):
         """
         return self._jvp_columns(x, {"rv": rv, "scale": scale}, ("rv", "scale"))
 
-    def _jvp_columns(self, x, values: Mapping[str, object], names: Iterable[str]) -> list[np.ndarray]:
+    def _jvp_columns(
+        self, x, values: Mapping[str, object], names: Iterable[str]
+    ) -> list[np.ndarray]:
         x_angstrom = _spectral_axis_angstrom(x)
         grid, how = self._prepare_x(x_angstrom)
         params = self._tensors(self._parameter_values(values))
@@ -400,7 +447,9 @@ class LineForestModel(Fittable1DModel):
         with torch.no_grad(), warnings.catch_warnings():
             # torch loads its forward-AD decompositions through the deprecated
             # torch.jit.script on first use; that warning is torch's own business.
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+            warnings.filterwarnings(
+                "ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning
+            )
             for name in names:
                 with forward_ad.dual_level():
                     dual = dict(params)
@@ -482,13 +531,21 @@ class ExtrinsicModel(LineForestModel):
     :class:`BlaseFitter` uses reverse-mode gradients.
     """
 
-    vsini = Parameter(default=2.0, unit=_KMS, min=0.0, description="Projected rotational velocity, km/s")
-    limb_darkening = Parameter(default=0.6, min=0.0, max=1.0, fixed=True,
-                               description="Linear limb-darkening coefficient")
+    vsini = Parameter(
+        default=2.0, unit=_KMS, min=0.0, description="Projected rotational velocity, km/s"
+    )
+    limb_darkening = Parameter(
+        default=0.6, min=0.0, max=1.0, fixed=True, description="Linear limb-darkening coefficient"
+    )
     resolving_power = Parameter(default=55000.0, description="Instrumental resolving power λ/Δλ")
 
-    _internal_units = {"rv": _KMS, "scale": None, "vsini": _KMS, "limb_darkening": None,
-                       "resolving_power": None}
+    _internal_units = {
+        "rv": _KMS,
+        "scale": None,
+        "vsini": _KMS,
+        "limb_darkening": None,
+        "resolving_power": None,
+    }
     fit_deriv = None
 
     def __init__(
@@ -527,19 +584,31 @@ class ExtrinsicModel(LineForestModel):
         resolving_power_min = float(resolving_power_min)
         if not (0 < resolving_power_min <= r_value):
             raise ValueError(
-                f"resolving_power_min must be in (0, resolving_power = {r_value}], got {resolving_power_min}"
+                f"resolving_power_min must be in (0, resolving_power = {r_value}], "
+                f"got {resolving_power_min}"
             )
         self._step_kms = step_kms
         self._vsini_max = vsini_max
         self._resolving_power_min = resolving_power_min
         self._rotation_half_width = rotation_kernel_half_width(vsini_max, step_kms)
-        self._instrument_half_width = gaussian_kernel_half_width(resolving_power_min, step_kms, n_sigma)
-        super().__init__(
-            forest, rv=rv, scale=scale, tolerance=tolerance, device=device,
-            vsini=vsini, limb_darkening=limb_darkening, resolving_power=resolving_power, **kwargs,
+        self._instrument_half_width = gaussian_kernel_half_width(
+            resolving_power_min, step_kms, n_sigma
         )
-        self.vsini.bounds = (0.0, vsini_max if self.vsini.unit is None
-                             else (vsini_max * _KMS).to_value(self.vsini.unit))
+        super().__init__(
+            forest,
+            rv=rv,
+            scale=scale,
+            tolerance=tolerance,
+            device=device,
+            vsini=vsini,
+            limb_darkening=limb_darkening,
+            resolving_power=resolving_power,
+            **kwargs,
+        )
+        self.vsini.bounds = (
+            0.0,
+            vsini_max if self.vsini.unit is None else (vsini_max * _KMS).to_value(self.vsini.unit),
+        )
         self.resolving_power.bounds = (resolving_power_min, None)
 
     @property
@@ -575,11 +644,17 @@ class ExtrinsicModel(LineForestModel):
     def _restore_x(values: np.ndarray, how) -> np.ndarray:
         return values
 
+    @staticmethod
+    def _restore_x_torch(values: Tensor, how) -> Tensor:
+        return values
+
     def _fine_grid(self, pixels: np.ndarray) -> _FineGrid:
         edges = pixel_edges_from_centers(pixels)
         pad_kms = (self._rotation_half_width + self._instrument_half_width + 8) * self._step_kms
         factor = math.exp(pad_kms / SPEED_OF_LIGHT_KMS)
-        fine = log_uniform_grid(edges[0] / factor, edges[-1] * factor, self._step_kms, dtype=torch.float64)
+        fine = log_uniform_grid(
+            edges[0] / factor, edges[-1] * factor, self._step_kms, dtype=torch.float64
+        )
         device = self._forest.center_ref.device
         averager = PixelAverager(fine.numpy(), edges, dtype=torch.float64, device=device)
         return _FineGrid(fine.to(device), averager)
@@ -602,18 +677,29 @@ class ExtrinsicModel(LineForestModel):
         cache.key, cache.value = (key, state), (fine, layout)
         return cache.value
 
-    def _torch_flux(self, grid: np.ndarray, params: Mapping[str, Tensor], *, fused: bool = True,
-                    reuse_layout: bool = False) -> Tensor:
+    def _torch_flux(
+        self,
+        grid: np.ndarray,
+        params: Mapping[str, Tensor],
+        *,
+        fused: bool = True,
+        reuse_layout: bool = False,
+    ) -> Tensor:
         fine, layout = self._layout(grid, reuse=reuse_layout)
-        log_t = _scaled_log_transmission(self._forest, layout, params["rv"], params["scale"], fused=fused)
+        log_t = _scaled_log_transmission(
+            self._forest, layout, params["rv"], params["scale"], fused=fused
+        )
         flux = torch.exp(log_t)
         rotation = rotation_kernel(
-            params["vsini"], self._step_kms, limb_darkening=params["limb_darkening"],
+            params["vsini"],
+            self._step_kms,
+            limb_darkening=params["limb_darkening"],
             half_width=self._rotation_half_width,
         )
         flux = convolve_same(flux, rotation)
-        instrument = gaussian_kernel(params["resolving_power"], self._step_kms,
-                                     half_width=self._instrument_half_width)
+        instrument = gaussian_kernel(
+            params["resolving_power"], self._step_kms, half_width=self._instrument_half_width
+        )
         flux = convolve_same(flux, instrument)
         return fine.averager(flux)
 
@@ -658,8 +744,13 @@ class ExtrinsicModel(LineForestModel):
         """
         return self._evaluate_numpy(
             x,
-            {"rv": rv, "scale": scale, "vsini": vsini, "limb_darkening": limb_darkening,
-             "resolving_power": resolving_power},
+            {
+                "rv": rv,
+                "scale": scale,
+                "vsini": vsini,
+                "limb_darkening": limb_darkening,
+                "resolving_power": resolving_power,
+            },
         )
 
 
@@ -673,7 +764,9 @@ _LOG_PARAMETERS = ("scale", "resolving_power")
 class _GlobalParameters(nn.Module):
     """Free global parameters (in optimisation space) and the forest, for ``optimize``."""
 
-    def __init__(self, initial: Mapping[str, float], free: Iterable[str], forest: LineForest) -> None:
+    def __init__(
+        self, initial: Mapping[str, float], free: Iterable[str], forest: LineForest
+    ) -> None:
         super().__init__()
         self.free = nn.ParameterDict()
         self.fixed: dict[str, Tensor] = {}
@@ -698,6 +791,61 @@ class _GlobalParameters(nn.Module):
                 value = torch.clamp(value, min=lo, max=hi)
             out[name] = value
         return out
+
+
+def _lbfgs(
+    module: nn.Module,
+    loss_fn,
+    *,
+    maxiter: int,
+    learning_rate: float,
+    after_step,
+    iterations_per_epoch: int = 20,
+) -> TrainingHistory:
+    """L-BFGS with tight tolerances (the loss is already relative to its start).
+
+    ``core.train.optimize`` keeps torch's default tolerances (gradient 1e-7),
+    which stop noise-free fits of a few global parameters early; this loop
+    stops when L-BFGS itself converges (gradient below 1e-12 or no change)
+    or after ``maxiter`` epochs of ``iterations_per_epoch`` iterations.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    opt = torch.optim.LBFGS(
+        params,
+        lr=learning_rate,
+        max_iter=iterations_per_epoch,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        opt.zero_grad(set_to_none=True)
+        value = loss_fn()
+        value.backward()
+        return value
+
+    history = TrainingHistory(stop_reason="max_epochs")
+    t0 = time.perf_counter()
+    for epoch in range(1, maxiter + 1):
+        before = opt.state[params[0]].get("n_iter", 0)
+        loss = float(opt.step(closure).detach())
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"loss became {loss} at epoch {epoch}; check the data and the initial parameters"
+            )
+        history.loss.append(loss)
+        history.epochs = epoch
+        if after_step is not None:
+            after_step(epoch)
+        if opt.state[params[0]].get("n_iter", 0) - before < iterations_per_epoch:
+            history.stop_reason = "converged"
+            break
+    history.wall_time = time.perf_counter() - t0
+    return history
 
 
 class BlaseFitter:
@@ -756,7 +904,8 @@ class BlaseFitter:
                 y = y.to_value(u.dimensionless_unscaled)
             except u.UnitConversionError as error:
                 raise u.UnitsError(
-                    f"y must be a dimensionless flux (the model is in continuum units), got unit {y.unit}"
+                    "y must be a dimensionless flux (the model is in continuum units), "
+                    f"got unit {y.unit}"
                 ) from error
         y = np.array(y, dtype=np.float64)
         if y.shape != x_angstrom.shape:
@@ -770,12 +919,10 @@ class BlaseFitter:
                 weights = weights.to_value(u.dimensionless_unscaled)
             w = np.broadcast_to(np.array(weights, dtype=np.float64), y.shape).copy()
             if not np.all(np.isfinite(w)) or np.any(w < 0):
-                raise ValueError("weights must be finite and >= 0 (they multiply the residuals, 1/σ)")
-        order = np.argsort(x_angstrom, kind="stable")
-        if isinstance(model, ExtrinsicModel):
-            model._prepare_x(x_angstrom)  # raises with a clear message if not a pixel grid
-            order = np.arange(x_angstrom.size)
-        return x_angstrom[order], y[order], w[order]
+                raise ValueError(
+                    "weights must be finite and >= 0 (they multiply the residuals, 1/σ)"
+                )
+        return x_angstrom, y, w
 
     def __call__(
         self,
@@ -846,16 +993,22 @@ class BlaseFitter:
             raise ValueError(f"maxiter must be >= 1, got {maxiter}")
         if not prior_scale > 0:
             raise ValueError(f"prior_scale must be > 0, got {prior_scale}")
-        x_grid, y_data, w_data = self._data(model, x, y, weights)
+        x_angstrom, y_data, w_data = self._data(model, x, y, weights)
         fitted = model.copy()
+        x_grid, how = fitted._prepare_x(x_angstrom)  # raises if ExtrinsicModel gets no pixel grid
         forest = fitted.forest
         original_trainable = forest.trainable
         line_parameters = tuple(line_parameters)
         forest.set_trainable(line_parameters if fit_lines else ())
 
         initial = {
-            name: _parameter_scalar(getattr(fitted, name).quantity if getattr(fitted, name).unit is not None
-                                    else getattr(fitted, name).value, fitted._internal_units[name], name)
+            name: _parameter_scalar(
+                getattr(fitted, name).quantity
+                if getattr(fitted, name).unit is not None
+                else getattr(fitted, name).value,
+                fitted._internal_units[name],
+                name,
+            )
             for name in fitted.param_names
         }
         bounds = {}
@@ -880,13 +1033,30 @@ class BlaseFitter:
 
         def residual_sum():
             flux = fitted._torch_flux(x_grid, holder.values(bounds), reuse_layout=True)
+            flux = fitted._restore_x_torch(flux, how)
             return torch.sum((w_t * (y_t - flux)) ** 2)
 
-        def loss_fn():
+        def raw_loss():
             loss = 0.5 * residual_sum()
             if fit_lines and forest.ln_amplitude.requires_grad:
-                loss = loss + (prior_weight / prior_scale) * torch.sum(torch.abs(forest.ln_amplitude - ln_a0))
+                loss = loss + (prior_weight / prior_scale) * torch.sum(
+                    torch.abs(forest.ln_amplitude - ln_a0)
+                )
             return loss
+
+        # The optimiser sees the loss relative to its initial value, so that the
+        # optimisers' absolute tolerances act as relative ones whatever the weights.
+        with torch.no_grad():
+            normaliser = float(raw_loss())
+        if not math.isfinite(normaliser):
+            raise ValueError(
+                "the initial model gives a non-finite loss; check the data and the initial "
+                "parameters"
+            )
+        normaliser = normaliser if normaliser > 0 else 1.0
+
+        def loss_fn():
+            return raw_loss() / normaliser
 
         def after_step(epoch: int) -> None:
             if fit_lines:
@@ -895,30 +1065,48 @@ class BlaseFitter:
                     fitted._cache.key = None
 
         t0 = time.perf_counter()
-        history = optimize(
-            holder, loss_fn, epochs=maxiter, learning_rate=self.learning_rate, optimizer=self.optimizer,
-            rtol=rtol, patience=patience, progress=progress, description="BlaseFitter",
-            after_step=after_step,
-        )
+        if self.optimizer == "adam":
+            history = optimize(
+                holder,
+                loss_fn,
+                epochs=maxiter,
+                learning_rate=self.learning_rate,
+                optimizer="adam",
+                rtol=rtol,
+                patience=patience,
+                progress=progress,
+                description="BlaseFitter",
+                after_step=after_step,
+            )
+        else:
+            history = _lbfgs(
+                holder,
+                loss_fn,
+                maxiter=maxiter,
+                learning_rate=self.learning_rate,
+                after_step=after_step,
+            )
         with torch.no_grad():
             final_values = holder.values(bounds)
             fitted._cache.key = None
             chi2 = float(residual_sum())
         for name, tensor in final_values.items():
             param = getattr(fitted, name)
-            value = float(tensor)
+            value = float(tensor.detach())
             unit = fitted._internal_units[name]
             if param.unit is not None and unit is not None:
                 value = (value * unit).to_value(param.unit)
             param.value = value
         forest.set_trainable(original_trainable)
         fitted._cache.key = None
+        loss = [value * normaliser for value in history.loss]
         self.fit_info = {
-            "loss": list(history.loss),
+            "loss": loss,
+            "initial_loss": normaliser,
             "n_epochs": int(history.epochs),
             "stop_reason": history.stop_reason,
             "wall_time": time.perf_counter() - t0,
-            "final_loss": history.loss[-1] if history.loss else float("nan"),
+            "final_loss": loss[-1] if loss else float("nan"),
             "chi2": chi2,
         }
         return fitted

@@ -345,7 +345,9 @@ def gaussian_kernel_half_width(resolving_power: float, step_kms: float, n_sigma:
 def _gaussian_kernel_unchecked(resolving_power: Tensor, step_kms: float, half_width: int) -> Tensor:
     dtype = resolving_power.dtype
     sigma_kms = SPEED_OF_LIGHT_KMS / (_FWHM_PER_SIGMA * resolving_power)
-    edges = (torch.arange(half_width + 1, dtype=dtype, device=resolving_power.device) + 0.5) * step_kms
+    edges = (
+        torch.arange(half_width + 1, dtype=dtype, device=resolving_power.device) + 0.5
+    ) * step_kms
     half_erf = 0.5 * torch.erf(edges / (math.sqrt(2.0) * sigma_kms))
     centre = 2.0 * half_erf[:1]
     wing = half_erf[1:] - half_erf[:-1]
@@ -547,7 +549,9 @@ class RotationalBroadening(nn.Module):
             vsini_max = max(2.0 * vsini, vsini + 20.0)
         vsini_max = float(vsini_max)
         if not (math.isfinite(vsini_max) and vsini_max >= vsini):
-            raise ValueError(f"vsini_max must be finite and >= vsini ({vsini} km/s), got {vsini_max}")
+            raise ValueError(
+                f"vsini_max must be finite and >= vsini ({vsini} km/s), got {vsini_max}"
+            )
         self.step_kms = float(step_kms)
         self.vsini_max = vsini_max
         self.half_width = rotation_kernel_half_width(vsini_max, self.step_kms)
@@ -563,7 +567,9 @@ class RotationalBroadening(nn.Module):
     def kernel(self) -> Tensor:
         """Current rotation kernel, length ``2 · half_width + 1``, dimensionless."""
         eps = torch.clamp(self.limb_darkening, 0.0, 1.0)
-        return _rotation_kernel_unchecked(self.effective_vsini(), eps, self.step_kms, self.half_width)
+        return _rotation_kernel_unchecked(
+            self.effective_vsini(), eps, self.step_kms, self.half_width
+        )
 
     def forward(self, flux: Tensor) -> Tensor:
         """Rotationally broadened flux, same shape (``[N]`` or ``[B, N]``) and units."""

@@ -286,10 +286,17 @@ class PixelAverager(nn.Module):
             # "Sparse CSR tensor support is in beta state" (emitted once per process)
             warnings.simplefilter("ignore", UserWarning)
             matrix = torch.sparse_csr_tensor(
-                self.crow, self.columns, self.weights, (self.n_data, self.n_fine), check_invariants=False
+                self.crow,
+                self.columns,
+                self.weights,
+                (self.n_data, self.n_fine),
+                check_invariants=False,
             )
             transpose = torch.sparse_csr_tensor(
-                self.crow_t, self.columns_t, self.weights_t, (self.n_fine, self.n_data),
+                self.crow_t,
+                self.columns_t,
+                self.weights_t,
+                (self.n_fine, self.n_data),
                 check_invariants=False,
             )
         return matrix, transpose

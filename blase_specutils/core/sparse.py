@@ -182,9 +182,12 @@ class SparseLayout:
             raise ValueError("half_width must have one entry per line")
         wl = self.wavelength.cpu().numpy()
         c = self.center_ref.cpu().numpy()
-        lo = np.searchsorted(wl, c - half)
-        hi = np.searchsorted(wl, c + half)
-        npix = np.maximum(hi - lo + 1, min_pixels)
+        # Pixels on each side of the centre; a side clipped by the grid end borrows
+        # the other side's count so windows stay symmetric around the line.
+        mid = np.searchsorted(wl, c)
+        left = mid - np.searchsorted(wl, c - half)
+        right = np.searchsorted(wl, c + half) - mid
+        npix = np.maximum(2 * np.maximum(left, right) + 2, min_pixels)
         cap = max_pixels or 1 << int(math.ceil(math.log2(2 * self.n_pixels)))
         width = np.minimum(1 << np.ceil(np.log2(npix)).astype(np.int64), cap)
         if core_half_width is None:

@@ -110,8 +110,9 @@ def optimize(
     optimizer : {"adam", "lbfgs"}
         Adam for many parameters; L-BFGS converges faster on few, smooth parameters.
     rtol : float
-        Stop when the loss improved by less than ``rtol`` (relative) over the last
-        ``patience`` epochs. Set to 0 to always run ``epochs``.
+        Stop when the best loss of the last ``patience`` epochs improves on the best
+        loss before them by less than ``rtol`` (relative). Set to 0 to always run
+        ``epochs``.
     patience : int
         Window of the stopping rule, epochs.
     progress : bool
@@ -211,8 +212,11 @@ def optimize(
                 save_checkpoint(checkpoint, module, opt, epoch, history.loss)
                 last_checkpoint = now
             if rtol > 0 and len(history.loss) > patience:
-                old = history.loss[-patience - 1]
-                if (old - value) <= rtol * abs(old):
+                # Best loss of the last `patience` epochs against the best before them:
+                # robust to the small oscillations of Adam.
+                before = min(history.loss[:-patience])
+                recent = min(history.loss[-patience:])
+                if before - recent <= rtol * abs(before):
                     history.stop_reason = "converged"
                     break
             if time_limit is not None and now - t0 > time_limit:

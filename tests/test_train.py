@@ -1,0 +1,251 @@
+"""Optimisation loop (core/train.py): recovery of known truth, stopping, NaN, checkpoints, resume."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from blase_specutils.core.lineforest import LineForest
+from blase_specutils.core.train import load_checkpoint, optimize, resolve_device, save_checkpoint
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny: intra-op threads only add contention (50x slower on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+WAVELENGTH = np.arange(8600.0, 8603.0, 0.01)
+#: windows covering the grid, so a model with the true parameters reproduces the target exactly
+COVER_ALL = {"tolerance": 1e-30, "max_half_width": 1e4, "min_pixels": 2 * WAVELENGTH.size}
+
+
+def _truth(seed: int = 0, n: int = 6):
+    rng = np.random.default_rng(seed)
+    center = np.sort(rng.uniform(8600.2, 8602.8, n))
+    amplitude = rng.uniform(0.005, 0.02, n)
+    sigma = rng.uniform(0.01, 0.04, n)
+    gamma = rng.uniform(0.01, 0.03, n)
+    truth = LineForest(center, amplitude, sigma, gamma, dtype=torch.float64)
+    with torch.no_grad():
+        target = truth(truth.make_layout(WAVELENGTH, **COVER_ALL))
+    start = amplitude * rng.uniform(0.7, 1.3, n)
+    return (center, amplitude, sigma, gamma), start, target
+
+
+def _problem(seed=0, *, trainable=("amplitude",), dtype=torch.float64):
+    (center, amplitude, sigma, gamma), start, target = _truth(seed)
+    model = LineForest(center, start, sigma, gamma, trainable=trainable, dtype=dtype)
+    layout = model.make_layout(WAVELENGTH, **COVER_ALL)
+    target = target.to(dtype)
+
+    def loss_fn():
+        return torch.mean((model(layout) - target) ** 2)
+
+    return model, loss_fn, amplitude
+
+
+# --------------------------------------------------------------------- recovering truth
+def test_adam_recovers_true_amplitudes():
+    model, loss_fn, amplitude = _problem()
+    start_error = np.max(np.abs(model.line_properties()["amplitude"] / amplitude - 1))
+    assert start_error > 0.1
+    history = optimize(model, loss_fn, epochs=300, learning_rate=0.05, rtol=0, progress=False)
+    assert history.stop_reason == "max_epochs" and history.epochs == 300 and len(history.loss) == 300
+    recovered = model.line_properties()["amplitude"]
+    # measured: 2.7e-8 relative after 300 epochs
+    np.testing.assert_allclose(recovered, amplitude, rtol=1e-3)
+    assert history.loss[-1] < 1e-6 * history.loss[0]
+
+
+def test_lbfgs_recovers_true_amplitudes():
+    model, loss_fn, amplitude = _problem(seed=1)
+
+    # L-BFGS's own tolerances (tolerance_grad=1e-7) are absolute: scale the tiny MSE up
+    def scaled():
+        return 1e4 * loss_fn()
+
+    history = optimize(model, scaled, epochs=10, learning_rate=1.0, optimizer="lbfgs", rtol=0, progress=False)
+    # measured: 1.7e-6 relative after 10 L-BFGS epochs (20 iterations each)
+    np.testing.assert_allclose(model.line_properties()["amplitude"], amplitude, rtol=1e-4)
+    assert history.loss[-1] < history.loss[0]
+
+
+def test_stopping_rule_converges_before_max_epochs():
+    model, loss_fn, amplitude = _problem(seed=2)
+    history = optimize(model, loss_fn, epochs=5000, learning_rate=0.02, rtol=1e-3, patience=20, progress=False)
+    assert history.stop_reason == "converged"
+    assert history.epochs < 5000 and len(history.loss) == history.epochs
+    # the rule as documented: relative improvement over the last `patience` epochs below rtol
+    old, new = history.loss[-21], history.loss[-1]
+    assert old - new <= 1e-3 * abs(old)
+    assert history.wall_time > 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: the stopping rule compares the current loss with the loss `patience` epochs "
+    "ago, so an Adam oscillation (loss temporarily higher than 20 epochs earlier) reads as "
+    "'converged' while the best loss is still falling by orders of magnitude.",
+)
+def test_stopping_rule_ignores_oscillations():
+    model, loss_fn, amplitude = _problem()
+    history = optimize(model, loss_fn, epochs=2000, learning_rate=0.05, rtol=1e-8, patience=20, progress=False)
+    loss = np.array(history.loss)
+    # measured: stops at epoch 27 with the loss 7x above the best of the last 20 epochs
+    # (3.9e-7 at epoch 23) and amplitudes 5 % off; 300 epochs reach 2.7e-8 relative.
+    if history.stop_reason == "converged":
+        best_before = loss[:-20].min()
+        best_recent = loss[-20:].min()
+        assert best_recent >= (1 - 1e-8) * best_before, "stopped while the best loss was still improving"
+    np.testing.assert_allclose(model.line_properties()["amplitude"], amplitude, rtol=1e-3)
+
+
+def test_time_limit_stops():
+    model, loss_fn, _ = _problem()
+    history = optimize(model, loss_fn, epochs=10**6, rtol=0, time_limit=0.2, progress=False)
+    assert history.stop_reason == "time_limit"
+    assert 0 < history.epochs < 10**6
+
+
+def test_after_step_called_every_epoch():
+    model, loss_fn, _ = _problem()
+    seen = []
+    optimize(model, loss_fn, epochs=7, rtol=0, progress=False, after_step=seen.append)
+    assert seen == list(range(1, 8))
+
+
+def test_progress_bar_does_not_break_training(capsys):
+    model, loss_fn, _ = _problem()
+    history = optimize(model, loss_fn, epochs=12, rtol=0, progress=True, description="test")
+    assert history.epochs == 12
+
+
+def test_only_trainable_parameters_change():
+    model, loss_fn, _ = _problem(trainable=("amplitude",))
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    assert set(frozen) == {"center_shift", "ln_sigma", "ln_gamma"}
+    optimize(model, loss_fn, epochs=20, rtol=0, progress=False)
+    for name, before in frozen.items():
+        assert torch.equal(getattr(model, name), before)
+
+
+# --------------------------------------------------------------------------- failures
+def test_nan_loss_raises_floating_point_error():
+    model, loss_fn, _ = _problem()
+    calls = {"n": 0}
+
+    def poisoned():
+        calls["n"] += 1
+        loss = loss_fn()
+        return loss * float("nan") if calls["n"] == 5 else loss
+
+    with pytest.raises(FloatingPointError, match="loss became nan at epoch 5"):
+        optimize(model, poisoned, epochs=50, rtol=0, progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epochs": -1}, "epochs must be non-negative"),
+        ({"learning_rate": 0.0}, "learning_rate must be positive"),
+        ({"optimizer": "sgd"}, "optimizer must be 'adam' or 'lbfgs'"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    model, loss_fn, _ = _problem()
+    with pytest.raises(ValueError, match=match):
+        optimize(model, loss_fn, progress=False, **kwargs)
+
+
+def test_nothing_to_train_raises():
+    model, loss_fn, _ = _problem()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="nothing to train"):
+        optimize(model, loss_fn, progress=False)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device is available"):
+            resolve_device("cuda")
+
+
+# ------------------------------------------------------------------------ checkpoints
+def test_checkpoint_written_with_state(tmp_path):
+    model, loss_fn, _ = _problem()
+    ckpt = tmp_path / "run.pt"
+    history = optimize(model, loss_fn, epochs=30, rtol=0, checkpoint=ckpt, checkpoint_every=10, progress=False)
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 30
+    np.testing.assert_array_equal(state["loss"].numpy(), history.loss)
+    for name, value in model.state_dict().items():
+        assert torch.equal(state["module"][name], value)
+    assert list(tmp_path.iterdir()) == [ckpt]  # no temporary file left behind
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    model, loss_fn, _ = _problem()
+    ckpt = tmp_path / "run.pt"
+    optimize(model, loss_fn, epochs=10, rtol=0, checkpoint=ckpt, progress=False)
+    good = ckpt.read_bytes()
+
+    def crash_midway(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    opt = torch.optim.Adam(model.parameters())
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(ckpt, model, opt, 20, [1.0])
+    assert ckpt.read_bytes() == good  # the previous checkpoint survived intact
+    assert load_checkpoint(ckpt)["epoch"] == 10
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_resume_is_bit_identical_to_uninterrupted_run(tmp_path, dtype):
+    everything = ("center", "amplitude", "sigma", "gamma")
+    model_a, loss_a, _ = _problem(trainable=everything, dtype=dtype)
+    history_a = optimize(model_a, loss_a, epochs=100, rtol=0, progress=False)
+
+    ckpt = tmp_path / "run.pt"
+    model_b, loss_b, _ = _problem(trainable=everything, dtype=dtype)
+    history_b = optimize(model_b, loss_b, epochs=50, rtol=0, checkpoint=ckpt, progress=False)
+    assert history_b.epochs == 50 and load_checkpoint(ckpt)["epoch"] == 50
+
+    model_c, loss_c, _ = _problem(trainable=everything, dtype=dtype)  # a fresh process would start here
+    history_c = optimize(model_c, loss_c, epochs=100, rtol=0, resume=ckpt, checkpoint=ckpt, progress=False)
+    assert history_c.epochs == 100
+    assert history_c.loss == history_a.loss  # exact float equality, all 100 epochs
+    for name, value in model_a.state_dict().items():
+        assert torch.equal(model_c.state_dict()[name], value), name
+    # and the resumed run really continued (it did not redo the first 50 epochs)
+    assert not torch.equal(model_b.ln_amplitude, model_a.ln_amplitude)
+
+
+class _Exploit:
+    """Unpickling this would create a file: a checkpoint must never run code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_load_checkpoint_uses_weights_only(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "bad.pt"
+    torch.save({"module": {}, "payload": _Exploit(marker)}, bad)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_checkpoint(bad)
+    assert not marker.exists()
