@@ -487,6 +487,9 @@ def fit(
     def chi2():
         return _chi2(model, data, inv_sigma, good)
 
+    def chi2_per_pixel():
+        return _chi2(model, data, inv_sigma, good) / n_good
+
     # Stage 1: RV grid search with linear continuum.
     _solve_continuum(model, data, inv_sigma, good)
     if fit_rv and rv_search > 0:
@@ -538,10 +541,7 @@ def fit(
     # Stage 2: globals only.
     groups = global_groups()
     if groups and global_epochs > 0:
-        h = optimize(model, chi2, epochs=global_epochs, learning_rate=1.0, rtol=1e-7, patience=3,
-                     optimizer="lbfgs", progress=progress, description="fit: globals",
-                     param_groups=groups)
-        history.loss += h.loss
+        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "globals")
 
     # Stage 3: lines join, with the L1 prior.
     star.set_trainable(trainable)
@@ -577,10 +577,7 @@ def fit(
     # Stage 4: polish the globals.
     groups = global_groups()
     if groups and global_epochs > 0:
-        h = optimize(model, chi2, epochs=global_epochs, learning_rate=1.0, rtol=1e-8, patience=3,
-                     optimizer="lbfgs", progress=progress, description="fit: polish",
-                     param_groups=groups)
-        history.loss += h.loss
+        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "polish")
     model.relayout()
 
     n_free = sum(p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad)
@@ -616,6 +613,21 @@ def fit(
         meta={"n_good_pixels": n_good, "prior_scale": prior_scale, "prior_weight": prior_weight,
               "trainable": list(trainable), "step_kms": step_kms},
     )
+
+
+def _fit_globals(model, loss_fn, groups, iterations, progress, label) -> list[float]:
+    """L-BFGS on the few global parameters; falls back to Adam if a step diverges."""
+    saved = copy.deepcopy(model.state_dict())
+    try:
+        h = optimize(model, loss_fn, epochs=iterations, learning_rate=1.0, rtol=1e-9, patience=3,
+                     optimizer="lbfgs", progress=progress, description=f"fit: {label}",
+                     param_groups=groups)
+        return h.loss
+    except FloatingPointError:
+        model.load_state_dict(saved)
+    h = optimize(model, loss_fn, epochs=20 * iterations, learning_rate=0.01, rtol=1e-9, patience=20,
+                 progress=progress, description=f"fit: {label} (Adam)", param_groups=groups)
+    return h.loss
 
 
 @torch.no_grad()

@@ -81,24 +81,22 @@ def test_stopping_rule_converges_before_max_epochs():
     history = optimize(model, loss_fn, epochs=5000, learning_rate=0.02, rtol=1e-3, patience=20, progress=False)
     assert history.stop_reason == "converged"
     assert history.epochs < 5000 and len(history.loss) == history.epochs
-    # the rule as documented: relative improvement over the last `patience` epochs below rtol
-    old, new = history.loss[-21], history.loss[-1]
-    assert old - new <= 1e-3 * abs(old)
+    # the rule as documented: the best loss of the last `patience` epochs improves on the
+    # best loss before them by less than rtol, and it did not hold one epoch earlier
+    loss = np.array(history.loss)
+    before, recent = loss[:-20].min(), loss[-20:].min()
+    assert before - recent <= 1e-3 * before
+    before, recent = loss[:-21].min(), loss[-21:-1].min()
+    assert before - recent > 1e-3 * before
     assert history.wall_time > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the stopping rule compares the current loss with the loss `patience` epochs "
-    "ago, so an Adam oscillation (loss temporarily higher than 20 epochs earlier) reads as "
-    "'converged' while the best loss is still falling by orders of magnitude.",
-)
 def test_stopping_rule_ignores_oscillations():
     model, loss_fn, amplitude = _problem()
     history = optimize(model, loss_fn, epochs=2000, learning_rate=0.05, rtol=1e-8, patience=20, progress=False)
+    # Regression: a rule comparing the current loss with the loss `patience` epochs ago
+    # stopped this run at epoch 27 ("converged", amplitudes 5 % off) on an Adam oscillation.
     loss = np.array(history.loss)
-    # measured: stops at epoch 27 with the loss 7x above the best of the last 20 epochs
-    # (3.9e-7 at epoch 23) and amplitudes 5 % off; 300 epochs reach 2.7e-8 relative.
     if history.stop_reason == "converged":
         best_before = loss[:-20].min()
         best_recent = loss[-20:].min()

@@ -1,0 +1,1191 @@
+"""Results as astropy/specutils objects: line tables, spectra, parameters, plots, files.
+
+Plain functions over a :class:`~blase_specutils.cloning.CloneResult` or a
+:class:`~blase_specutils.fitting.FitResult` (the result classes expose them as thin
+properties):
+
+* :func:`line_table` — per-line properties as a `~astropy.table.QTable` with
+  equivalent widths, their uncertainties, flags and provenance;
+* :func:`equivalent_widths` — the analytic (linear mode) or numerically integrated
+  (log mode) equivalent width of each line taken alone;
+* :func:`template_spectrum` — a clone at native resolution as a `specutils.Spectrum`;
+* :func:`fit_spectra`, :func:`fit_parameters` — a fit's data, model, residual and
+  telluric spectra, and its global parameters with units;
+* :func:`plot_fit`, :func:`plot_clone` — two-panel figures;
+* :func:`write_fit` / :func:`read_fit` — one ASDF file per fit (no pickles), read back
+  as a :class:`LoadedFit`; :func:`write_line_table` / :func:`read_line_table` — ECSV.
+
+Equivalent widths follow the specutils sign convention: positive for absorption,
+``EW = ∫ (1 − F/F_c) dλ``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+import torch
+from astropy.table import QTable, Table
+from specutils import Spectrum, SpectralRegion, SpectrumList
+
+from .._version import __version__
+from ..cloning import CloneResult, forest_from_table, forest_to_table
+from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
+from ..core.profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
+from ..core.train import TrainingHistory
+from .adapters import arrays_to_spectrum
+
+__all__ = [
+    "line_table",
+    "equivalent_widths",
+    "cayrel_equivalent_width_uncertainty",
+    "template_spectrum",
+    "fit_spectra",
+    "fit_parameters",
+    "plot_fit",
+    "plot_clone",
+    "write_fit",
+    "read_fit",
+    "LoadedFit",
+    "write_line_table",
+    "read_line_table",
+    "SATURATION_DEPTH",
+    "FIT_FILE_FORMAT",
+]
+
+#: Single-line depth above which a line is flagged ``saturated``.
+SATURATION_DEPTH = 0.95
+#: ``format`` tag of the ASDF files written by :func:`write_fit`.
+FIT_FILE_FORMAT = "blase_specutils.fit"
+FIT_FILE_FORMAT_VERSION = 1
+#: Cayrel (1988) coefficient of σ_EW ≈ 1.5 √(FWHM δλ) / SNR.
+CAYREL_COEFFICIENT = 1.5
+#: Linear-mode transmission clip of the forest (1 − aV is clamped at 1e-6).
+_LINEAR_CLIP = 1.0 - 1e-6
+# Integration grid for log-mode equivalent widths: x = FWHM · 0.5 sinh(t), t uniform.
+_EW_GRID_POINTS = 1601
+_EW_GRID_REACH_FWHM = 400.0
+_EW_CHUNK_ELEMENTS = 2_000_000
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars/arrays → Python types, so metadata writes to YAML (ECSV) and ASDF."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _is_fit(obj: Any) -> bool:
+    return isinstance(obj, LoadedFit) or (
+        hasattr(obj, "template") and hasattr(obj, "forward_model") and hasattr(obj, "orders")
+    )
+
+
+def _listify(values: Any) -> list[np.ndarray]:
+    if isinstance(values, list):
+        return [np.asarray(v) for v in values]
+    return [np.asarray(values)]
+
+
+def _orders_of(result: Any) -> list[dict[str, np.ndarray]]:
+    """Per-order arrays of a fit (FitResult or LoadedFit) as a list of dicts.
+
+    Keys: ``wavelength`` (Å), ``flux``, ``uncertainty``, ``good`` (bool), ``model``,
+    ``continuum``, ``telluric``, ``telluric_corrected``, ``residual`` (data − model,
+    NaN where not good).
+    """
+    if isinstance(result, LoadedFit):
+        return result._orders
+    if not _is_fit(result):
+        raise TypeError(f"expected a FitResult or LoadedFit, not {type(result).__name__}")
+    names = {
+        "wavelength": "wavelength",
+        "flux": "flux",
+        "uncertainty": "uncertainty",
+        "good": "good",
+        "model": "model_flux",
+        "continuum": "continuum_flux",
+        "telluric": "telluric_flux",
+        "telluric_corrected": "telluric_corrected_flux",
+        "residual": "residual",
+    }
+    columns = {key: _listify(getattr(result, attr)) for key, attr in names.items()}
+    n_orders = len(columns["wavelength"])
+    orders = []
+    for k in range(n_orders):
+        order = {key: np.array(values[k], dtype=bool if key == "good" else np.float64)
+                 for key, values in columns.items()}
+        orders.append(order)
+    return orders
+
+
+def _has_telluric(result: Any) -> bool:
+    if isinstance(result, LoadedFit):
+        return result.has_telluric
+    return getattr(result, "telluric", None) is not None
+
+
+def _region_bounds(region: Any) -> tuple[float, float] | None:
+    """(lo, hi) in Å from None, a SpectralRegion, a 2-sequence of Quantities or of Å floats."""
+    if region is None:
+        return None
+    if isinstance(region, SpectralRegion):
+        lo, hi = region.lower, region.upper
+    elif isinstance(region, u.Quantity) and region.shape == (2,):
+        lo, hi = region[0], region[1]
+    elif isinstance(region, Sequence) and not isinstance(region, str) and len(region) == 2:
+        lo, hi = region
+    else:
+        raise TypeError(
+            "region must be a SpectralRegion, a (lo, hi) pair of spectral Quantities, or a "
+            f"(lo, hi) pair of wavelengths in Å; got {region!r}"
+        )
+    bounds = []
+    for value in (lo, hi):
+        if isinstance(value, u.Quantity):
+            try:
+                value = value.to_value(u.AA, equivalencies=u.spectral())
+            except u.UnitConversionError as err:
+                raise u.UnitConversionError(
+                    f"region bound {value} is not a spectral quantity (wavelength, frequency or "
+                    "wavenumber)"
+                ) from err
+        bounds.append(float(value))
+    lo_aa, hi_aa = sorted(bounds)  # frequency → wavelength reverses the order
+    if not (np.isfinite(lo_aa) and np.isfinite(hi_aa)) or hi_aa <= lo_aa:
+        raise ValueError(f"region must have a positive, finite width; got {lo_aa}–{hi_aa} Å")
+    return lo_aa, hi_aa
+
+
+def _as_line_values(value: Any, n_lines: int, name: str, unit: u.UnitBase | None) -> np.ndarray:
+    """A scalar or per-line array (optionally a Quantity in ``unit``) broadcast to ``n_lines``."""
+    if isinstance(value, u.Quantity):
+        if unit is None:
+            value = value.to_value(u.dimensionless_unscaled)
+        else:
+            value = value.to_value(unit)
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        array = np.full(n_lines, float(array))
+    if array.shape != (n_lines,):
+        raise ValueError(f"{name} must be a scalar or have one value per line ({n_lines}), got shape {array.shape}")
+    return array
+
+
+# ---------------------------------------------------------------------------
+# Equivalent widths
+# ---------------------------------------------------------------------------
+def _ew_grid() -> tuple[np.ndarray, np.ndarray]:
+    """Offsets in units of the FWHM and their trapezoid weights (dx/dt · dt)."""
+    t_max = math.asinh(2.0 * _EW_GRID_REACH_FWHM)
+    t = np.linspace(-t_max, t_max, _EW_GRID_POINTS)
+    dt = t[1] - t[0]
+    offsets = 0.5 * np.sinh(t)
+    weights = 0.5 * np.cosh(t) * dt
+    weights[[0, -1]] *= 0.5
+    return offsets, weights
+
+
+def equivalent_widths(
+    amplitude,
+    sigma,
+    gamma,
+    *,
+    mode: str = "linear",
+    profile: str = "pseudo_voigt",
+    emission=None,
+) -> np.ndarray:
+    """Equivalent width of each line taken alone, Å (positive for absorption).
+
+    Linear mode, ``F = 1 − s a V``: the profile ``V`` is area-normalised, so
+    ``EW = s a`` exactly (``s = +1`` absorption, ``−1`` emission), except for
+    absorption lines whose centre would go below zero flux, where the forest's clip
+    ``F ≥ 10⁻⁶`` is integrated numerically. Log mode, ``F = exp(−s a V)``:
+    ``EW = s a − ∫ (e^{−s a V} − 1 + s a V) dλ``; the correction decays like the
+    square of the wings, so it is integrated on a local grid of ±400 FWHM
+    (sinh-spaced, trapezoid rule, converges exponentially for these smooth
+    integrands) and the analytic ``s a`` carries the far Lorentzian wings exactly.
+
+    Parameters
+    ----------
+    amplitude : array_like
+        Line amplitudes ``a`` (area of ``a V``), Å.
+    sigma : array_like
+        Gaussian standard deviations, Å.
+    gamma : array_like
+        Lorentzian half widths at half maximum, Å.
+    mode : {"linear", "log"}
+        Forest mode.
+    profile : {"pseudo_voigt", "voigt"}
+        Line shape.
+    emission : array_like of bool, optional
+        True for emission lines (negative equivalent width).
+
+    Returns
+    -------
+    numpy.ndarray
+        Equivalent widths, Å (float64).
+    """
+    amplitude = np.asarray(amplitude, dtype=np.float64).ravel()
+    sigma = np.asarray(sigma, dtype=np.float64).ravel()
+    gamma = np.asarray(gamma, dtype=np.float64).ravel()
+    n = amplitude.size
+    if sigma.size != n or gamma.size != n:
+        raise ValueError(f"amplitude, sigma and gamma must have the same length; got {n}, {sigma.size}, {gamma.size}")
+    if mode not in ("linear", "log"):
+        raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
+    if profile not in ("pseudo_voigt", "voigt"):
+        raise ValueError(f"profile must be 'pseudo_voigt' or 'voigt', not {profile!r}")
+    sign = np.ones(n) if emission is None else np.where(np.asarray(emission, bool).ravel(), -1.0, 1.0)
+    if sign.size != n:
+        raise ValueError(f"emission must have one entry per line ({n}), got {sign.size}")
+    ew = sign * amplitude
+    if n == 0:
+        return ew
+    shape = pseudo_voigt if profile == "pseudo_voigt" else voigt
+    sig_t = torch.as_tensor(sigma)
+    gam_t = torch.as_tensor(gamma)
+    with torch.no_grad():
+        peak = amplitude * shape(torch.zeros(n, dtype=torch.float64), sig_t, gam_t).numpy()
+        fwhm = tch_fwhm_and_eta(sig_t, gam_t)[0].numpy()
+    if mode == "linear":
+        needs = np.flatnonzero((sign > 0) & (peak > _LINEAR_CLIP))
+    else:
+        needs = np.arange(n)
+    if needs.size == 0:
+        return ew
+    offsets, weights = _ew_grid()
+    chunk = max(1, _EW_CHUNK_ELEMENTS // offsets.size)
+    off_t = torch.as_tensor(offsets)
+    w_t = torch.as_tensor(weights)
+    with torch.no_grad():
+        for start in range(0, needs.size, chunk):
+            idx = needs[start:start + chunk]
+            width = torch.as_tensor(fwhm[idx])[:, None]
+            dx = off_t[None, :] * width
+            y = torch.as_tensor(amplitude[idx])[:, None] * shape(
+                dx, sig_t[idx][:, None], gam_t[idx][:, None]
+            )
+            if mode == "linear":
+                integrand = torch.clamp(y - _LINEAR_CLIP, min=0.0)
+            else:
+                s = torch.as_tensor(sign[idx])[:, None]
+                z = torch.clamp(-s * y, max=700.0)
+                # e^z − 1 − z, accurate for small |z| via expm1.
+                integrand = torch.expm1(z) - z
+            correction = (integrand * w_t[None, :]).sum(1) * width[:, 0]
+            ew[idx] = ew[idx] - correction.numpy()
+    return ew
+
+
+def cayrel_equivalent_width_uncertainty(fwhm_observed, pixel_size, snr) -> np.ndarray:
+    """Cayrel (1988) 1-σ equivalent-width uncertainty, ``1.5 √(FWHM δλ) / SNR``.
+
+    Parameters
+    ----------
+    fwhm_observed : array_like
+        Observed line FWHM (intrinsic ⊕ instrumental), Å.
+    pixel_size : array_like
+        Data pixel size δλ, Å.
+    snr : array_like
+        Continuum signal-to-noise ratio per pixel (dimensionless).
+
+    Returns
+    -------
+    numpy.ndarray
+        σ_EW, Å (NaN where the SNR is not positive and finite).
+    """
+    fwhm_observed = np.asarray(fwhm_observed, dtype=np.float64)
+    pixel_size = np.asarray(pixel_size, dtype=np.float64)
+    snr = np.asarray(snr, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = CAYREL_COEFFICIENT * np.sqrt(fwhm_observed * pixel_size) / snr
+    return np.where(np.isfinite(snr) & (snr > 0), sigma, np.nan)
+
+
+def _data_noise_at_lines(result: Any, centers_rest: np.ndarray, rv_kms: float):
+    """Continuum SNR and pixel size of the data at each (Doppler-shifted) line centre."""
+    observed = centers_rest * (1.0 + rv_kms / SPEED_OF_LIGHT_KMS)
+    snr = np.full(centers_rest.size, np.nan)
+    pixel = np.full(centers_rest.size, np.nan)
+    for order in _orders_of(result):
+        wl = order["wavelength"]
+        good = order["good"] & np.isfinite(order["uncertainty"]) & (order["uncertainty"] > 0)
+        if good.sum() < 2:
+            continue
+        inside = (observed >= wl[good][0]) & (observed <= wl[good][-1]) & np.isnan(snr)
+        if not inside.any():
+            continue
+        snr_pixels = np.abs(order["continuum"][good]) / order["uncertainty"][good]
+        snr[inside] = np.interp(observed[inside], wl[good], snr_pixels)
+        pixel[inside] = np.interp(observed[inside], wl, np.gradient(wl))
+    return snr, pixel
+
+
+def _initial_dict(initial: Any, n_lines: int) -> dict | None:
+    if initial is None:
+        return None
+    if isinstance(initial, CloneResult):
+        initial = initial.forest
+    if isinstance(initial, LineForest):
+        props = initial.line_properties()
+        initial = {k: props[k] for k in ("center", "amplitude", "sigma", "gamma", "fwhm")}
+    if not isinstance(initial, Mapping):
+        raise TypeError(
+            f"initial must be a dict of per-line arrays, a LineForest or a CloneResult, not {type(initial).__name__}"
+        )
+    out = {}
+    for key, value in initial.items():
+        array = np.asarray(value.to_value(u.AA) if isinstance(value, u.Quantity) and key != "depth" else value,
+                           dtype=np.float64)
+        if array.shape != (n_lines,):
+            raise ValueError(f"initial[{key!r}] has shape {array.shape} but the forest has {n_lines} lines")
+        out[key] = array
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Line table
+# ---------------------------------------------------------------------------
+def line_table(
+    forest_or_result: Any,
+    *,
+    initial: Any = None,
+    data_snr: Any = None,
+    resolution_fwhm: Any = None,
+    pixel_size: Any = None,
+) -> QTable:
+    """Per-line properties with equivalent widths, flags and provenance.
+
+    Parameters
+    ----------
+    forest_or_result : LineForest, CloneResult, FitResult or LoadedFit
+        Whose lines to tabulate. For a fit, the transfer-learned template's lines,
+        with the data's SNR, pixel size and the fitted resolving power used for the
+        equivalent-width uncertainties unless given below.
+    initial : dict, LineForest or CloneResult, optional
+        Initial line properties (Å; ``depth`` dimensionless) written as ``*_init``
+        columns, plus ``equivalent_width_init`` when amplitude, σ and γ are known.
+        Default: the line finder's values stored in the clone.
+    data_snr : float or array_like, optional
+        Continuum signal-to-noise ratio per pixel of the data at each line
+        (dimensionless). Without it (and for clones) the EW uncertainty is NaN.
+    resolution_fwhm : float, array_like or Quantity, optional
+        Instrumental FWHM λ/R at each line, Å (default 0 when ``data_snr`` is given).
+    pixel_size : float, array_like or Quantity, optional
+        Data pixel size δλ at each line, Å; required with ``data_snr``.
+
+    Returns
+    -------
+    astropy.table.QTable
+        One row per line: ``center``, ``amplitude``, ``sigma``, ``gamma``, ``fwhm`` [Å],
+        ``lorentz_fraction``, ``depth``, ``equivalent_width`` and
+        ``equivalent_width_uncertainty`` [Å], flags ``emission``, ``saturated``
+        (depth > 0.95), ``blended`` (another line closer than this line's FWHM), the
+        raw parameters (``center_ref``, ``center_shift``, ``ln_*``; enough for
+        :func:`~blase_specutils.cloning.forest_from_table` to rebuild the forest
+        bit-exactly) and ``*_init`` columns. ``meta`` holds the package version, mode,
+        profile, date and what is known of the template (teff, prominence, …) and fit.
+
+    Raises
+    ------
+    TypeError
+        If ``forest_or_result`` is none of the accepted types.
+    ValueError
+        If per-line inputs have the wrong length, or ``data_snr`` comes without
+        ``pixel_size``.
+    """
+    source_meta: dict = {}
+    fit_meta: dict = {}
+    derived_noise = None
+    if isinstance(forest_or_result, LineForest):
+        forest = forest_or_result
+        source = "forest"
+    elif isinstance(forest_or_result, CloneResult):
+        forest = forest_or_result.forest
+        source = "clone"
+        source_meta = dict(forest_or_result.meta)
+        if initial is None:
+            initial = forest_or_result.initial
+    elif _is_fit(forest_or_result):
+        template = forest_or_result.template
+        forest = template.forest
+        source = "fit"
+        source_meta = dict(template.meta)
+        if initial is None:
+            initial = template.initial
+        fit_meta = {
+            "fit_rv_kms": float(forest_or_result.rv),
+            "fit_vsini_kms": float(forest_or_result.vsini),
+            "fit_resolving_power": float(forest_or_result.resolving_power),
+            "fit_chi2_reduced": float(forest_or_result.chi2_reduced),
+        }
+        if data_snr is None:
+            centers = forest.line_properties()["center"]
+            snr, pix = _data_noise_at_lines(forest_or_result, centers, float(forest_or_result.rv))
+            derived_noise = (snr, pix, centers / float(forest_or_result.resolving_power))
+    else:
+        raise TypeError(
+            "line_table expects a LineForest, CloneResult, FitResult or LoadedFit, not "
+            f"{type(forest_or_result).__name__}"
+        )
+    n_lines = forest.n_lines
+    initial_values = _initial_dict(initial, n_lines)
+    source_meta = {k: v for k, v in source_meta.items() if not k.startswith("history_")}
+    table = forest_to_table(forest, initial=initial_values, meta=_plain(source_meta))
+
+    fwhm = table["fwhm"].to_value(u.AA)
+    ew = equivalent_widths(
+        table["amplitude"].to_value(u.AA), table["sigma"].to_value(u.AA), table["gamma"].to_value(u.AA),
+        mode=forest.mode, profile=forest.profile, emission=np.asarray(table["emission"]),
+    )
+    if derived_noise is not None:
+        snr, pix, instrument_fwhm = derived_noise
+    elif data_snr is not None:
+        if pixel_size is None:
+            raise ValueError("data_snr needs pixel_size (the data's pixel width δλ in Å) for the Cayrel formula")
+        snr = _as_line_values(data_snr, n_lines, "data_snr", None)
+        pix = _as_line_values(pixel_size, n_lines, "pixel_size", u.AA)
+        instrument_fwhm = (np.zeros(n_lines) if resolution_fwhm is None
+                           else _as_line_values(resolution_fwhm, n_lines, "resolution_fwhm", u.AA))
+    else:
+        snr = pix = instrument_fwhm = np.full(n_lines, np.nan)
+    fwhm_observed = np.hypot(fwhm, instrument_fwhm)
+    table["equivalent_width"] = ew * u.AA
+    table["equivalent_width_uncertainty"] = cayrel_equivalent_width_uncertainty(fwhm_observed, pix, snr) * u.AA
+    if initial_values is not None and all(k in initial_values for k in ("amplitude", "sigma", "gamma")):
+        table["equivalent_width_init"] = equivalent_widths(
+            initial_values["amplitude"], initial_values["sigma"], initial_values["gamma"],
+            mode=forest.mode, profile=forest.profile, emission=np.asarray(table["emission"]),
+        ) * u.AA
+    depth = np.asarray(table["depth"], dtype=np.float64)
+    table["saturated"] = depth > SATURATION_DEPTH
+    table["blended"] = _blended(table["center"].to_value(u.AA), fwhm)
+
+    descriptions = {
+        "center": "line centre (vacuum, rest frame)",
+        "amplitude": "area of a·V (the line's strength)",
+        "sigma": "Gaussian standard deviation",
+        "gamma": "Lorentzian half width at half maximum",
+        "fwhm": "pseudo-Voigt FWHM (Thompson-Cox-Hastings)",
+        "depth": "single-line depth at the centre (negative: emission)",
+        "equivalent_width": "equivalent width of the line alone, positive for absorption",
+        "equivalent_width_uncertainty": "Cayrel (1988) 1.5 sqrt(FWHM_obs dλ)/SNR; NaN without data",
+        "saturated": f"depth > {SATURATION_DEPTH}",
+        "blended": "another line closer than this line's FWHM",
+    }
+    for name, text in descriptions.items():
+        table[name].info.description = text
+    order = ["center", "amplitude", "sigma", "gamma", "fwhm", "lorentz_fraction", "depth",
+             "equivalent_width", "equivalent_width_uncertainty", "emission", "saturated", "blended"]
+    table = table[order + [c for c in table.colnames if c not in order]]
+    table.meta.update(
+        {
+            "blase_specutils_version": __version__,
+            "date": _utc_now(),
+            "source": source,
+            "n_lines": int(n_lines),
+            "equivalent_width_method": (
+                "analytic a (area-normalised profile)" if forest.mode == "linear"
+                else "a - integral(exp(-aV) - 1 + aV), sinh grid of +-400 FWHM"
+            ),
+            "equivalent_width_uncertainty_method": "Cayrel (1988): 1.5 sqrt(FWHM_obs * pixel) / SNR",
+        }
+    )
+    table.meta.update(fit_meta)
+    return table
+
+
+def _blended(center: np.ndarray, fwhm: np.ndarray) -> np.ndarray:
+    """True where another line lies closer than this line's FWHM."""
+    n = center.size
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    order = np.argsort(center, kind="stable")
+    c = center[order]
+    gap = np.diff(c)
+    nearest = np.minimum(np.concatenate([[np.inf], gap]), np.concatenate([gap, [np.inf]]))
+    flags = np.empty(n, dtype=bool)
+    flags[order] = nearest < fwhm[order]
+    return flags
+
+
+def write_line_table(table: Table, path, *, overwrite: bool = False) -> Path:
+    """Write a line table as ECSV (units, dtypes and ``meta`` preserved exactly).
+
+    Parameters
+    ----------
+    table : astropy.table.Table or QTable
+        For example from :func:`line_table`.
+    path : path-like
+        Output file, conventionally ``*.ecsv``.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    if not isinstance(table, Table):
+        raise TypeError(f"write_line_table expects an astropy Table or QTable, not {type(table).__name__}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    out = table.copy(copy_data=False)
+    out.meta = _plain(dict(table.meta))
+    out.write(path, format="ascii.ecsv", overwrite=overwrite)
+    return path
+
+
+def read_line_table(path) -> QTable:
+    """Read an ECSV line table written by :func:`write_line_table` or ``CloneResult.save``.
+
+    Parameters
+    ----------
+    path : path-like
+        The ECSV file.
+
+    Returns
+    -------
+    astropy.table.QTable
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no line table at {path}")
+    try:
+        return QTable.read(path, format="ascii.ecsv")
+    except Exception as err:  # noqa: BLE001 - astropy raises many kinds here
+        raise ValueError(f"{path} is not an ECSV table: {err}") from err
+
+
+# ---------------------------------------------------------------------------
+# Spectra
+# ---------------------------------------------------------------------------
+def _default_grid(forest: LineForest, step_kms: float = 0.3) -> np.ndarray:
+    props = forest.line_properties()
+    lo = float(np.min(props["center"] - 5 * props["fwhm"]))
+    hi = float(np.max(props["center"] + 5 * props["fwhm"]))
+    return np.exp(np.arange(math.log(lo), math.log(hi), step_kms / SPEED_OF_LIGHT_KMS))
+
+
+def template_spectrum(clone_result: Any, wavelength: Any = None, *, absolute: bool = False) -> Spectrum:
+    """A clone (or a fit's transfer-learned template) as a `specutils.Spectrum`.
+
+    Parameters
+    ----------
+    clone_result : CloneResult, FitResult or LoadedFit
+        The clone; for a fit, its ``template``.
+    wavelength : Quantity or array_like, optional
+        Where to evaluate (a spectral Quantity, or Å). Default: the clone's native
+        grid (or, when the clone carries none, a 0.3 km/s log-uniform grid over its lines).
+    absolute : bool
+        Multiply by the stored continuum (the template's own flux units, recorded as
+        dimensionless), instead of the flattened flux.
+
+    Returns
+    -------
+    specutils.Spectrum
+        Spectral axis in Å, dimensionless flux, ``meta`` with the clone's settings.
+
+    Raises
+    ------
+    ValueError
+        With ``absolute=True`` when the clone has no continuum or the grid leaves it.
+    """
+    clone_result = clone_result.template if _is_fit(clone_result) else clone_result
+    if not isinstance(clone_result, CloneResult):
+        raise TypeError(f"template_spectrum expects a CloneResult or a fit result, not {type(clone_result).__name__}")
+    native = np.asarray(clone_result.wavelength, dtype=np.float64)
+    if wavelength is None:
+        grid = native if native.size >= 3 else _default_grid(clone_result.forest)
+    elif isinstance(wavelength, u.Quantity):
+        grid = np.asarray(wavelength.to_value(u.AA, equivalencies=u.spectral()), dtype=np.float64)
+        if grid.size > 1 and grid[0] > grid[-1]:
+            grid = grid[::-1].copy()
+    else:
+        grid = np.asarray(wavelength, dtype=np.float64)
+    flux = clone_result.evaluate(grid)
+    if absolute:
+        continuum = np.asarray(clone_result.continuum, dtype=np.float64)
+        if continuum.size != native.size or native.size < 2:
+            raise ValueError("absolute=True needs the clone's continuum, which this clone does not carry")
+        if wavelength is None and grid is native:
+            flux = flux * continuum
+        else:
+            if grid[0] < native[0] or grid[-1] > native[-1]:
+                raise ValueError(
+                    f"absolute=True: the grid spans {grid[0]:.3f}–{grid[-1]:.3f} Å but the continuum is "
+                    f"known only over {native[0]:.3f}–{native[-1]:.3f} Å"
+                )
+            flux = flux * np.interp(grid, native, continuum)
+    meta = _plain({k: v for k, v in clone_result.meta.items() if not k.startswith("history_")})
+    meta.update({"n_lines": int(clone_result.n_lines), "mode": clone_result.forest.mode,
+                 "profile": clone_result.forest.profile, "absolute": bool(absolute)})
+    return arrays_to_spectrum(grid, flux, meta=meta)
+
+
+def _spectrum_or_list(spectra: list[Spectrum]) -> Spectrum | SpectrumList:
+    return spectra[0] if len(spectra) == 1 else SpectrumList(spectra)
+
+
+def fit_spectra(fit_result: Any) -> dict[str, Spectrum | SpectrumList]:
+    """A fit's data, model, residual and telluric spectra.
+
+    Parameters
+    ----------
+    fit_result : FitResult or LoadedFit
+        The fit.
+
+    Returns
+    -------
+    dict
+        ``data`` (flux, 1-σ uncertainty), ``model``, ``residual`` (data − model, with
+        the data's uncertainty), ``continuum``, ``telluric`` (transmission seen by the
+        instrument, 1 without a telluric clone) and ``telluric_corrected`` (data ÷
+        (telluric × continuum), uncertainty scaled alike): each a `specutils.Spectrum`
+        (one order) or `specutils.SpectrumList` (several), spectral axis in Å (vacuum)
+        and ``mask`` True at pixels the fit did not use.
+    """
+    orders = _orders_of(fit_result)
+    out: dict[str, list[Spectrum]] = {k: [] for k in
+                                      ("data", "model", "residual", "continuum", "telluric", "telluric_corrected")}
+    for k, o in enumerate(orders):
+        wl, good, sigma = o["wavelength"], o["good"], o["uncertainty"]
+        meta = {"order_index": k}
+        scale = o["telluric"] * o["continuum"]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            corrected_sigma = np.where(good, sigma / np.abs(scale), np.nan)
+        out["data"].append(arrays_to_spectrum(wl, o["flux"], uncertainty=sigma, good=good, meta=meta))
+        out["model"].append(arrays_to_spectrum(wl, o["model"], good=good, meta=meta))
+        out["residual"].append(arrays_to_spectrum(wl, o["residual"], uncertainty=sigma, good=good, meta=meta))
+        out["continuum"].append(arrays_to_spectrum(wl, o["continuum"], good=good, meta=meta))
+        out["telluric"].append(arrays_to_spectrum(wl, o["telluric"], good=good, meta=meta))
+        out["telluric_corrected"].append(
+            arrays_to_spectrum(wl, o["telluric_corrected"], uncertainty=corrected_sigma, good=good, meta=meta)
+        )
+    return {k: _spectrum_or_list(v) for k, v in out.items()}
+
+
+def fit_parameters(fit_result: Any) -> QTable:
+    """Global parameters of a fit with units and 1-σ uncertainties, as a one-row QTable.
+
+    Parameters
+    ----------
+    fit_result : FitResult or LoadedFit
+        The fit.
+
+    Returns
+    -------
+    astropy.table.QTable
+        Columns ``rv`` and ``vsini`` [km/s], ``resolving_power``, ``limb_darkening``,
+        each with ``*_uncertainty`` (NaN when the parameter was held fixed),
+        ``chi2_reduced``, ``initial_chi2_reduced``, ``n_good_pixels`` and, with a
+        telluric clone, ``telluric_scale``. ``meta`` records the version and date.
+    """
+    if isinstance(fit_result, LoadedFit):
+        return fit_result.parameters
+    if not _is_fit(fit_result):
+        raise TypeError(f"fit_parameters expects a FitResult or LoadedFit, not {type(fit_result).__name__}")
+    unc = dict(fit_result.uncertainties)
+    kms = u.km / u.s
+    table = QTable()
+    table["rv"] = [float(fit_result.rv)] * kms
+    table["rv_uncertainty"] = [float(unc.get("rv", np.nan))] * kms
+    table["vsini"] = [float(fit_result.vsini)] * kms
+    table["vsini_uncertainty"] = [float(unc.get("vsini", np.nan))] * kms
+    table["resolving_power"] = [float(fit_result.resolving_power)]
+    table["resolving_power_uncertainty"] = [float(unc.get("resolving_power", np.nan))]
+    table["limb_darkening"] = [float(fit_result.limb_darkening)]
+    table["limb_darkening_uncertainty"] = [float(unc.get("limb_darkening", np.nan))]
+    table["chi2_reduced"] = [float(fit_result.chi2_reduced)]
+    table["initial_chi2_reduced"] = [float(getattr(fit_result, "initial_chi2_reduced", np.nan))]
+    orders = getattr(fit_result, "orders", [])
+    table["n_good_pixels"] = [int(sum(int(np.sum(o.good)) for o in orders))]
+    model = fit_result.forward_model
+    if getattr(fit_result, "telluric", None) is not None and hasattr(model, "ln_telluric_scale"):
+        table["telluric_scale"] = [float(torch.exp(model.ln_telluric_scale.detach()).double())]
+    table.meta.update({"blase_specutils_version": __version__, "date": _utc_now(),
+                       "fit_meta": _plain(dict(getattr(fit_result, "meta", {}) or {}))})
+    return table
+
+
+# ---------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------
+def _axes_pair(ax: Any, figsize=(10, 6)):
+    """(figure, top axes, bottom axes or None) from None, one Axes or a pair."""
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        fig = Figure(figsize=figsize, layout="constrained")
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+        return fig, top, bottom
+    if isinstance(ax, (list, tuple, np.ndarray)):
+        axes = list(np.ravel(ax))
+        if len(axes) != 2:
+            raise ValueError(f"ax must be one Axes or a pair (top, bottom), got {len(axes)} axes")
+        return axes[0].figure, axes[0], axes[1]
+    if hasattr(ax, "plot") and hasattr(ax, "figure"):
+        return ax.figure, ax, None
+    raise TypeError(f"ax must be a matplotlib Axes or a pair of them, not {type(ax).__name__}")
+
+
+_WAVELENGTH_LABEL = "Vacuum wavelength [Å]"
+
+
+def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int | None = None):
+    """Data and model (and telluric transmission) above, normalised residuals below.
+
+    Parameters
+    ----------
+    fit_result : FitResult or LoadedFit
+        The fit.
+    region : SpectralRegion or (lo, hi) Quantity or (lo, hi) floats in Å, optional
+        Wavelength range to show (its outer bounds for a multi-part region).
+    ax : matplotlib Axes or (Axes, Axes), optional
+        A pair draws both panels there; one Axes draws only the data/model panel.
+        Default: a new two-panel figure.
+    order : int, optional
+        Index of the order to show (default: every order).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    orders = _orders_of(fit_result)
+    if order is not None:
+        if not (isinstance(order, (int, np.integer)) and -len(orders) <= order < len(orders)):
+            raise ValueError(f"order must be an index in [0, {len(orders)}), got {order!r}")
+        orders = [orders[order]]
+    bounds = _region_bounds(region)
+    fig, top, bottom = _axes_pair(ax)
+    show_telluric = _has_telluric(fit_result)
+    drawn = 0
+    for k, o in enumerate(orders):
+        wl = o["wavelength"]
+        sel = np.ones(wl.size, bool) if bounds is None else (wl >= bounds[0]) & (wl <= bounds[1])
+        if sel.sum() < 2:
+            continue
+        good = o["good"][sel]
+        data = np.where(good, o["flux"][sel], np.nan)
+        first = drawn == 0
+        top.plot(wl[sel], data, color="k", lw=0.8, label="data" if first else None)
+        top.plot(wl[sel], o["model"][sel], color="C1", lw=0.9, label="model" if first else None)
+        if show_telluric:
+            top.plot(wl[sel], (o["telluric"] * o["continuum"])[sel], color="C0", lw=0.7, alpha=0.7,
+                     label="telluric × continuum" if first else None)
+        if bottom is not None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                normalised = np.where(good, o["residual"][sel] / o["uncertainty"][sel], np.nan)
+            bottom.plot(wl[sel], normalised, color="k", lw=0.6)
+        drawn += 1
+    if drawn == 0:
+        raise ValueError("nothing to plot: the region does not overlap the data" if bounds else "no data to plot")
+    if bounds is not None:
+        top.set_xlim(*bounds)
+    top.set_ylabel("Flux")
+    top.legend(loc="lower left", fontsize="small")
+    unc = dict(fit_result.uncertainties)
+    top.set_title(
+        f"RV = {fit_result.rv:.3f} ± {unc.get('rv', np.nan):.3f} km/s, "
+        f"v sin i = {fit_result.vsini:.2f} ± {unc.get('vsini', np.nan):.2f} km/s, "
+        f"R = {fit_result.resolving_power:.0f}, χ²_red = {fit_result.chi2_reduced:.2f}",
+        fontsize="medium",
+    )
+    if bottom is not None:
+        bottom.axhline(0.0, color="C1", lw=0.8)
+        bottom.set_ylabel("(data − model)/σ")
+        bottom.set_xlabel(_WAVELENGTH_LABEL)
+    else:
+        top.set_xlabel(_WAVELENGTH_LABEL)
+    return fig
+
+
+def plot_clone(clone_result: Any, region: Any = None, *, ax: Any = None):
+    """Flattened template and its clone above, their difference below.
+
+    Parameters
+    ----------
+    clone_result : CloneResult (or a fit's result, for its template)
+        The clone; it must carry its target spectrum.
+    region : SpectralRegion or (lo, hi) Quantity or (lo, hi) floats in Å, optional
+        Wavelength range to show.
+    ax : matplotlib Axes or (Axes, Axes), optional
+        As in :func:`plot_fit`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    clone_result = clone_result.template if _is_fit(clone_result) else clone_result
+    if not isinstance(clone_result, CloneResult):
+        raise TypeError(f"plot_clone expects a CloneResult, not {type(clone_result).__name__}")
+    wl = np.asarray(clone_result.wavelength, dtype=np.float64)
+    target = np.asarray(clone_result.target_flux, dtype=np.float64)
+    if wl.size < 2 or target.size != wl.size or not np.any(np.isfinite(target)):
+        raise ValueError("this clone carries no target spectrum to compare with (saved without it?)")
+    bounds = _region_bounds(region)
+    sel = np.ones(wl.size, bool) if bounds is None else (wl >= bounds[0]) & (wl <= bounds[1])
+    if sel.sum() < 2:
+        raise ValueError("nothing to plot: the region does not overlap the clone")
+    model = clone_result.model_flux
+    fig, top, bottom = _axes_pair(ax)
+    top.plot(wl[sel], target[sel], color="k", lw=0.8, label="template (flattened)")
+    top.plot(wl[sel], model[sel], color="C1", lw=0.8, label=f"clone ({clone_result.n_lines} lines)")
+    top.set_ylabel("Normalised flux")
+    top.legend(loc="lower left", fontsize="small")
+    residual = (target - model)[sel]
+    top.set_title(f"clone residual RMS = {np.sqrt(np.mean(residual ** 2)):.4f} (continuum units)",
+                  fontsize="medium")
+    if bounds is not None:
+        top.set_xlim(*bounds)
+    if bottom is not None:
+        bottom.plot(wl[sel], residual, color="k", lw=0.6)
+        bottom.axhline(0.0, color="C1", lw=0.8)
+        bottom.set_ylabel("template − clone")
+        bottom.set_xlabel(_WAVELENGTH_LABEL)
+    else:
+        top.set_xlabel(_WAVELENGTH_LABEL)
+    return fig
+
+
+# ---------------------------------------------------------------------------
+# ASDF files
+# ---------------------------------------------------------------------------
+_ORDER_KEYS = ("wavelength", "flux", "uncertainty", "good", "model", "continuum", "telluric",
+               "telluric_corrected", "residual")
+
+
+def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
+    """Write a fit to one ASDF file (no pickles; read back with :func:`read_fit`).
+
+    The file holds the parameters (QTable with units), the line table (QTable, with
+    equivalent widths), each order's data/model/residual/continuum/telluric arrays,
+    the transfer-learned template's clone table (raw parameters: the forest rebuilds
+    bit-exactly) and its native spectrum, the loss history and the fit's settings.
+
+    Parameters
+    ----------
+    fit_result : FitResult or LoadedFit
+        The fit.
+    path : path-like
+        Output file, conventionally ``*.asdf``.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written (atomically: a temporary file renamed into place).
+    """
+    import asdf
+
+    if not _is_fit(fit_result):
+        raise TypeError(f"write_fit expects a FitResult or LoadedFit, not {type(fit_result).__name__}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    if isinstance(fit_result, LoadedFit):
+        parameters = fit_result.parameters
+        lines = fit_result.line_table
+        template_lines = fit_result._template_lines.copy()
+        template_arrays = dict(fit_result._template_arrays)
+        history = list(fit_result.history.loss)
+        meta = dict(fit_result.meta)
+    else:
+        parameters = fit_parameters(fit_result)
+        lines = line_table(fit_result)
+        template = fit_result.template
+        template_lines = forest_to_table(template.forest, initial=template.initial,
+                                         meta=_plain({k: v for k, v in template.meta.items()
+                                                      if not k.startswith("history_")}))
+        template_arrays = {
+            "wavelength": np.asarray(template.wavelength, dtype=np.float64),
+            "target_flux": np.asarray(template.target_flux, dtype=np.float64),
+            "continuum": np.asarray(template.continuum, dtype=np.float64),
+        }
+        history = [float(x) for x in fit_result.history.loss]
+        meta = _plain(dict(fit_result.meta or {}))
+    orders = [{k: np.ascontiguousarray(o[k]) for k in _ORDER_KEYS} for o in _orders_of(fit_result)]
+    tree = {
+        "blase_specutils": {
+            "format": FIT_FILE_FORMAT,
+            "format_version": FIT_FILE_FORMAT_VERSION,
+            "version": __version__,
+            "date": _utc_now(),
+        },
+        "scalars": {
+            "rv": float(fit_result.rv),
+            "vsini": float(fit_result.vsini),
+            "resolving_power": float(fit_result.resolving_power),
+            "limb_darkening": float(fit_result.limb_darkening),
+            "chi2_reduced": float(fit_result.chi2_reduced),
+            "initial_chi2_reduced": float(getattr(fit_result, "initial_chi2_reduced", np.nan)),
+            "uncertainties": {str(k): float(v) for k, v in dict(fit_result.uncertainties).items()},
+            "has_telluric": bool(_has_telluric(fit_result)),
+        },
+        "parameters": parameters,
+        "line_table": lines,
+        "orders": orders,
+        "template_lines": template_lines,
+        "template_spectrum": template_arrays,
+        "history_loss": np.asarray(history, dtype=np.float64),
+        "meta": meta,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        asdf.AsdfFile(tree).write_to(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_fit(path) -> "LoadedFit":
+    """Read a fit written by :func:`write_fit`. Never executes code (ASDF, no pickles).
+
+    Parameters
+    ----------
+    path : path-like
+        The ``.asdf`` file.
+
+    Returns
+    -------
+    LoadedFit
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    ValueError
+        If the file is not ASDF, or not a blase_specutils fit file.
+    """
+    import asdf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no fit file at {path}")
+    try:
+        handle = asdf.open(path, lazy_load=False, memmap=False)
+    except Exception as err:  # noqa: BLE001 - asdf raises ValueError and others
+        raise ValueError(f"{path} is not an ASDF file written by blase_specutils.write_fit ({err})") from err
+    with handle as af:
+        header = af.tree.get("blase_specutils")
+        if not isinstance(header, Mapping) or header.get("format") != FIT_FILE_FORMAT:
+            raise ValueError(f"{path} is an ASDF file but not a blase_specutils fit (no '{FIT_FILE_FORMAT}' header)")
+        if int(header.get("format_version", 0)) > FIT_FILE_FORMAT_VERSION:
+            raise ValueError(
+                f"{path} has fit-file format version {header.get('format_version')}, newer than this "
+                f"blase_specutils ({__version__}) reads ({FIT_FILE_FORMAT_VERSION})"
+            )
+        try:
+            scalars = dict(af["scalars"])
+            orders = [{k: np.array(o[k]) for k in _ORDER_KEYS} for o in af["orders"]]
+            loaded = LoadedFit(
+                rv=float(scalars["rv"]),
+                vsini=float(scalars["vsini"]),
+                resolving_power=float(scalars["resolving_power"]),
+                limb_darkening=float(scalars["limb_darkening"]),
+                chi2_reduced=float(scalars["chi2_reduced"]),
+                initial_chi2_reduced=float(scalars["initial_chi2_reduced"]),
+                uncertainties={str(k): float(v) for k, v in dict(scalars["uncertainties"]).items()},
+                has_telluric=bool(scalars["has_telluric"]),
+                parameters=QTable(af["parameters"], copy=True),
+                line_table=QTable(af["line_table"], copy=True),
+                orders=orders,
+                template_lines=QTable(af["template_lines"], copy=True),
+                template_arrays={k: np.array(v) for k, v in dict(af["template_spectrum"]).items()},
+                history=TrainingHistory(loss=[float(x) for x in np.asarray(af["history_loss"])]),
+                meta=dict(af["meta"]),
+                path=path,
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path} is a damaged blase_specutils fit file (missing {err})") from err
+    return loaded
+
+
+class LoadedFit:
+    """A fit read back from an ASDF file: the read-only face of a ``FitResult``.
+
+    It has no torch forward model; every array was stored. Its attributes mirror
+    ``FitResult``: ``rv``, ``vsini``, ``resolving_power``, ``limb_darkening``,
+    ``uncertainties``, ``chi2_reduced``, the per-order arrays (``wavelength``,
+    ``flux``, ``uncertainty``, ``good``, ``model_flux``, ``continuum_flux``,
+    ``telluric_flux``, ``telluric_corrected_flux``, ``residual``), plus
+    ``parameters``, ``line_table``, ``template`` (a CloneResult), ``spectrum`` (the
+    template as a Spectrum), ``model``/``data``/``residual_spectrum`` (spectra) and
+    :meth:`plot`.
+    """
+
+    def __init__(self, *, rv, vsini, resolving_power, limb_darkening, chi2_reduced, initial_chi2_reduced,
+                 uncertainties, has_telluric, parameters, line_table, orders, template_lines,
+                 template_arrays, history, meta, path=None) -> None:
+        self._rv = rv
+        self._vsini = vsini
+        self._resolving_power = resolving_power
+        self._limb_darkening = limb_darkening
+        self._chi2_reduced = chi2_reduced
+        self._initial_chi2_reduced = initial_chi2_reduced
+        self._uncertainties = uncertainties
+        self._has_telluric = has_telluric
+        self._parameters = parameters
+        self._line_table = line_table
+        self._orders = orders
+        self._template_lines = template_lines
+        self._template_arrays = template_arrays
+        self._history = history
+        self._meta = meta
+        self._path = path
+        self._template: CloneResult | None = None
+
+    def __repr__(self) -> str:
+        return (f"LoadedFit(rv={self.rv:.4f} km/s, vsini={self.vsini:.3f} km/s, "
+                f"resolving_power={self.resolving_power:.0f}, chi2_reduced={self.chi2_reduced:.3f}, "
+                f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, path={str(self._path)!r})")
+
+    # ------------------------------------------------------------ scalars
+    rv = property(lambda self: self._rv, doc="Radial velocity, km/s.")
+    vsini = property(lambda self: self._vsini, doc="Projected rotational velocity, km/s.")
+    resolving_power = property(lambda self: self._resolving_power, doc="Resolving power R.")
+    limb_darkening = property(lambda self: self._limb_darkening, doc="Linear limb darkening ε.")
+    chi2_reduced = property(lambda self: self._chi2_reduced, doc="χ² per degree of freedom.")
+    initial_chi2_reduced = property(lambda self: self._initial_chi2_reduced,
+                                    doc="χ²/pixel after the RV search, before training.")
+    has_telluric = property(lambda self: self._has_telluric, doc="Whether a telluric clone was fitted.")
+    history = property(lambda self: self._history, doc="Loss history of the fit.")
+    path = property(lambda self: self._path, doc="File it was read from.")
+
+    @property
+    def uncertainties(self) -> dict:
+        """1-σ uncertainties of the global parameters (NaN where held fixed)."""
+        return dict(self._uncertainties)
+
+    @property
+    def rv_uncertainty(self) -> float:
+        return self._uncertainties.get("rv", float("nan"))
+
+    @property
+    def vsini_uncertainty(self) -> float:
+        return self._uncertainties.get("vsini", float("nan"))
+
+    @property
+    def resolving_power_uncertainty(self) -> float:
+        return self._uncertainties.get("resolving_power", float("nan"))
+
+    @property
+    def meta(self) -> dict:
+        return dict(self._meta)
+
+    @property
+    def parameters(self) -> QTable:
+        """Global parameters with units (see :func:`fit_parameters`)."""
+        return self._parameters.copy()
+
+    @property
+    def line_table(self) -> QTable:
+        """The line table stored with the fit (see :func:`line_table`)."""
+        return self._line_table.copy()
+
+    # ------------------------------------------------------------ arrays
+    def _per_order(self, key: str):
+        values = [o[key].copy() for o in self._orders]
+        return values[0] if len(values) == 1 else values
+
+    wavelength = property(lambda self: self._per_order("wavelength"), doc="Data wavelengths, Å.")
+    flux = property(lambda self: self._per_order("flux"), doc="Observed flux (masked pixels hold 0).")
+    uncertainty = property(lambda self: self._per_order("uncertainty"), doc="1-σ flux uncertainties.")
+    good = property(lambda self: self._per_order("good"), doc="Pixels the fit used.")
+    model_flux = property(lambda self: self._per_order("model"), doc="Forward model at the data pixels.")
+    continuum_flux = property(lambda self: self._per_order("continuum"), doc="Fitted continuum.")
+    telluric_flux = property(lambda self: self._per_order("telluric"), doc="Observed telluric transmission.")
+    telluric_corrected_flux = property(lambda self: self._per_order("telluric_corrected"),
+                                       doc="Data ÷ (telluric × continuum).")
+    residual = property(lambda self: self._per_order("residual"), doc="Data − model (NaN where not good).")
+
+    def residual_rms_over_noise(self) -> float:
+        """RMS of (data − model)/σ over good pixels."""
+        r = np.concatenate([o["residual"] for o in self._orders])
+        s = np.concatenate([o["uncertainty"] for o in self._orders])
+        g = np.concatenate([o["good"] for o in self._orders])
+        return float(np.sqrt(np.mean((r[g] / s[g]) ** 2)))
+
+    # ------------------------------------------------------------ objects
+    @property
+    def template(self) -> CloneResult:
+        """The transfer-learned template, rebuilt bit-exactly from its stored table."""
+        if self._template is None:
+            table = self._template_lines
+            forest = forest_from_table(table)
+            initial = None
+            if "amplitude_init" in table.colnames:
+                initial = {
+                    name[:-5]: np.asarray(table[name].value if hasattr(table[name], "unit") else table[name])
+                    for name in table.colnames if name.endswith("_init")
+                }
+            self._template = CloneResult(
+                forest,
+                self._template_arrays["wavelength"].copy(),
+                self._template_arrays["target_flux"].copy(),
+                self._template_arrays["continuum"].copy(),
+                TrainingHistory(),
+                initial,
+                dict(table.meta),
+            )
+        return self._template
+
+    @property
+    def spectrum(self) -> Spectrum:
+        """The transfer-learned template at native resolution (see :func:`template_spectrum`)."""
+        return template_spectrum(self.template)
+
+    @property
+    def spectra(self) -> dict:
+        """Data, model, residual, continuum and telluric spectra (see :func:`fit_spectra`)."""
+        return fit_spectra(self)
+
+    @property
+    def data(self):
+        """The observed spectrum (Spectrum or SpectrumList)."""
+        return fit_spectra(self)["data"]
+
+    @property
+    def model(self):
+        """The forward model at the data pixels (Spectrum or SpectrumList)."""
+        return fit_spectra(self)["model"]
+
+    @property
+    def residual_spectrum(self):
+        """Data − model with the data's uncertainty (Spectrum or SpectrumList)."""
+        return fit_spectra(self)["residual"]
+
+    def plot(self, **kwargs):
+        """Two-panel figure of the fit (see :func:`plot_fit`)."""
+        return plot_fit(self, **kwargs)
+
+    def write(self, path, *, overwrite: bool = False) -> Path:
+        """Write back to ASDF (see :func:`write_fit`)."""
+        return write_fit(self, path, overwrite=overwrite)
