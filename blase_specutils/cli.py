@@ -52,10 +52,12 @@ class _DemoSettings:
     refine_rv_search: float
 
 
-_DEMO_FULL = _DemoSettings(clone_epochs=300, rv_search=60.0, global_epochs=60, line_epochs=150,
-                           refine_rv_search=3.0)
-_DEMO_QUICK = _DemoSettings(clone_epochs=15, rv_search=20.0, global_epochs=6, line_epochs=10,
-                            refine_rv_search=2.0)
+_DEMO_FULL = _DemoSettings(
+    clone_epochs=300, rv_search=60.0, global_epochs=60, line_epochs=150, refine_rv_search=3.0
+)
+_DEMO_QUICK = _DemoSettings(
+    clone_epochs=15, rv_search=20.0, global_epochs=6, line_epochs=10, refine_rv_search=2.0
+)
 
 
 # ---------------------------------------------------------------------------
@@ -71,9 +73,14 @@ def _template_source(spec: str) -> tuple[str | Path, str]:
             path = datasets.phoenix_path(band)
         except ValueError as err:
             raise UsageError(f"unknown dataset {spec!r}: {err}") from err
-        return path, f"phoenix:{band} (PHOENIX-ACES 3900 K, log g 4.5, [Fe/H] 0; Husser et al. 2013)"
+        return (
+            path,
+            f"phoenix:{band} (PHOENIX-ACES 3900 K, log g 4.5, [Fe/H] 0; Husser et al. 2013)",
+        )
     if ":" in spec and not Path(spec).exists() and not re.match(r"^[A-Za-z]:[\\/]", spec):
-        raise UsageError(f"unknown dataset {spec!r}: the only dataset prefix is 'phoenix:' (Z, Y or H)")
+        raise UsageError(
+            f"unknown dataset {spec!r}: the only dataset prefix is 'phoenix:' (Z, Y or H)"
+        )
     return spec, spec
 
 
@@ -178,8 +185,11 @@ def _crop_to_clones(orders: list, clones: list, err) -> list:
             "order overlaps; clone the template over the data's range (clone --range LO HI)"
         )
     if n_dropped or n_cropped:
-        print(f"{PROG}: using {len(kept)} of {len(orders)} order(s) inside the clone range "
-              f"{lo:.2f}–{hi:.2f} Å ({n_cropped} cropped)", file=err)
+        print(
+            f"{PROG}: using {len(kept)} of {len(orders)} order(s) inside the clone range "
+            f"{lo:.2f}–{hi:.2f} Å ({n_cropped} cropped)",
+            file=err,
+        )
     return kept
 
 
@@ -187,9 +197,12 @@ def _subset(order, keep: np.ndarray):
     from .astro.adapters import OrderArrays
 
     return OrderArrays(
-        order.wavelength[keep], order.flux[keep],
+        order.wavelength[keep],
+        order.flux[keep],
         None if order.uncertainty is None else order.uncertainty[keep],
-        order.good[keep], order.flux_unit, dict(order.meta),
+        order.good[keep],
+        order.flux_unit,
+        dict(order.meta),
     )
 
 
@@ -223,7 +236,9 @@ def _report(result, out, label: str = "") -> None:
     prefix = f"{label}: " if label else ""
     r_sigma = unc.get("resolving_power", float("nan"))
     print(f"{prefix}RV       = {_pm(result.rv, unc.get('rv', float('nan')), 3)} km/s", file=out)
-    print(f"{prefix}v sin i  = {_pm(result.vsini, unc.get('vsini', float('nan')), 3)} km/s", file=out)
+    print(
+        f"{prefix}v sin i  = {_pm(result.vsini, unc.get('vsini', float('nan')), 3)} km/s", file=out
+    )
     print(f"{prefix}R        = {_pm(result.resolving_power, r_sigma, 0)}", file=out)
     print(f"{prefix}chi2_red = {result.chi2_reduced:.3f}", file=out)
 
@@ -252,11 +267,19 @@ def _cmd_clone(args, out, err) -> int:
     wavelength_range = None if args.range is None else tuple(sorted(args.range))
     template = read_template(source, wavelength_range=wavelength_range)
     if len(template) < 3:
-        raise UsageError(f"the template has {len(template)} samples in the range {wavelength_range}; widen --range")
+        raise UsageError(
+            f"the template has {len(template)} samples in the range {wavelength_range}; widen --range"
+        )
     started = time.perf_counter()
     result = clone(
-        template.wavelength, template.flux, teff=args.teff, prominence=args.prominence, epochs=args.epochs,
-        mode=args.mode, flatten=not args.no_flatten, progress=not args.quiet,
+        template.wavelength,
+        template.flux,
+        teff=args.teff,
+        prominence=args.prominence,
+        epochs=args.epochs,
+        mode=args.mode,
+        flatten=not args.no_flatten,
+        progress=not args.quiet,
     )
     result.meta["template"] = description
     path = result.save(Path(args.output), overwrite=True)
@@ -278,9 +301,16 @@ def _cmd_fit(args, out, err) -> int:
     orders = read_observation(args.data)
     orders = _crop_to_clones(orders, [c for c in (stellar, telluric) if c is not None], err)
     result = fit(
-        **_fit_inputs(orders), stellar=stellar, telluric=telluric, rv=args.rv, vsini=args.vsini,
-        resolving_power=args.resolving_power, epochs=args.epochs, global_epochs=args.global_epochs,
-        rv_search=args.rv_search, progress=not args.quiet,
+        **_fit_inputs(orders),
+        stellar=stellar,
+        telluric=telluric,
+        rv=args.rv,
+        vsini=args.vsini,
+        resolving_power=args.resolving_power,
+        epochs=args.epochs,
+        global_epochs=args.global_epochs,
+        rv_search=args.rv_search,
+        progress=not args.quiet,
     )
     _report(result, out)
     _write_fit_outputs(result, Path(args.output), out)
@@ -304,31 +334,60 @@ def _cmd_demo(args, out, err) -> int:
     order = spectrum_to_arrays(read_table_spectrum(data_path))
     lo = float(order.wavelength[order.good][0]) - DEMO_MARGIN_ANGSTROM
     hi = float(order.wavelength[order.good][-1]) + DEMO_MARGIN_ANGSTROM
-    print(f"data: WASP 69 with HPF, {order.n_good} good pixels, "
-          f"{order.wavelength[0]:.2f}–{order.wavelength[-1]:.2f} Å ({data_path.name})", file=out)
+    print(
+        f"data: WASP 69 with HPF, {order.n_good} good pixels, "
+        f"{order.wavelength[0]:.2f}–{order.wavelength[-1]:.2f} Å ({data_path.name})",
+        file=out,
+    )
     template_path, description = _template_source("phoenix:Z")
     template = read_template(template_path, wavelength_range=(lo, hi))
     print(f"template: {description}, {len(template)} samples over {lo:.2f}–{hi:.2f} Å", file=out)
 
-    clone_result = clone(template.wavelength, template.flux, teff=DEMO_TEFF, prominence=DEMO_PROMINENCE,
-                         epochs=settings.clone_epochs, progress=progress)
+    clone_result = clone(
+        template.wavelength,
+        template.flux,
+        teff=DEMO_TEFF,
+        prominence=DEMO_PROMINENCE,
+        epochs=settings.clone_epochs,
+        progress=progress,
+    )
     clone_result.meta["template"] = description
-    print(f"clone: {clone_result.n_lines} lines, residual RMS {clone_result.rms:.4f} "
-          f"({time.perf_counter() - started:.0f} s)", file=out)
+    print(
+        f"clone: {clone_result.n_lines} lines, residual RMS {clone_result.rms:.4f} "
+        f"({time.perf_counter() - started:.0f} s)",
+        file=out,
+    )
 
     inputs = _fit_inputs([order])
-    template_only = fit(**inputs, stellar=clone_result, rv=0.0, rv_search=settings.rv_search, trainable=(),
-                        epochs=0, global_epochs=settings.global_epochs, progress=progress)
+    template_only = fit(
+        **inputs,
+        stellar=clone_result,
+        rv=0.0,
+        rv_search=settings.rv_search,
+        trainable=(),
+        epochs=0,
+        global_epochs=settings.global_epochs,
+        progress=progress,
+    )
     _report(template_only, out, "template only")
-    transfer = fit(**inputs, stellar=clone_result, rv=template_only.rv, vsini=template_only.vsini,
-                   rv_search=settings.refine_rv_search, epochs=settings.line_epochs,
-                   global_epochs=settings.global_epochs, progress=progress)
+    transfer = fit(
+        **inputs,
+        stellar=clone_result,
+        rv=template_only.rv,
+        vsini=template_only.vsini,
+        rv_search=settings.refine_rv_search,
+        epochs=settings.line_epochs,
+        global_epochs=settings.global_epochs,
+        progress=progress,
+    )
     _report(transfer, out, "transfer learned")
     _write_fit_outputs(transfer, outdir, out)
     clone_path = clone_result.save(outdir / "clone.ecsv", overwrite=True)
     print(f"wrote {clone_path}", file=out)
     clone_plot = outdir / "clone.png"
-    plot_clone(clone_result, region=((lo + hi) / 2 - 10, (lo + hi) / 2 + 10)).savefig(clone_plot, dpi=120)
+    plot_clone(clone_result, region=((lo + hi) / 2 - 10, (lo + hi) / 2 + 10)).savefig(
+        clone_plot, dpi=120
+    )
     print(f"wrote {clone_plot}", file=out)
     print(f"demo finished in {time.perf_counter() - started:.0f} s", file=out)
     return 0
@@ -349,40 +408,66 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Clone synthetic spectra into tunable line forests and transfer-learn them on "
-                    "observed échelle spectra (the blasé method).",
+        "observed échelle spectra (the blasé method).",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{clone,fit,demo}")
 
     p = sub.add_parser("clone", help="clone a synthetic template into a line forest")
-    p.add_argument("template", help="template file (PHOENIX .dat/.fits, two-column text, muler template name) "
-                                    "or a dataset name such as phoenix:Z")
-    p.add_argument("--teff", type=float, default=None, help="effective temperature for the black body, K")
-    p.add_argument("--prominence", type=float, default=0.01, help="line-finding prominence (continuum units)")
-    p.add_argument("--range", nargs=2, type=float, metavar=("LO", "HI"), help="wavelength range to clone, Å")
+    p.add_argument(
+        "template",
+        help="template file (PHOENIX .dat/.fits, two-column text, muler template name) "
+        "or a dataset name such as phoenix:Z",
+    )
+    p.add_argument(
+        "--teff", type=float, default=None, help="effective temperature for the black body, K"
+    )
+    p.add_argument(
+        "--prominence", type=float, default=0.01, help="line-finding prominence (continuum units)"
+    )
+    p.add_argument(
+        "--range", nargs=2, type=float, metavar=("LO", "HI"), help="wavelength range to clone, Å"
+    )
     p.add_argument("--epochs", type=_positive_int, default=400, help="training epochs")
     p.add_argument("--mode", choices=("linear", "log"), default="linear", help="forest mode")
-    p.add_argument("--no-flatten", action="store_true", help="do not flatten (transmission already at 1)")
-    p.add_argument("-o", "--output", default="clone.ecsv", help="output ECSV line table (default clone.ecsv)")
+    p.add_argument(
+        "--no-flatten", action="store_true", help="do not flatten (transmission already at 1)"
+    )
+    p.add_argument(
+        "-o", "--output", default="clone.ecsv", help="output ECSV line table (default clone.ecsv)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_clone)
 
     p = sub.add_parser("fit", help="transfer-learn clones against an observed spectrum")
-    p.add_argument("data", help="FITS file: HPF Goldilocks, IGRINS .spec.fits, or a wavelength/flux binary table")
+    p.add_argument(
+        "data",
+        help="FITS file: HPF Goldilocks, IGRINS .spec.fits, or a wavelength/flux binary table",
+    )
     p.add_argument("--stellar", required=True, help="stellar clone (ECSV from `clone`)")
-    p.add_argument("--telluric", default=None, help="telluric clone (ECSV from `clone --no-flatten`)")
+    p.add_argument(
+        "--telluric", default=None, help="telluric clone (ECSV from `clone --no-flatten`)"
+    )
     p.add_argument("--rv", type=float, default=0.0, help="initial radial velocity, km/s")
     p.add_argument("--vsini", type=float, default=None, help="initial v sin i, km/s")
-    p.add_argument("--resolving-power", type=float, default=55000.0, help="instrumental resolving power R")
-    p.add_argument("--rv-search", type=float, default=100.0, help="half-width of the RV grid search, km/s")
+    p.add_argument(
+        "--resolving-power", type=float, default=55000.0, help="instrumental resolving power R"
+    )
+    p.add_argument(
+        "--rv-search", type=float, default=100.0, help="half-width of the RV grid search, km/s"
+    )
     p.add_argument("--epochs", type=_positive_int, default=300, help="epochs of the line stage")
-    p.add_argument("--global-epochs", type=_positive_int, default=150, help="epochs of each global stage")
+    p.add_argument(
+        "--global-epochs", type=_positive_int, default=150, help="epochs of each global stage"
+    )
     p.add_argument("-o", "--output", default="blase_fit", help="output folder (default blase_fit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_fit)
 
     p = sub.add_parser("demo", help="fit WASP 69 (HPF) with a PHOENIX 3900 K clone")
     p.add_argument("--quick", action="store_true", help="far fewer epochs (seconds; for tests)")
-    p.add_argument("-o", "--output", default="blase_demo", help="output folder (default ./blase_demo)")
+    p.add_argument(
+        "-o", "--output", default="blase_demo", help="output folder (default ./blase_demo)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=_cmd_demo)
     return parser
@@ -411,8 +496,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     try:
         return args.handler(args, out, err)
-    except (UsageError, FileNotFoundError, FileExistsError, ValueError, u.UnitsError,
-            DataUnavailableError) as error:
+    except (
+        UsageError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        u.UnitsError,
+        DataUnavailableError,
+    ) as error:
         print(f"{PROG} {args.command}: error: {error}", file=err)
         return 2
 

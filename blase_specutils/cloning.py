@@ -342,6 +342,7 @@ def clone(
     time_limit: float | None = None,
     seed: int = 0,
     progress: bool = True,
+    num_threads: int | None = 1,
 ) -> CloneResult:
     """Clone a synthetic spectrum into a trained forest of pseudo-Voigt lines.
 
@@ -392,6 +393,9 @@ def clone(
         Random seed (training is deterministic on CPU for a given seed).
     progress : bool
         Show a progress bar.
+    num_threads : int or None
+        CPU threads while training (``None``: torch's setting); see
+        :func:`blase_specutils.core.train.optimize`.
 
     Returns
     -------
@@ -483,6 +487,7 @@ def clone(
             description=f"cloning {forest.n_lines} lines",
             after_step=after_step,
             time_limit=time_limit,
+            num_threads=num_threads,
         )
     meta = {
         "prominence": float(prominence),

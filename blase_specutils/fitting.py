@@ -340,6 +340,7 @@ def fit(
     resume=None,
     seed: int = 0,
     progress: bool = True,
+    num_threads: int | None = 1,
 ) -> FitResult:
     """Transfer-learn stellar (and telluric) clones against an observed spectrum.
 
@@ -409,6 +410,8 @@ def fit(
         Random seed.
     progress : bool
         Show progress bars.
+    num_threads : int or None
+        CPU threads while training (``None``: torch's setting).
 
     Returns
     -------
@@ -416,11 +419,11 @@ def fit(
     """
     torch.manual_seed(seed)
     dev = resolve_device(device)
-    orders = _prepare_orders(wavelength, flux, uncertainty, mask)
     star0, star_clone = _as_forest(stellar, "stellar")
     if star0 is None:
         raise ValueError("a stellar clone is required")
     tell0, tell_clone = _as_forest(telluric, "telluric")
+    orders = _prepare_orders(wavelength, flux, uncertainty, mask)
     if not prior_scale > 0:
         raise ValueError("prior_scale must be positive")
     if abs(rv) > rv_max:
@@ -444,14 +447,12 @@ def fit(
             )
     # Keep the inputs untouched: train copies.
     star = copy.deepcopy(star0).to(device=dev, dtype=dtype)
-    star.center_ref = star.center_ref.double()
     star.set_trainable(())
     ln_a0_star = star.ln_amplitude.detach().clone()
     tell = None
     ln_a0_tell = None
     if tell0 is not None:
         tell = copy.deepcopy(tell0).to(device=dev, dtype=dtype)
-        tell.center_ref = tell.center_ref.double()
         tell.set_trainable(())
         ln_a0_tell = tell.ln_amplitude.detach().clone()
 
@@ -541,7 +542,8 @@ def fit(
     # Stage 2: globals only.
     groups = global_groups()
     if groups and global_epochs > 0:
-        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "globals")
+        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "globals",
+                                     num_threads)
 
     # Stage 3: lines join, with the L1 prior.
     star.set_trainable(trainable)
@@ -569,7 +571,7 @@ def fit(
         h = optimize(model, total_loss, epochs=epochs, learning_rate=learning_rate, rtol=rtol, patience=30,
                      progress=progress, description="fit: lines", param_groups=groups,
                      after_step=after_step, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                     resume=resume)
+                     resume=resume, num_threads=num_threads)
         history.loss += h.loss
     star.set_trainable(())
     if tell is not None:
@@ -577,7 +579,8 @@ def fit(
     # Stage 4: polish the globals.
     groups = global_groups()
     if groups and global_epochs > 0:
-        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "polish")
+        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "polish",
+                                     num_threads)
     model.relayout()
 
     n_free = sum(p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad)
@@ -615,18 +618,19 @@ def fit(
     )
 
 
-def _fit_globals(model, loss_fn, groups, iterations, progress, label) -> list[float]:
+def _fit_globals(model, loss_fn, groups, iterations, progress, label, num_threads) -> list[float]:
     """L-BFGS on the few global parameters; falls back to Adam if a step diverges."""
     saved = copy.deepcopy(model.state_dict())
     try:
         h = optimize(model, loss_fn, epochs=iterations, learning_rate=1.0, rtol=1e-9, patience=3,
                      optimizer="lbfgs", progress=progress, description=f"fit: {label}",
-                     param_groups=groups)
+                     param_groups=groups, num_threads=num_threads)
         return h.loss
     except FloatingPointError:
         model.load_state_dict(saved)
     h = optimize(model, loss_fn, epochs=20 * iterations, learning_rate=0.01, rtol=1e-9, patience=20,
-                 progress=progress, description=f"fit: {label} (Adam)", param_groups=groups)
+                 progress=progress, description=f"fit: {label} (Adam)", param_groups=groups,
+                 num_threads=num_threads)
     return h.loss
 
 

@@ -33,7 +33,7 @@ import astropy.units as u
 import numpy as np
 import torch
 from astropy.table import QTable, Table
-from specutils import Spectrum, SpectralRegion, SpectrumList
+from specutils import SpectralRegion, Spectrum, SpectrumList
 
 from .._version import __version__
 from ..cloning import CloneResult, forest_from_table, forest_to_table
@@ -133,8 +133,10 @@ def _orders_of(result: Any) -> list[dict[str, np.ndarray]]:
     n_orders = len(columns["wavelength"])
     orders = []
     for k in range(n_orders):
-        order = {key: np.array(values[k], dtype=bool if key == "good" else np.float64)
-                 for key, values in columns.items()}
+        order = {
+            key: np.array(values[k], dtype=bool if key == "good" else np.float64)
+            for key, values in columns.items()
+        }
         orders.append(order)
     return orders
 
@@ -188,7 +190,9 @@ def _as_line_values(value: Any, n_lines: int, name: str, unit: u.UnitBase | None
     if array.ndim == 0:
         array = np.full(n_lines, float(array))
     if array.shape != (n_lines,):
-        raise ValueError(f"{name} must be a scalar or have one value per line ({n_lines}), got shape {array.shape}")
+        raise ValueError(
+            f"{name} must be a scalar or have one value per line ({n_lines}), got shape {array.shape}"
+        )
     return array
 
 
@@ -251,12 +255,16 @@ def equivalent_widths(
     gamma = np.asarray(gamma, dtype=np.float64).ravel()
     n = amplitude.size
     if sigma.size != n or gamma.size != n:
-        raise ValueError(f"amplitude, sigma and gamma must have the same length; got {n}, {sigma.size}, {gamma.size}")
+        raise ValueError(
+            f"amplitude, sigma and gamma must have the same length; got {n}, {sigma.size}, {gamma.size}"
+        )
     if mode not in ("linear", "log"):
         raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
     if profile not in ("pseudo_voigt", "voigt"):
         raise ValueError(f"profile must be 'pseudo_voigt' or 'voigt', not {profile!r}")
-    sign = np.ones(n) if emission is None else np.where(np.asarray(emission, bool).ravel(), -1.0, 1.0)
+    sign = (
+        np.ones(n) if emission is None else np.where(np.asarray(emission, bool).ravel(), -1.0, 1.0)
+    )
     if sign.size != n:
         raise ValueError(f"emission must have one entry per line ({n}), got {sign.size}")
     ew = sign * amplitude
@@ -280,7 +288,7 @@ def equivalent_widths(
     w_t = torch.as_tensor(weights)
     with torch.no_grad():
         for start in range(0, needs.size, chunk):
-            idx = needs[start:start + chunk]
+            idx = needs[start : start + chunk]
             width = torch.as_tensor(fwhm[idx])[:, None]
             dx = off_t[None, :] * width
             y = torch.as_tensor(amplitude[idx])[:, None] * shape(
@@ -356,10 +364,14 @@ def _initial_dict(initial: Any, n_lines: int) -> dict | None:
         )
     out = {}
     for key, value in initial.items():
-        array = np.asarray(value.to_value(u.AA) if isinstance(value, u.Quantity) and key != "depth" else value,
-                           dtype=np.float64)
+        array = np.asarray(
+            value.to_value(u.AA) if isinstance(value, u.Quantity) and key != "depth" else value,
+            dtype=np.float64,
+        )
         if array.shape != (n_lines,):
-            raise ValueError(f"initial[{key!r}] has shape {array.shape} but the forest has {n_lines} lines")
+            raise ValueError(
+                f"initial[{key!r}] has shape {array.shape} but the forest has {n_lines} lines"
+            )
         out[key] = array
     return out
 
@@ -456,28 +468,48 @@ def line_table(
 
     fwhm = table["fwhm"].to_value(u.AA)
     ew = equivalent_widths(
-        table["amplitude"].to_value(u.AA), table["sigma"].to_value(u.AA), table["gamma"].to_value(u.AA),
-        mode=forest.mode, profile=forest.profile, emission=np.asarray(table["emission"]),
+        table["amplitude"].to_value(u.AA),
+        table["sigma"].to_value(u.AA),
+        table["gamma"].to_value(u.AA),
+        mode=forest.mode,
+        profile=forest.profile,
+        emission=np.asarray(table["emission"]),
     )
     if derived_noise is not None:
         snr, pix, instrument_fwhm = derived_noise
     elif data_snr is not None:
         if pixel_size is None:
-            raise ValueError("data_snr needs pixel_size (the data's pixel width δλ in Å) for the Cayrel formula")
+            raise ValueError(
+                "data_snr needs pixel_size (the data's pixel width δλ in Å) for the Cayrel formula"
+            )
         snr = _as_line_values(data_snr, n_lines, "data_snr", None)
         pix = _as_line_values(pixel_size, n_lines, "pixel_size", u.AA)
-        instrument_fwhm = (np.zeros(n_lines) if resolution_fwhm is None
-                           else _as_line_values(resolution_fwhm, n_lines, "resolution_fwhm", u.AA))
+        instrument_fwhm = (
+            np.zeros(n_lines)
+            if resolution_fwhm is None
+            else _as_line_values(resolution_fwhm, n_lines, "resolution_fwhm", u.AA)
+        )
     else:
         snr = pix = instrument_fwhm = np.full(n_lines, np.nan)
     fwhm_observed = np.hypot(fwhm, instrument_fwhm)
     table["equivalent_width"] = ew * u.AA
-    table["equivalent_width_uncertainty"] = cayrel_equivalent_width_uncertainty(fwhm_observed, pix, snr) * u.AA
-    if initial_values is not None and all(k in initial_values for k in ("amplitude", "sigma", "gamma")):
-        table["equivalent_width_init"] = equivalent_widths(
-            initial_values["amplitude"], initial_values["sigma"], initial_values["gamma"],
-            mode=forest.mode, profile=forest.profile, emission=np.asarray(table["emission"]),
-        ) * u.AA
+    table["equivalent_width_uncertainty"] = (
+        cayrel_equivalent_width_uncertainty(fwhm_observed, pix, snr) * u.AA
+    )
+    if initial_values is not None and all(
+        k in initial_values for k in ("amplitude", "sigma", "gamma")
+    ):
+        table["equivalent_width_init"] = (
+            equivalent_widths(
+                initial_values["amplitude"],
+                initial_values["sigma"],
+                initial_values["gamma"],
+                mode=forest.mode,
+                profile=forest.profile,
+                emission=np.asarray(table["emission"]),
+            )
+            * u.AA
+        )
     depth = np.asarray(table["depth"], dtype=np.float64)
     table["saturated"] = depth > SATURATION_DEPTH
     table["blended"] = _blended(table["center"].to_value(u.AA), fwhm)
@@ -496,8 +528,20 @@ def line_table(
     }
     for name, text in descriptions.items():
         table[name].info.description = text
-    order = ["center", "amplitude", "sigma", "gamma", "fwhm", "lorentz_fraction", "depth",
-             "equivalent_width", "equivalent_width_uncertainty", "emission", "saturated", "blended"]
+    order = [
+        "center",
+        "amplitude",
+        "sigma",
+        "gamma",
+        "fwhm",
+        "lorentz_fraction",
+        "depth",
+        "equivalent_width",
+        "equivalent_width_uncertainty",
+        "emission",
+        "saturated",
+        "blended",
+    ]
     table = table[order + [c for c in table.colnames if c not in order]]
     table.meta.update(
         {
@@ -506,7 +550,8 @@ def line_table(
             "source": source,
             "n_lines": int(n_lines),
             "equivalent_width_method": (
-                "analytic a (area-normalised profile)" if forest.mode == "linear"
+                "analytic a (area-normalised profile)"
+                if forest.mode == "linear"
                 else "a - integral(exp(-aV) - 1 + aV), sinh grid of +-400 FWHM"
             ),
             "equivalent_width_uncertainty_method": "Cayrel (1988): 1.5 sqrt(FWHM_obs * pixel) / SNR",
@@ -548,7 +593,9 @@ def write_line_table(table: Table, path, *, overwrite: bool = False) -> Path:
         The path written.
     """
     if not isinstance(table, Table):
-        raise TypeError(f"write_line_table expects an astropy Table or QTable, not {type(table).__name__}")
+        raise TypeError(
+            f"write_line_table expects an astropy Table or QTable, not {type(table).__name__}"
+        )
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -589,7 +636,9 @@ def _default_grid(forest: LineForest, step_kms: float = 0.3) -> np.ndarray:
     return np.exp(np.arange(math.log(lo), math.log(hi), step_kms / SPEED_OF_LIGHT_KMS))
 
 
-def template_spectrum(clone_result: Any, wavelength: Any = None, *, absolute: bool = False) -> Spectrum:
+def template_spectrum(
+    clone_result: Any, wavelength: Any = None, *, absolute: bool = False
+) -> Spectrum:
     """A clone (or a fit's transfer-learned template) as a `specutils.Spectrum`.
 
     Parameters
@@ -615,7 +664,9 @@ def template_spectrum(clone_result: Any, wavelength: Any = None, *, absolute: bo
     """
     clone_result = clone_result.template if _is_fit(clone_result) else clone_result
     if not isinstance(clone_result, CloneResult):
-        raise TypeError(f"template_spectrum expects a CloneResult or a fit result, not {type(clone_result).__name__}")
+        raise TypeError(
+            f"template_spectrum expects a CloneResult or a fit result, not {type(clone_result).__name__}"
+        )
     native = np.asarray(clone_result.wavelength, dtype=np.float64)
     if wavelength is None:
         grid = native if native.size >= 3 else _default_grid(clone_result.forest)
@@ -629,7 +680,9 @@ def template_spectrum(clone_result: Any, wavelength: Any = None, *, absolute: bo
     if absolute:
         continuum = np.asarray(clone_result.continuum, dtype=np.float64)
         if continuum.size != native.size or native.size < 2:
-            raise ValueError("absolute=True needs the clone's continuum, which this clone does not carry")
+            raise ValueError(
+                "absolute=True needs the clone's continuum, which this clone does not carry"
+            )
         if wavelength is None and grid is native:
             flux = flux * continuum
         else:
@@ -640,8 +693,14 @@ def template_spectrum(clone_result: Any, wavelength: Any = None, *, absolute: bo
                 )
             flux = flux * np.interp(grid, native, continuum)
     meta = _plain({k: v for k, v in clone_result.meta.items() if not k.startswith("history_")})
-    meta.update({"n_lines": int(clone_result.n_lines), "mode": clone_result.forest.mode,
-                 "profile": clone_result.forest.profile, "absolute": bool(absolute)})
+    meta.update(
+        {
+            "n_lines": int(clone_result.n_lines),
+            "mode": clone_result.forest.mode,
+            "profile": clone_result.forest.profile,
+            "absolute": bool(absolute),
+        }
+    )
     return arrays_to_spectrum(grid, flux, meta=meta)
 
 
@@ -668,21 +727,28 @@ def fit_spectra(fit_result: Any) -> dict[str, Spectrum | SpectrumList]:
         and ``mask`` True at pixels the fit did not use.
     """
     orders = _orders_of(fit_result)
-    out: dict[str, list[Spectrum]] = {k: [] for k in
-                                      ("data", "model", "residual", "continuum", "telluric", "telluric_corrected")}
+    out: dict[str, list[Spectrum]] = {
+        k: [] for k in ("data", "model", "residual", "continuum", "telluric", "telluric_corrected")
+    }
     for k, o in enumerate(orders):
         wl, good, sigma = o["wavelength"], o["good"], o["uncertainty"]
         meta = {"order_index": k}
         scale = o["telluric"] * o["continuum"]
         with np.errstate(divide="ignore", invalid="ignore"):
             corrected_sigma = np.where(good, sigma / np.abs(scale), np.nan)
-        out["data"].append(arrays_to_spectrum(wl, o["flux"], uncertainty=sigma, good=good, meta=meta))
+        out["data"].append(
+            arrays_to_spectrum(wl, o["flux"], uncertainty=sigma, good=good, meta=meta)
+        )
         out["model"].append(arrays_to_spectrum(wl, o["model"], good=good, meta=meta))
-        out["residual"].append(arrays_to_spectrum(wl, o["residual"], uncertainty=sigma, good=good, meta=meta))
+        out["residual"].append(
+            arrays_to_spectrum(wl, o["residual"], uncertainty=sigma, good=good, meta=meta)
+        )
         out["continuum"].append(arrays_to_spectrum(wl, o["continuum"], good=good, meta=meta))
         out["telluric"].append(arrays_to_spectrum(wl, o["telluric"], good=good, meta=meta))
         out["telluric_corrected"].append(
-            arrays_to_spectrum(wl, o["telluric_corrected"], uncertainty=corrected_sigma, good=good, meta=meta)
+            arrays_to_spectrum(
+                wl, o["telluric_corrected"], uncertainty=corrected_sigma, good=good, meta=meta
+            )
         )
     return {k: _spectrum_or_list(v) for k, v in out.items()}
 
@@ -706,7 +772,9 @@ def fit_parameters(fit_result: Any) -> QTable:
     if isinstance(fit_result, LoadedFit):
         return fit_result.parameters
     if not _is_fit(fit_result):
-        raise TypeError(f"fit_parameters expects a FitResult or LoadedFit, not {type(fit_result).__name__}")
+        raise TypeError(
+            f"fit_parameters expects a FitResult or LoadedFit, not {type(fit_result).__name__}"
+        )
     unc = dict(fit_result.uncertainties)
     kms = u.km / u.s
     table = QTable()
@@ -725,8 +793,13 @@ def fit_parameters(fit_result: Any) -> QTable:
     model = fit_result.forward_model
     if getattr(fit_result, "telluric", None) is not None and hasattr(model, "ln_telluric_scale"):
         table["telluric_scale"] = [float(torch.exp(model.ln_telluric_scale.detach()).double())]
-    table.meta.update({"blase_specutils_version": __version__, "date": _utc_now(),
-                       "fit_meta": _plain(dict(getattr(fit_result, "meta", {}) or {}))})
+    table.meta.update(
+        {
+            "blase_specutils_version": __version__,
+            "date": _utc_now(),
+            "fit_meta": _plain(dict(getattr(fit_result, "meta", {}) or {})),
+        }
+    )
     return table
 
 
@@ -793,15 +866,23 @@ def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int 
         top.plot(wl[sel], data, color="k", lw=0.8, label="data" if first else None)
         top.plot(wl[sel], o["model"][sel], color="C1", lw=0.9, label="model" if first else None)
         if show_telluric:
-            top.plot(wl[sel], (o["telluric"] * o["continuum"])[sel], color="C0", lw=0.7, alpha=0.7,
-                     label="telluric × continuum" if first else None)
+            top.plot(
+                wl[sel],
+                (o["telluric"] * o["continuum"])[sel],
+                color="C0",
+                lw=0.7,
+                alpha=0.7,
+                label="telluric × continuum" if first else None,
+            )
         if bottom is not None:
             with np.errstate(divide="ignore", invalid="ignore"):
                 normalised = np.where(good, o["residual"][sel] / o["uncertainty"][sel], np.nan)
             bottom.plot(wl[sel], normalised, color="k", lw=0.6)
         drawn += 1
     if drawn == 0:
-        raise ValueError("nothing to plot: the region does not overlap the data" if bounds else "no data to plot")
+        raise ValueError(
+            "nothing to plot: the region does not overlap the data" if bounds else "no data to plot"
+        )
     if bounds is not None:
         top.set_xlim(*bounds)
     top.set_ylabel("Flux")
@@ -844,7 +925,9 @@ def plot_clone(clone_result: Any, region: Any = None, *, ax: Any = None):
     wl = np.asarray(clone_result.wavelength, dtype=np.float64)
     target = np.asarray(clone_result.target_flux, dtype=np.float64)
     if wl.size < 2 or target.size != wl.size or not np.any(np.isfinite(target)):
-        raise ValueError("this clone carries no target spectrum to compare with (saved without it?)")
+        raise ValueError(
+            "this clone carries no target spectrum to compare with (saved without it?)"
+        )
     bounds = _region_bounds(region)
     sel = np.ones(wl.size, bool) if bounds is None else (wl >= bounds[0]) & (wl <= bounds[1])
     if sel.sum() < 2:
@@ -856,8 +939,10 @@ def plot_clone(clone_result: Any, region: Any = None, *, ax: Any = None):
     top.set_ylabel("Normalised flux")
     top.legend(loc="lower left", fontsize="small")
     residual = (target - model)[sel]
-    top.set_title(f"clone residual RMS = {np.sqrt(np.mean(residual ** 2)):.4f} (continuum units)",
-                  fontsize="medium")
+    top.set_title(
+        f"clone residual RMS = {np.sqrt(np.mean(residual**2)):.4f} (continuum units)",
+        fontsize="medium",
+    )
     if bounds is not None:
         top.set_xlim(*bounds)
     if bottom is not None:
@@ -873,8 +958,17 @@ def plot_clone(clone_result: Any, region: Any = None, *, ax: Any = None):
 # ---------------------------------------------------------------------------
 # ASDF files
 # ---------------------------------------------------------------------------
-_ORDER_KEYS = ("wavelength", "flux", "uncertainty", "good", "model", "continuum", "telluric",
-               "telluric_corrected", "residual")
+_ORDER_KEYS = (
+    "wavelength",
+    "flux",
+    "uncertainty",
+    "good",
+    "model",
+    "continuum",
+    "telluric",
+    "telluric_corrected",
+    "residual",
+)
 
 
 def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
@@ -902,7 +996,9 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
     import asdf
 
     if not _is_fit(fit_result):
-        raise TypeError(f"write_fit expects a FitResult or LoadedFit, not {type(fit_result).__name__}")
+        raise TypeError(
+            f"write_fit expects a FitResult or LoadedFit, not {type(fit_result).__name__}"
+        )
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -917,9 +1013,11 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
         parameters = fit_parameters(fit_result)
         lines = line_table(fit_result)
         template = fit_result.template
-        template_lines = forest_to_table(template.forest, initial=template.initial,
-                                         meta=_plain({k: v for k, v in template.meta.items()
-                                                      if not k.startswith("history_")}))
+        template_lines = forest_to_table(
+            template.forest,
+            initial=template.initial,
+            meta=_plain({k: v for k, v in template.meta.items() if not k.startswith("history_")}),
+        )
         template_arrays = {
             "wavelength": np.asarray(template.wavelength, dtype=np.float64),
             "target_flux": np.asarray(template.target_flux, dtype=np.float64),
@@ -965,7 +1063,7 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def read_fit(path) -> "LoadedFit":
+def read_fit(path) -> LoadedFit:
     """Read a fit written by :func:`write_fit`. Never executes code (ASDF, no pickles).
 
     Parameters
@@ -992,11 +1090,15 @@ def read_fit(path) -> "LoadedFit":
     try:
         handle = asdf.open(path, lazy_load=False, memmap=False)
     except Exception as err:  # noqa: BLE001 - asdf raises ValueError and others
-        raise ValueError(f"{path} is not an ASDF file written by blase_specutils.write_fit ({err})") from err
+        raise ValueError(
+            f"{path} is not an ASDF file written by blase_specutils.write_fit ({err})"
+        ) from err
     with handle as af:
         header = af.tree.get("blase_specutils")
         if not isinstance(header, Mapping) or header.get("format") != FIT_FILE_FORMAT:
-            raise ValueError(f"{path} is an ASDF file but not a blase_specutils fit (no '{FIT_FILE_FORMAT}' header)")
+            raise ValueError(
+                f"{path} is an ASDF file but not a blase_specutils fit (no '{FIT_FILE_FORMAT}' header)"
+            )
         if int(header.get("format_version", 0)) > FIT_FILE_FORMAT_VERSION:
             raise ValueError(
                 f"{path} has fit-file format version {header.get('format_version')}, newer than this "
@@ -1024,7 +1126,9 @@ def read_fit(path) -> "LoadedFit":
                 path=path,
             )
         except (KeyError, TypeError) as err:
-            raise ValueError(f"{path} is a damaged blase_specutils fit file (missing {err})") from err
+            raise ValueError(
+                f"{path} is a damaged blase_specutils fit file (missing {err})"
+            ) from err
     return loaded
 
 
@@ -1041,9 +1145,26 @@ class LoadedFit:
     :meth:`plot`.
     """
 
-    def __init__(self, *, rv, vsini, resolving_power, limb_darkening, chi2_reduced, initial_chi2_reduced,
-                 uncertainties, has_telluric, parameters, line_table, orders, template_lines,
-                 template_arrays, history, meta, path=None) -> None:
+    def __init__(
+        self,
+        *,
+        rv,
+        vsini,
+        resolving_power,
+        limb_darkening,
+        chi2_reduced,
+        initial_chi2_reduced,
+        uncertainties,
+        has_telluric,
+        parameters,
+        line_table,
+        orders,
+        template_lines,
+        template_arrays,
+        history,
+        meta,
+        path=None,
+    ) -> None:
         self._rv = rv
         self._vsini = vsini
         self._resolving_power = resolving_power
@@ -1063,9 +1184,11 @@ class LoadedFit:
         self._template: CloneResult | None = None
 
     def __repr__(self) -> str:
-        return (f"LoadedFit(rv={self.rv:.4f} km/s, vsini={self.vsini:.3f} km/s, "
-                f"resolving_power={self.resolving_power:.0f}, chi2_reduced={self.chi2_reduced:.3f}, "
-                f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, path={str(self._path)!r})")
+        return (
+            f"LoadedFit(rv={self.rv:.4f} km/s, vsini={self.vsini:.3f} km/s, "
+            f"resolving_power={self.resolving_power:.0f}, chi2_reduced={self.chi2_reduced:.3f}, "
+            f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, path={str(self._path)!r})"
+        )
 
     # ------------------------------------------------------------ scalars
     rv = property(lambda self: self._rv, doc="Radial velocity, km/s.")
@@ -1073,9 +1196,13 @@ class LoadedFit:
     resolving_power = property(lambda self: self._resolving_power, doc="Resolving power R.")
     limb_darkening = property(lambda self: self._limb_darkening, doc="Linear limb darkening ε.")
     chi2_reduced = property(lambda self: self._chi2_reduced, doc="χ² per degree of freedom.")
-    initial_chi2_reduced = property(lambda self: self._initial_chi2_reduced,
-                                    doc="χ²/pixel after the RV search, before training.")
-    has_telluric = property(lambda self: self._has_telluric, doc="Whether a telluric clone was fitted.")
+    initial_chi2_reduced = property(
+        lambda self: self._initial_chi2_reduced,
+        doc="χ²/pixel after the RV search, before training.",
+    )
+    has_telluric = property(
+        lambda self: self._has_telluric, doc="Whether a telluric clone was fitted."
+    )
     history = property(lambda self: self._history, doc="Loss history of the fit.")
     path = property(lambda self: self._path, doc="File it was read from.")
 
@@ -1116,15 +1243,26 @@ class LoadedFit:
         return values[0] if len(values) == 1 else values
 
     wavelength = property(lambda self: self._per_order("wavelength"), doc="Data wavelengths, Å.")
-    flux = property(lambda self: self._per_order("flux"), doc="Observed flux (masked pixels hold 0).")
-    uncertainty = property(lambda self: self._per_order("uncertainty"), doc="1-σ flux uncertainties.")
+    flux = property(
+        lambda self: self._per_order("flux"), doc="Observed flux (masked pixels hold 0)."
+    )
+    uncertainty = property(
+        lambda self: self._per_order("uncertainty"), doc="1-σ flux uncertainties."
+    )
     good = property(lambda self: self._per_order("good"), doc="Pixels the fit used.")
-    model_flux = property(lambda self: self._per_order("model"), doc="Forward model at the data pixels.")
+    model_flux = property(
+        lambda self: self._per_order("model"), doc="Forward model at the data pixels."
+    )
     continuum_flux = property(lambda self: self._per_order("continuum"), doc="Fitted continuum.")
-    telluric_flux = property(lambda self: self._per_order("telluric"), doc="Observed telluric transmission.")
-    telluric_corrected_flux = property(lambda self: self._per_order("telluric_corrected"),
-                                       doc="Data ÷ (telluric × continuum).")
-    residual = property(lambda self: self._per_order("residual"), doc="Data − model (NaN where not good).")
+    telluric_flux = property(
+        lambda self: self._per_order("telluric"), doc="Observed telluric transmission."
+    )
+    telluric_corrected_flux = property(
+        lambda self: self._per_order("telluric_corrected"), doc="Data ÷ (telluric × continuum)."
+    )
+    residual = property(
+        lambda self: self._per_order("residual"), doc="Data − model (NaN where not good)."
+    )
 
     def residual_rms_over_noise(self) -> float:
         """RMS of (data − model)/σ over good pixels."""
@@ -1143,8 +1281,11 @@ class LoadedFit:
             initial = None
             if "amplitude_init" in table.colnames:
                 initial = {
-                    name[:-5]: np.asarray(table[name].value if hasattr(table[name], "unit") else table[name])
-                    for name in table.colnames if name.endswith("_init")
+                    name[:-5]: np.asarray(
+                        table[name].value if hasattr(table[name], "unit") else table[name]
+                    )
+                    for name in table.colnames
+                    if name.endswith("_init")
                 }
             self._template = CloneResult(
                 forest,

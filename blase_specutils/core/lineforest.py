@@ -117,6 +117,14 @@ class LineForest(nn.Module):
         self.set_trainable(trainable)
 
     # ----------------------------------------------------------------- basics
+    def _apply(self, fn, *args, **kwargs):
+        # `.to(dtype)`, `.float()`, `.half()` … must never round the float64 reference
+        # centres: keep them float64 on whatever device the parameters moved to.
+        reference = self.center_ref
+        super()._apply(fn, *args, **kwargs)
+        self.center_ref = reference.to(device=self.ln_amplitude.device, dtype=torch.float64)
+        return self
+
     @property
     def n_lines(self) -> int:
         """Number of lines."""
