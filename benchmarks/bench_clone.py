@@ -32,6 +32,7 @@ epochs after the first. Run ``python benchmarks/bench_clone.py --help`` for opti
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -76,8 +77,18 @@ class PaperSparseCOOForest(torch.nn.Module):
         Torch device.
     """
 
-    def __init__(self, wavelength, center, amplitude, sigma, gamma, *, window_pixels=PAPER_WINDOW_PIXELS,
-                 dtype=torch.float64, device="cpu"):
+    def __init__(
+        self,
+        wavelength,
+        center,
+        amplitude,
+        sigma,
+        gamma,
+        *,
+        window_pixels=PAPER_WINDOW_PIXELS,
+        dtype=torch.float64,
+        device="cpu",
+    ):
         super().__init__()
         n_pixels = wavelength.size
         nearest = np.searchsorted(wavelength, center)
@@ -90,13 +101,14 @@ class PaperSparseCOOForest(torch.nn.Module):
         self.register_buffer("indices", torch.as_tensor(np.stack([line, pixel]), device=device))
         # (λ − λc)² per triple, formed in float64 once (the centres are not trained here)
         offset = wavelength[pixel] - center[line]
-        self.register_buffer("offset_squared", torch.as_tensor(offset * offset, dtype=dtype, device=device))
+        self.register_buffer(
+            "offset_squared", torch.as_tensor(offset * offset, dtype=dtype, device=device)
+        )
         del offset
         self.register_buffer("line", torch.as_tensor(line, device=device))
-        as_param = lambda x: torch.nn.Parameter(torch.as_tensor(np.log(x), dtype=dtype, device=device))  # noqa: E731
-        self.ln_amplitude = as_param(amplitude)
-        self.ln_sigma = as_param(sigma)
-        self.ln_gamma = as_param(gamma)
+        for name, value in (("amplitude", amplitude), ("sigma", sigma), ("gamma", gamma)):
+            log_value = torch.as_tensor(np.log(value), dtype=dtype, device=device)
+            setattr(self, "ln_" + name, torch.nn.Parameter(log_value))
 
     @property
     def n_pairs(self) -> int:
@@ -105,10 +117,20 @@ class PaperSparseCOOForest(torch.nn.Module):
     def forward(self) -> torch.Tensor:
         # per-line TCH widths and mixing, then one gather of four coefficients per triple:
         # a·V = A / (x² + h²) + B·exp(C·x²)
-        amplitude, sigma, gamma = torch.exp(self.ln_amplitude), torch.exp(self.ln_sigma), torch.exp(self.ln_gamma)
+        amplitude, sigma, gamma = (
+            torch.exp(self.ln_amplitude),
+            torch.exp(self.ln_sigma),
+            torch.exp(self.ln_gamma),
+        )
         fg, fl = _FWHM_PER_SIGMA * sigma, 2.0 * gamma
-        fwhm = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
-                + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+        fwhm = (
+            fg**5
+            + 2.69269 * fg**4 * fl
+            + 2.42843 * fg**3 * fl**2
+            + 4.47163 * fg**2 * fl**3
+            + 0.07842 * fg * fl**4
+            + fl**5
+        ) ** 0.2
         r = fl / fwhm
         eta = 1.36603 * r - 0.47719 * r**2 + 0.11116 * r**3
         hwhm = 0.5 * fwhm
@@ -119,13 +141,17 @@ class PaperSparseCOOForest(torch.nn.Module):
         gau_c = (-0.5 / (s * s))[self.line]
         av = lor_a / (self.offset_squared + lor_h2) + gau_b * torch.exp(gau_c * self.offset_squared)
         ln_flux_pairs = torch.log1p(-av.clamp(max=1 - 1e-6))
-        matrix = torch.sparse_coo_tensor(self.indices, ln_flux_pairs, self.shape,
-                                         check_invariants=False).coalesce()
+        matrix = torch.sparse_coo_tensor(
+            self.indices, ln_flux_pairs, self.shape, check_invariants=False
+        ).coalesce()
         return torch.exp(torch.sparse.sum(matrix, dim=0).to_dense())
 
     def line_properties(self) -> dict:
         with torch.no_grad():
-            return {k: torch.exp(getattr(self, "ln_" + k)).double().cpu().numpy() for k in ("amplitude", "sigma", "gamma")}
+            return {
+                k: torch.exp(getattr(self, "ln_" + k)).double().cpu().numpy()
+                for k in ("amplitude", "sigma", "gamma")
+            }
 
 
 # ---------------------------------------------------------------------------
@@ -167,7 +193,9 @@ def z_band_case(data_dir: Path, quick: bool):
     if quick:
         keep = (wavelength >= 8600) & (wavelength < 8700)
         wavelength, flux = wavelength[keep], flux[keep]
-    initial = blase_specutils.clone(wavelength, flux, teff=3900, epochs=0, progress=False, device="cpu")
+    initial = blase_specutils.clone(
+        wavelength, flux, teff=3900, epochs=0, progress=False, device="cpu"
+    )
     p = initial.forest.line_properties()
     return wavelength, initial.target_flux, (p["center"], p["amplitude"], p["sigma"], p["gamma"])
 
@@ -181,7 +209,25 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """Peak RSS since the last :func:`_reset_peak_rss` (VmHWM), else since the process start."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (Linux >= 4.0), so set-up peaks are not counted."""
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def run_worker(spec: dict) -> dict:
@@ -200,6 +246,7 @@ def run_worker(spec: dict) -> dict:
     else:
         raise ValueError(spec["case"])
 
+    _reset_peak_rss()
     rss_before = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -219,7 +266,9 @@ def run_worker(spec: dict) -> dict:
         forward = lambda: model(layout)  # noqa: E731
         after = model.clamp_
     setup_s = _sync(device, time.perf_counter() - t_setup)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=spec["learning_rate"])
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=spec["learning_rate"]
+    )
 
     epoch_times = []
     for _ in range(spec["epochs"]):
@@ -260,6 +309,7 @@ def run_full_clone(spec: dict, data_dir: Path, device: torch.device) -> dict:
 
     band = spec["case"].split("_", 1)[1]
     wavelength, flux = read_phoenix(data_dir, band)
+    _reset_peak_rss()
     rss_before = _rss_mb()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -299,25 +349,34 @@ def spawn(spec: dict) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(HERE.parent))
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-        return {"case": spec["case"], "engine": spec.get("engine", "?"), "error": " | ".join(tail),
-                "wall_s": time.perf_counter() - t0}
+        return {
+            "case": spec["case"],
+            "engine": spec.get("engine", "?"),
+            "error": " | ".join(tail),
+            "wall_s": time.perf_counter() - t0,
+        }
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def cross_check(n_pixels: int = 2000, n_lines: int = 40) -> tuple[float, float]:
-    """Both engines on a small grid their windows fully cover: max |Δ flux|, max relative |Δ grad|."""
+    """Both engines on a small grid their windows cover: max |Δ flux|, max relative |Δ grad|."""
     from blase_specutils.core.lineforest import LineForest
 
     wavelength, target, start = synthetic_case(n_pixels, n_lines)
     reference = PaperSparseCOOForest(wavelength, *start)
     ours = LineForest(*start, dtype=torch.float64)
-    layout = ours.make_layout(wavelength, tolerance=1e-30, max_half_width=1e4, min_pixels=2 * n_pixels)
+    layout = ours.make_layout(
+        wavelength, tolerance=1e-30, max_half_width=1e4, min_pixels=2 * n_pixels
+    )
     target_t = torch.as_tensor(target)
     flux_ref, flux_ours = reference(), ours(layout)
     torch.mean((flux_ref - target_t) ** 2).backward()
     torch.mean((flux_ours - target_t) ** 2).backward()
     grad_err = max(
-        float((getattr(reference, n).grad - getattr(ours, n).grad).abs().max() / getattr(ours, n).grad.abs().max())
+        float(
+            (getattr(reference, n).grad - getattr(ours, n).grad).abs().max()
+            / getattr(ours, n).grad.abs().max()
+        )
         for n in ("ln_amplitude", "ln_sigma", "ln_gamma")
     )
     return float((flux_ref - flux_ours).detach().abs().max()), grad_err
@@ -331,8 +390,10 @@ def markdown(results: list[dict], args) -> str:
     lines = []
     mem_key = "cuda_peak_mb" if args.device == "cuda" else "training_mem_mb"
     mem_label = "peak CUDA MB" if args.device == "cuda" else "Δ peak RSS MB"
-    lines.append(f"| case | engine | pixels | lines | line–pixel pairs | s / epoch | speed-up | "
-                 f"{mem_label} | RMS after {args.epochs} epochs |")
+    lines.append(
+        f"| case | engine | pixels | lines | line–pixel pairs | s / epoch | speed-up | "
+        f"{mem_label} | RMS after {args.epochs} epochs |"
+    )
     lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     by_case: dict[str, dict] = {}
     for r in results:
@@ -345,47 +406,78 @@ def markdown(results: list[dict], args) -> str:
             r = engines.get(name)
             if r is None:
                 continue
-            label = "paper §2.6 sparse COO, 6000 px (baseline)" if name == "reference" else "blase_specutils buckets, fused"
+            label = (
+                "paper §2.6 sparse COO, 6000 px (baseline)"
+                if name == "reference"
+                else "blase_specutils buckets, fused"
+            )
             if "error" in r:
                 lines.append(f"| {case} | {label} | | | | failed: {r['error'][:80]} | | | |")
                 continue
             speedup = (ref["epoch_s"] / r["epoch_s"]) if ref and "error" not in ref else None
             lines.append(
                 f"| {case} | {label} | {r['n_pixels']:,} | {r['n_lines']:,} | {r['n_pairs']:,} | "
-                f"{r['epoch_s']:.3g} | {_fmt(speedup, '.1f')}× | {_fmt(r.get(mem_key), '.0f')} | {r['rms']:.2e} |"
+                f"{r['epoch_s']:.3g} | {_fmt(speedup, '.1f')}× | {_fmt(r.get(mem_key), '.0f')} | "
+                f"{r['rms']:.2e} |"
             )
     clones = [r for r in results if r["case"].startswith("clone_")]
     if clones:
         lines.append("")
-        lines.append("| full clone (defaults, teff 3900 K) | pixels | lines found | epochs | stop | wall s | RMS |")
+        lines.append(
+            "| full clone (defaults, teff 3900 K) | pixels | lines found | epochs | stop | wall s "
+            "| RMS |"
+        )
         lines.append("|---|---:|---:|---:|---|---:|---:|")
         for r in clones:
             if "error" in r:
                 lines.append(f"| {r['case']} | failed: {r['error'][:100]} | | | | | |")
                 continue
             lines.append(
-                f"| {r['case'].replace('clone_', '')} band | {r['n_pixels']:,} | {r['n_lines']:,} | {r['epochs']} | "
+                f"| {r['case'].replace('clone_', '')} band | {r['n_pixels']:,} | "
+                f"{r['n_lines']:,} | {r['epochs']} | "
                 f"{r['stop_reason']} | {r['wall_s']:.1f} | {r['rms']:.2e} |"
             )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)")
-    parser.add_argument("--epochs", type=int, default=5,
-                        help="epochs per timing run, the same for both engines (default 5; "
-                             "time per epoch is the median after the first)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small inputs: 30,000 px × 600 synthetic lines, 100 Å of the Z band, no full clones")
-    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64",
-                        help="working dtype of both engines (the paper uses float64)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
-    parser.add_argument("--learning-rate", type=float, default=0.05, help="Adam step size for both engines")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to train (default cpu)"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=5,
+        help="epochs per timing run, the same for both engines (default 5; "
+        "time per epoch is the median after the first)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small inputs: 30,000 px × 600 synthetic lines, 100 Å of the Z band, no full clones",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float64", "float32"),
+        default="float64",
+        help="working dtype of both engines (the paper uses float64)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch default)"
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.05, help="Adam step size for both engines"
+    )
     parser.add_argument("--skip-reference", action="store_true", help="time only our engine")
-    parser.add_argument("--skip-clones", action="store_true", help="skip the full Z and Y band clones")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder laid out like shared/data")
+    parser.add_argument(
+        "--skip-clones", action="store_true", help="skip the full Z and Y band clones"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_DATA, help="folder laid out like shared/data"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -399,28 +491,55 @@ def main(argv=None) -> int:
         parser.error("--epochs must be >= 1")
 
     n_pixels, n_lines = (30_000, 600) if args.quick else (300_000, 6_000)
-    base = {"device": args.device, "dtype": args.dtype, "threads": args.threads, "epochs": args.epochs,
-            "learning_rate": args.learning_rate, "data_dir": str(args.data_dir), "quick": args.quick,
-            "n_pixels": n_pixels, "n_lines": n_lines}
+    base = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": args.threads,
+        "epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "data_dir": str(args.data_dir),
+        "quick": args.quick,
+        "n_pixels": n_pixels,
+        "n_lines": n_lines,
+    }
     engines = ("ours",) if args.skip_reference else ("reference", "ours")
-    specs = [dict(base, case=case, engine=engine) for case in ("synthetic", "z_band") for engine in engines]
+    specs = [
+        dict(base, case=case, engine=engine)
+        for case in ("synthetic", "z_band")
+        for engine in engines
+    ]
     if not (args.quick or args.skip_clones):
         specs += [dict(base, case=f"clone_{band}") for band in ("Z", "Y")]
 
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
-    print(f"# bench_clone: torch {torch.__version__}, device {args.device} ({device_name}), "
-          f"{os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}, dtype {args.dtype}, "
-          f"epochs {args.epochs}{', quick' if args.quick else ''}", flush=True)
+    device_name = (
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
+        else platform.processor() or platform.machine()
+    )
+    print(
+        f"# bench_clone: torch {torch.__version__}, device {args.device} ({device_name}), "
+        f"{os.cpu_count()} CPUs, threads {args.threads or torch.get_num_threads()}, "
+        f"dtype {args.dtype}, "
+        f"epochs {args.epochs}{', quick' if args.quick else ''}",
+        flush=True,
+    )
     flux_err, grad_err = cross_check()
-    print(f"# cross-check on 2,000 px x 40 lines (windows cover the grid): max |flux_ref - flux_ours| = "
-          f"{flux_err:.1e}, max relative gradient difference = {grad_err:.1e}", flush=True)
+    print(
+        "# cross-check on 2,000 px x 40 lines (windows cover the grid): "
+        "max |flux_ref - flux_ours| = "
+        f"{flux_err:.1e}, max relative gradient difference = {grad_err:.1e}",
+        flush=True,
+    )
     results = []
     for spec in specs:
         t0 = time.perf_counter()
         result = spawn(spec)
         results.append(result)
-        print(f"#   {spec['case']:>9} {spec.get('engine', ''):>9}: {time.perf_counter() - t0:6.1f} s "
-              f"{json.dumps(result)}", flush=True)
+        print(
+            f"#   {spec['case']:>9} {spec.get('engine', ''):>9}: {time.perf_counter() - t0:6.1f} s "
+            f"{json.dumps(result)}",
+            flush=True,
+        )
     print()
     print(markdown(results, args))
     if args.json:

@@ -53,7 +53,7 @@ class _DemoSettings:
 
 
 _DEMO_FULL = _DemoSettings(
-    clone_epochs=300, rv_search=60.0, global_epochs=60, line_epochs=150, refine_rv_search=3.0
+    clone_epochs=400, rv_search=60.0, global_epochs=150, line_epochs=300, refine_rv_search=3.0
 )
 _DEMO_QUICK = _DemoSettings(
     clone_epochs=15, rv_search=20.0, global_epochs=6, line_epochs=10, refine_rv_search=2.0
@@ -122,7 +122,8 @@ def read_observation(path) -> list:
             has_table = len(hdul) > 1 and isinstance(hdul[1], (fits.BinTableHDU, fits.TableHDU))
     except OSError as err:
         raise ValueError(
-            f"{path} is not a FITS file ({err}); `fit` reads HPF Goldilocks files, IGRINS .spec.fits "
+            f"{path} is not a FITS file ({err}); `fit` reads HPF Goldilocks files, "
+            "IGRINS .spec.fits "
             "files and FITS binary tables with wavelength/flux/uncertainty columns"
         ) from err
     name = path.name
@@ -147,7 +148,8 @@ def read_observation(path) -> list:
             spectra = read_table_spectrum(path)
         else:
             raise ValueError(
-                f"unknown data format in {path}: expected an HPF Goldilocks file, an IGRINS .spec.fits "
+                f"unknown data format in {path}: expected an HPF Goldilocks file, "
+                "an IGRINS .spec.fits "
                 "file, or a FITS binary table (extension 1) with wavelength and flux columns"
             )
         return spectra_to_arrays(spectra)
@@ -181,7 +183,8 @@ def _crop_to_clones(orders: list, clones: list, err) -> list:
         data_lo = min(float(o.wavelength[0]) for o in orders)
         data_hi = max(float(o.wavelength[-1]) for o in orders)
         raise UsageError(
-            f"the clone(s) cover {lo:.2f}–{hi:.2f} Å but the data span {data_lo:.2f}–{data_hi:.2f} Å: no "
+            f"the clone(s) cover {lo:.2f}–{hi:.2f} Å but the data span "
+            f"{data_lo:.2f}–{data_hi:.2f} Å: no "
             "order overlaps; clone the template over the data's range (clone --range LO HI)"
         )
     if n_dropped or n_cropped:
@@ -268,7 +271,8 @@ def _cmd_clone(args, out, err) -> int:
     template = read_template(source, wavelength_range=wavelength_range)
     if len(template) < 3:
         raise UsageError(
-            f"the template has {len(template)} samples in the range {wavelength_range}; widen --range"
+            f"the template has {len(template)} samples in the range {wavelength_range}; "
+            "widen --range"
         )
     started = time.perf_counter()
     result = clone(
@@ -284,7 +288,8 @@ def _cmd_clone(args, out, err) -> int:
     result.meta["template"] = description
     path = result.save(Path(args.output), overwrite=True)
     print(
-        f"cloned {result.n_lines} lines over {template.wavelength[0]:.2f}–{template.wavelength[-1]:.2f} Å "
+        f"cloned {result.n_lines} lines over "
+        f"{template.wavelength[0]:.2f}–{template.wavelength[-1]:.2f} Å "
         f"in {time.perf_counter() - started:.1f} s; residual RMS {result.rms:.4f}",
         file=out,
     )

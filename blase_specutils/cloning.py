@@ -9,9 +9,6 @@ optionally centres) by gradient descent on the mean squared residual.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from astropy.table import QTable
 from ._validation import as_angstrom, as_flux_array, check_grid
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
-from .core.train import TrainingHistory, optimize, resolve_device
+from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
 from .prep.continuum import flatten_continuum
 from .prep.linefind import find_lines
 
@@ -70,7 +67,9 @@ def initial_line_parameters(depth, fwhm, *, mode: str = "linear"):
 # ---------------------------------------------------------------------------
 # Line tables
 # ---------------------------------------------------------------------------
-def forest_to_table(forest: LineForest, *, initial: dict | None = None, meta: dict | None = None) -> QTable:
+def forest_to_table(
+    forest: LineForest, *, initial: dict | None = None, meta: dict | None = None
+) -> QTable:
     """Line properties of ``forest`` as an astropy QTable with units.
 
     Columns: ``center``, ``amplitude``, ``sigma``, ``gamma``, ``fwhm`` (Å),
@@ -118,7 +117,9 @@ def forest_to_table(forest: LineForest, *, initial: dict | None = None, meta: di
     return table
 
 
-def forest_from_table(table: QTable, *, device=None, dtype: torch.dtype | None = None) -> LineForest:
+def forest_from_table(
+    table: QTable, *, device=None, dtype: torch.dtype | None = None
+) -> LineForest:
     """Rebuild a :class:`LineForest` from :func:`forest_to_table` output (bit-exact)."""
     if table.meta.get("format") != _FORMAT:
         raise ValueError(
@@ -133,7 +134,9 @@ def forest_from_table(table: QTable, *, device=None, dtype: torch.dtype | None =
 
     def column(name):
         col = table[name]
-        return np.asarray(col.to_value(u.AA) if hasattr(col, "unit") and col.unit is not None else col)
+        return np.asarray(
+            col.to_value(u.AA) if hasattr(col, "unit") and col.unit is not None else col
+        )
 
     forest = LineForest(
         column("center_ref"),
@@ -319,6 +322,9 @@ def load_clone(path, *, device=None, dtype: torch.dtype | None = None) -> CloneR
 # ---------------------------------------------------------------------------
 # The workflow
 # ---------------------------------------------------------------------------
+
+
+@thread_limited
 def clone(
     wavelength,
     flux,
@@ -405,7 +411,10 @@ def clone(
     fl = as_flux_array(flux, "flux", size=wl.size)
     check_grid(wl)
     if np.any(fl < 0):
-        raise ValueError(f"flux has {int(np.sum(fl < 0))} negative values; a synthetic spectrum must be non-negative")
+        raise ValueError(
+            f"flux has {int(np.sum(fl < 0))} negative values; "
+            "a synthetic spectrum must be non-negative"
+        )
     if not 0 < prominence < 1:
         raise ValueError(f"prominence must be in (0, 1), got {prominence}")
     if teff is not None and not (np.isfinite(teff) and teff > 0):
@@ -437,7 +446,12 @@ def clone(
             fwhm = np.concatenate([fwhm, up.fwhm])
             is_emission = np.concatenate([is_emission, np.ones(len(up.center), bool)])
             order = np.argsort(center)
-            center, depth, fwhm, is_emission = center[order], depth[order], fwhm[order], is_emission[order]
+            center, depth, fwhm, is_emission = (
+                center[order],
+                depth[order],
+                fwhm[order],
+                is_emission[order],
+            )
     step = np.gradient(wl)
     fwhm = np.maximum(fwhm, 2.0 * np.interp(center, wl, step))
     amplitude, sigma, gamma = initial_line_parameters(depth, fwhm, mode=mode)
@@ -453,8 +467,14 @@ def clone(
         dtype=dtype,
         device=dev,
     )
-    initial = {"center": center, "amplitude": amplitude, "sigma": sigma, "gamma": gamma, "fwhm": fwhm,
-               "depth": depth}
+    initial = {
+        "center": center,
+        "amplitude": amplitude,
+        "sigma": sigma,
+        "gamma": gamma,
+        "fwhm": fwhm,
+        "depth": depth,
+    }
     target_t = torch.as_tensor(target, dtype=dtype, device=dev)
     state = {"layout": forest.make_layout(wl, tolerance=tolerance)}
 
@@ -501,5 +521,7 @@ def clone(
     }
     result = CloneResult(forest, wl, target, continuum, history, initial, meta)
     with torch.no_grad():
-        result._model_flux = forest(forest.make_layout(wl, tolerance=tolerance)).double().cpu().numpy()
+        result._model_flux = (
+            forest(forest.make_layout(wl, tolerance=tolerance)).double().cpu().numpy()
+        )
     return result

@@ -28,11 +28,11 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from ._validation import as_angstrom, as_flux_array
+from ._validation import as_angstrom
 from .cloning import CloneResult, load_clone
 from .core.forward import ForwardModel
 from .core.lineforest import LineForest
-from .core.train import TrainingHistory, optimize, resolve_device
+from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
 
 __all__ = ["fit", "FitResult", "BadPixelWarning"]
 
@@ -93,14 +93,18 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
         if m is not None:
             m = np.asarray(m, dtype=bool)
             if m.shape != wl.shape:
-                raise ValueError(f"order {k}: mask has shape {m.shape} but wavelength has {wl.shape}")
+                raise ValueError(
+                    f"order {k}: mask has shape {m.shape} but wavelength has {wl.shape}"
+                )
             good &= m
         if s is None:
             sig = np.full_like(fl, np.nan)
         else:
             sig = np.array(s.value if isinstance(s, u.Quantity) else s, dtype=np.float64)
             if sig.shape != wl.shape:
-                raise ValueError(f"order {k}: uncertainty has shape {sig.shape} but wavelength has {wl.shape}")
+                raise ValueError(
+                    f"order {k}: uncertainty has shape {sig.shape} but wavelength has {wl.shape}"
+                )
             bad = ~(np.isfinite(sig) & (sig > 0)) & good
             n_bad_sigma += int(bad.sum())
             good &= ~bad
@@ -117,15 +121,20 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
             stacklevel=3,
         )
     if sum(int(o.good.sum()) for o in orders) == 0:
-        raise ValueError("every pixel is masked (mask, NaN flux or bad uncertainties): nothing to fit")
+        raise ValueError(
+            "every pixel is masked (mask, NaN flux or bad uncertainties): nothing to fit"
+        )
     if uncertainty is None:
         for o in orders:
             # Robust noise from first differences of good neighbours.
             d = np.diff(o.flux)[o.good[1:] & o.good[:-1]]
-            noise = 1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2) if d.size > 5 else 1.0
+            noise = (
+                1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2) if d.size > 5 else 1.0
+            )
             o.sigma = np.full_like(o.flux, noise if noise > 0 else 1.0)
         warnings.warn(
-            "no uncertainties given: using a constant per-order noise estimated from pixel-to-pixel "
+            "no uncertainties given: using a constant per-order noise estimated from "
+            "pixel-to-pixel "
             "scatter, so chi2 and the parameter uncertainties are approximate",
             BadPixelWarning,
             stacklevel=3,
@@ -144,7 +153,10 @@ def _as_forest(obj, name: str) -> tuple[LineForest, CloneResult | None]:
         return obj.forest, obj
     if isinstance(obj, LineForest):
         return obj, None
-    raise TypeError(f"{name} must be a CloneResult, a saved clone path or a LineForest, not {type(obj).__name__}")
+    raise TypeError(
+        f"{name} must be a CloneResult, a saved clone path or a LineForest, "
+        f"not {type(obj).__name__}"
+    )
 
 
 def _forest_range(forest: LineForest, clone_result: CloneResult | None) -> tuple[float, float]:
@@ -244,7 +256,9 @@ class FitResult:
             if t is None:
                 n = sum(len(o.wavelength) for o in self.orders)
                 return self._per_order(np.ones(n))
-            return self._per_order(self.forward_model.averager(self.forward_model.instrument(t)).double().cpu().numpy())
+            return self._per_order(
+                self.forward_model.averager(self.forward_model.instrument(t)).double().cpu().numpy()
+            )
 
     @property
     def telluric_corrected_flux(self):
@@ -282,27 +296,31 @@ def _chi2(model: ForwardModel, data, inv_sigma, good) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> None:
-    """Weighted linear least squares for the continuum coefficients at fixed lines."""
+def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> float:
+    """Weighted linear least squares for the continuum coefficients at fixed lines.
+
+    Returns χ² with the solved continuum (one forward evaluation in all).
+    """
     cont = model.continuum_coefficients
-    saved = cont.detach().clone()
-    cont.zero_()
-    cont[:, 0] = 1.0
-    shape = model().double()
-    cont.copy_(saved)
+    shape = model.averager(model.instrument(model.joint_fine())).double()
     basis = model.continuum_basis.double()
-    w = (inv_sigma.double() * good.double())
+    w = inv_sigma.double() * good.double()
+    d = data.double()
     for k in range(model.n_orders):
         sel = model.order_index == k
         a = basis[sel] * (shape[sel] * w[sel])[:, None]
-        b = data[sel].double() * w[sel]
+        b = d[sel] * w[sel]
         if int(good[sel].sum()) <= a.shape[1]:
             continue
         sol = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
         if bool(torch.all(torch.isfinite(sol))):
             cont[k] = sol.to(cont.dtype)
+    m = shape * (basis * cont.double()[model.order_index]).sum(1)
+    r = (m - d) * w
+    return float(torch.sum(r * r))
 
 
+@thread_limited
 def fit(
     wavelength,
     flux,
@@ -427,7 +445,9 @@ def fit(
     if not prior_scale > 0:
         raise ValueError("prior_scale must be positive")
     if abs(rv) > rv_max:
-        warnings.warn(f"initial rv = {rv} km/s is beyond rv_max = {rv_max} km/s", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"initial rv = {rv} km/s is beyond rv_max = {rv_max} km/s", UserWarning, stacklevel=2
+        )
     vsini = 5.0 if vsini is None else float(vsini)
     if not (np.isfinite(vsini) and vsini >= 0):
         raise ValueError(f"vsini must be >= 0 km/s, got {vsini}")
@@ -478,7 +498,9 @@ def fit(
         device=dev,
     )
     data = torch.as_tensor(np.concatenate([o.flux for o in orders]), dtype=dtype, device=dev)
-    inv_sigma = torch.as_tensor(1.0 / np.concatenate([o.sigma for o in orders]), dtype=dtype, device=dev)
+    inv_sigma = torch.as_tensor(
+        1.0 / np.concatenate([o.sigma for o in orders]), dtype=dtype, device=dev
+    )
     good = torch.as_tensor(np.concatenate([o.good for o in orders]), device=dev)
     empty = getattr(model.averager, "empty", None)
     if empty is not None:
@@ -499,8 +521,7 @@ def fit(
             values = []
             for v in grid:
                 model.rv.fill_(float(v))
-                _solve_continuum(model, data, inv_sigma, good)
-                values.append(float(chi2()))
+                values.append(_solve_continuum(model, data, inv_sigma, good))
             best = int(np.argmin(values))
             # Parabola through the minimum and its neighbours.
             v0 = grid[best]
@@ -542,8 +563,9 @@ def fit(
     # Stage 2: globals only.
     groups = global_groups()
     if groups and global_epochs > 0:
-        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "globals",
-                                     num_threads)
+        history.loss += _fit_globals(
+            model, chi2_per_pixel, groups, global_epochs, progress, "globals", num_threads
+        )
 
     # Stage 3: lines join, with the L1 prior.
     star.set_trainable(trainable)
@@ -552,9 +574,13 @@ def fit(
 
     def total_loss():
         loss = 0.5 * chi2()
-        loss = loss + (prior_weight / prior_scale) * torch.sum(torch.abs(star.ln_amplitude - ln_a0_star))
+        loss = loss + (prior_weight / prior_scale) * torch.sum(
+            torch.abs(star.ln_amplitude - ln_a0_star)
+        )
         if tell is not None:
-            loss = loss + (prior_weight / prior_scale) * torch.sum(torch.abs(tell.ln_amplitude - ln_a0_tell))
+            loss = loss + (prior_weight / prior_scale) * torch.sum(
+                torch.abs(tell.ln_amplitude - ln_a0_tell)
+            )
         return loss
 
     line_groups = []
@@ -568,10 +594,22 @@ def fit(
                 line_groups.append({"params": [p], "lr": lr})
     if line_groups and epochs > 0:
         groups = global_groups() + line_groups
-        h = optimize(model, total_loss, epochs=epochs, learning_rate=learning_rate, rtol=rtol, patience=30,
-                     progress=progress, description="fit: lines", param_groups=groups,
-                     after_step=after_step, checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                     resume=resume, num_threads=num_threads)
+        h = optimize(
+            model,
+            total_loss,
+            epochs=epochs,
+            learning_rate=learning_rate,
+            rtol=rtol,
+            patience=30,
+            progress=progress,
+            description="fit: lines",
+            param_groups=groups,
+            after_step=after_step,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            num_threads=num_threads,
+        )
         history.loss += h.loss
     star.set_trainable(())
     if tell is not None:
@@ -579,11 +617,14 @@ def fit(
     # Stage 4: polish the globals.
     groups = global_groups()
     if groups and global_epochs > 0:
-        history.loss += _fit_globals(model, chi2_per_pixel, groups, global_epochs, progress, "polish",
-                                     num_threads)
+        history.loss += _fit_globals(
+            model, chi2_per_pixel, groups, global_epochs, progress, "polish", num_threads
+        )
     model.relayout()
 
-    n_free = sum(p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad)
+    n_free = sum(
+        p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad
+    )
     with torch.no_grad():
         chi2_red = float(chi2()) / max(n_good - n_free, 1)
     uncertainties = _global_uncertainties(model, data, inv_sigma, good)
@@ -592,14 +633,24 @@ def fit(
     template_forest.set_trainable(star0.trainable)
     if star_clone is not None:
         template = CloneResult(
-            template_forest, star_clone.wavelength, star_clone.target_flux, star_clone.continuum,
-            star_clone.history, star_clone.initial, dict(star_clone.meta, transfer_learned=True),
+            template_forest,
+            star_clone.wavelength,
+            star_clone.target_flux,
+            star_clone.continuum,
+            star_clone.history,
+            star_clone.initial,
+            dict(star_clone.meta, transfer_learned=True),
         )
     else:
         c = template_forest.center_ref.numpy()
         wl = np.exp(np.arange(np.log(c.min()), np.log(c.max()), step_kms / C_KMS / 4))
-        template = CloneResult(template_forest, wl, np.full_like(wl, np.nan), np.ones_like(wl),
-                               meta={"transfer_learned": True})
+        template = CloneResult(
+            template_forest,
+            wl,
+            np.full_like(wl, np.nan),
+            np.ones_like(wl),
+            meta={"transfer_learned": True},
+        )
     return FitResult(
         rv=float(model.rv.detach()),
         vsini=float(model.rotation.effective_vsini().detach()),
@@ -613,8 +664,13 @@ def fit(
         history=history,
         telluric=tell,
         initial_chi2_reduced=initial_chi2,
-        meta={"n_good_pixels": n_good, "prior_scale": prior_scale, "prior_weight": prior_weight,
-              "trainable": list(trainable), "step_kms": step_kms},
+        meta={
+            "n_good_pixels": n_good,
+            "prior_scale": prior_scale,
+            "prior_weight": prior_weight,
+            "trainable": list(trainable),
+            "step_kms": step_kms,
+        },
     )
 
 
@@ -622,15 +678,34 @@ def _fit_globals(model, loss_fn, groups, iterations, progress, label, num_thread
     """L-BFGS on the few global parameters; falls back to Adam if a step diverges."""
     saved = copy.deepcopy(model.state_dict())
     try:
-        h = optimize(model, loss_fn, epochs=iterations, learning_rate=1.0, rtol=1e-9, patience=3,
-                     optimizer="lbfgs", progress=progress, description=f"fit: {label}",
-                     param_groups=groups, num_threads=num_threads)
+        h = optimize(
+            model,
+            loss_fn,
+            epochs=iterations,
+            learning_rate=1.0,
+            rtol=1e-9,
+            patience=3,
+            optimizer="lbfgs",
+            progress=progress,
+            description=f"fit: {label}",
+            param_groups=groups,
+            num_threads=num_threads,
+        )
         return h.loss
     except FloatingPointError:
         model.load_state_dict(saved)
-    h = optimize(model, loss_fn, epochs=20 * iterations, learning_rate=0.01, rtol=1e-9, patience=20,
-                 progress=progress, description=f"fit: {label} (Adam)", param_groups=groups,
-                 num_threads=num_threads)
+    h = optimize(
+        model,
+        loss_fn,
+        epochs=20 * iterations,
+        learning_rate=0.01,
+        rtol=1e-9,
+        patience=20,
+        progress=progress,
+        description=f"fit: {label} (Adam)",
+        param_groups=groups,
+        num_threads=num_threads,
+    )
     return h.loss
 
 

@@ -48,7 +48,11 @@ class SyntheticObservation:
 
 
 def perturb_line_depths(
-    wavelength: np.ndarray, flat_flux: np.ndarray, *, amplitude: float = 0.15, period_angstrom: float = 37.0,
+    wavelength: np.ndarray,
+    flat_flux: np.ndarray,
+    *,
+    amplitude: float = 0.15,
+    period_angstrom: float = 37.0,
     phase: float = 0.3,
 ) -> np.ndarray:
     """Scale every line's depth by a smooth factor ``1 + amplitude·sin(2πλ/P + φ)``.
@@ -116,7 +120,9 @@ def observe(
     """
     pixel_centers = np.asarray(pixel_centers, dtype=np.float64)
     mid = 0.5 * (pixel_centers[1:] + pixel_centers[:-1])
-    edges = np.concatenate([[2 * pixel_centers[0] - mid[0]], mid, [2 * pixel_centers[-1] - mid[-1]]])
+    edges = np.concatenate(
+        [[2 * pixel_centers[0] - mid[0]], mid, [2 * pixel_centers[-1] - mid[-1]]]
+    )
     pad = 1.0 + 200.0 / _C_KMS
     lo, hi = edges[0] / pad, edges[-1] * pad
     n = int(np.ceil(np.log(hi / lo) / (step_kms / _C_KMS))) + 1
@@ -138,6 +144,11 @@ def observe(
     rng = np.random.default_rng(seed)
     sigma = continuum_level / snr * np.sqrt(np.clip(noiseless / continuum_level, 1e-3, None))
     flux = noiseless + rng.normal(size=noiseless.size) * sigma
-    truth = {"rv": rv, "vsini": vsini, "resolving_power": resolving_power,
-             "limb_darkening": limb_darkening, "snr": snr}
+    truth = {
+        "rv": rv,
+        "vsini": vsini,
+        "resolving_power": resolving_power,
+        "limb_darkening": limb_darkening,
+        "snr": snr,
+    }
     return SyntheticObservation(pixel_centers, flux, sigma, noiseless, truth)

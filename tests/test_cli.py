@@ -14,11 +14,6 @@ from blase_specutils.astro.results import read_fit, read_line_table
 from blase_specutils.cli import main, read_observation
 from blase_specutils.cloning import load_clone
 
-# fitting.py converts trainable tensors with float(); torch warns. Lead: detach there, then drop this.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Converting a tensor with requires_grad=True:UserWarning"
-)
-
 #: WASP 69's radial velocity as this pipeline measures it on the HPF stack (km/s);
 #: the method paper reports −9.6 km/s.
 WASP69_RV_KMS = -9.5

@@ -72,7 +72,9 @@ def test_clone_of_real_phoenix_slice_is_accurate(z_clone):
     assert z_clone.lines_per_100_angstrom() == pytest.approx(z_clone.n_lines, rel=1e-3)
     # the target is flattened: continuum near 1, lines below it
     assert np.percentile(z_clone.target_flux, 95) == pytest.approx(1.0, abs=0.03)
-    np.testing.assert_allclose(z_clone.model_flux, z_clone.evaluate(z_clone.wavelength), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        z_clone.model_flux, z_clone.evaluate(z_clone.wavelength), rtol=0, atol=1e-6
+    )
 
 
 def test_clone_training_improves_on_initial_guess(z_clone, z_slice):
@@ -103,7 +105,9 @@ def test_initial_line_parameters_match_depth_and_fwhm():
         amplitude, sigma, gamma = initial_line_parameters(depth, fwhm, mode=mode)
         f, _ = tch_fwhm_and_eta(torch.as_tensor(sigma), torch.as_tensor(gamma))
         np.testing.assert_allclose(f.numpy(), fwhm, rtol=1e-12)
-        np.testing.assert_allclose(sigma * 2 * np.sqrt(2 * np.log(2)), 2 * gamma, rtol=1e-12)  # equal split
+        np.testing.assert_allclose(
+            sigma * 2 * np.sqrt(2 * np.log(2)), 2 * gamma, rtol=1e-12
+        )  # equal split
         peak = amplitude * pseudo_voigt_peak(torch.as_tensor(sigma), torch.as_tensor(gamma)).numpy()
         expected = depth if mode == "linear" else -np.log1p(-depth)
         np.testing.assert_allclose(peak, expected, rtol=1e-12)
@@ -119,7 +123,10 @@ def test_save_load_round_trip_is_bit_exact(z_clone, tmp_path):
     assert loaded.forest.dtype == z_clone.forest.dtype
     for name, value in z_clone.forest.state_dict().items():
         assert torch.equal(loaded.forest.state_dict()[name].cpu(), value.cpu()), name
-    assert loaded.forest.mode == z_clone.forest.mode and loaded.forest.profile == z_clone.forest.profile
+    assert (
+        loaded.forest.mode == z_clone.forest.mode
+        and loaded.forest.profile == z_clone.forest.profile
+    )
     assert set(loaded.forest.trainable) == set(z_clone.forest.trainable)
     np.testing.assert_array_equal(loaded.wavelength, z_clone.wavelength)
     np.testing.assert_array_equal(loaded.target_flux, z_clone.target_flux)
@@ -233,7 +240,9 @@ def test_clone_accepts_nanometre_quantity(small_slice):
     np.testing.assert_allclose(in_nm.wavelength, in_angstrom.wavelength, rtol=1e-15)
     for key in ("center", "amplitude", "sigma", "gamma"):
         np.testing.assert_allclose(
-            in_nm.forest.line_properties()[key], in_angstrom.forest.line_properties()[key], rtol=1e-5
+            in_nm.forest.line_properties()[key],
+            in_angstrom.forest.line_properties()[key],
+            rtol=1e-5,
         )
     np.testing.assert_allclose(in_nm.model_flux, in_angstrom.model_flux, atol=1e-5)
     np.testing.assert_array_equal(in_aa_quantity.model_flux, in_angstrom.model_flux)

@@ -30,14 +30,29 @@ def y_clone(data_dir):
 def observation(y_clone):
     truth = perturb_line_depths(y_clone.wavelength, y_clone.target_flux)
     pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
-    return observe(y_clone.wavelength, truth, pixels, rv=12.3, vsini=6.0, resolving_power=55000,
-                   snr=200, seed=1)
+    return observe(
+        y_clone.wavelength,
+        truth,
+        pixels,
+        rv=12.3,
+        vsini=6.0,
+        resolving_power=55000,
+        snr=200,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
 def recovered(y_clone, observation):
-    return bs.fit(observation.wavelength, observation.flux, observation.uncertainty, stellar=y_clone,
-                  progress=False, epochs=600, rtol=1e-7)
+    return bs.fit(
+        observation.wavelength,
+        observation.flux,
+        observation.uncertainty,
+        stellar=y_clone,
+        progress=False,
+        epochs=600,
+        rtol=1e-7,
+    )
 
 
 def test_injection_recovery_rv_vsini_chi2(recovered):
@@ -60,10 +75,13 @@ def test_template_is_a_savable_clone(recovered, y_clone, tmp_path):
     template = recovered.template
     assert template.n_lines == y_clone.n_lines
     # The template moved away from the clone where the injected depths differ.
-    assert not np.allclose(template.forest.ln_amplitude.detach().numpy(),
-                           y_clone.forest.ln_amplitude.detach().numpy())
+    assert not np.allclose(
+        template.forest.ln_amplitude.detach().numpy(), y_clone.forest.ln_amplitude.detach().numpy()
+    )
     # ... and is still at rest (no RV folded into the line centres).
-    np.testing.assert_array_equal(template.forest.center_ref.numpy(), y_clone.forest.center_ref.numpy())
+    np.testing.assert_array_equal(
+        template.forest.center_ref.numpy(), y_clone.forest.center_ref.numpy()
+    )
     path = template.save(tmp_path / "template.ecsv")
     again = bs.load_clone(path)
     np.testing.assert_array_equal(again.model_flux, template.model_flux)
@@ -79,16 +97,32 @@ def test_result_arrays_are_consistent(recovered, observation):
 
 def test_fit_accepts_quantities_and_inputs_untouched(y_clone, observation):
     before = y_clone.forest.ln_amplitude.detach().clone()
-    r = bs.fit((observation.wavelength * u.AA).to(u.nm), observation.flux, observation.uncertainty,
-               stellar=y_clone, progress=False, epochs=0, global_epochs=5, rv=12.0, rv_search=0)
+    r = bs.fit(
+        (observation.wavelength * u.AA).to(u.nm),
+        observation.flux,
+        observation.uncertainty,
+        stellar=y_clone,
+        progress=False,
+        epochs=0,
+        global_epochs=5,
+        rv=12.0,
+        rv_search=0,
+    )
     assert abs(r.rv - 12.3) < 0.2
     assert bool((y_clone.forest.ln_amplitude.detach() == before).all())
 
 
 def test_multi_order_lists_of_different_lengths(y_clone, observation):
     w, f, s = observation.wavelength, observation.flux, observation.uncertainty
-    r = bs.fit([w[:400], w[450:]], [f[:400], f[450:]], [s[:400], s[450:]], stellar=y_clone,
-               progress=False, epochs=0, global_epochs=10)
+    r = bs.fit(
+        [w[:400], w[450:]],
+        [f[:400], f[450:]],
+        [s[:400], s[450:]],
+        stellar=y_clone,
+        progress=False,
+        epochs=0,
+        global_epochs=10,
+    )
     assert abs(r.rv - 12.3) < 0.1
     assert [len(m) for m in r.model_flux] == [400, 550]
     assert r.forward_model.n_orders == 2
@@ -102,22 +136,35 @@ def test_checkpoint_resume_matches_uninterrupted(y_clone, observation, tmp_path)
     bs.fit(*args, epochs=20, checkpoint=ckpt, checkpoint_every=10, **kw)
     assert ckpt.exists()
     resumed = bs.fit(*args, epochs=40, checkpoint=ckpt, resume=ckpt, **kw)
-    np.testing.assert_array_equal(resumed.template.forest.ln_amplitude.detach().numpy(),
-                                  full.template.forest.ln_amplitude.detach().numpy())
+    np.testing.assert_array_equal(
+        resumed.template.forest.ln_amplitude.detach().numpy(),
+        full.template.forest.ln_amplitude.detach().numpy(),
+    )
     assert resumed.rv == full.rv
 
 
 # ----------------------------------------------------------------------------- bad input
 def test_all_masked_is_an_error(y_clone, observation):
     with pytest.raises(ValueError, match="every pixel is masked"):
-        bs.fit(observation.wavelength, observation.flux, observation.uncertainty, stellar=y_clone,
-               mask=np.zeros(observation.flux.size, bool), progress=False)
+        bs.fit(
+            observation.wavelength,
+            observation.flux,
+            observation.uncertainty,
+            stellar=y_clone,
+            mask=np.zeros(observation.flux.size, bool),
+            progress=False,
+        )
 
 
 def test_data_outside_template_names_both_ranges(y_clone, observation):
     with pytest.raises(ValueError, match=r"data span .* but the stellar clone covers only"):
-        bs.fit(observation.wavelength + 500.0, observation.flux, observation.uncertainty, stellar=y_clone,
-               progress=False)
+        bs.fit(
+            observation.wavelength + 500.0,
+            observation.flux,
+            observation.uncertainty,
+            stellar=y_clone,
+            progress=False,
+        )
 
 
 def test_bad_uncertainties_are_masked_with_a_count(y_clone, observation):
@@ -125,16 +172,34 @@ def test_bad_uncertainties_are_masked_with_a_count(y_clone, observation):
     s[:7] = 0.0
     s[7:10] = np.nan
     with pytest.warns(BadPixelWarning, match="10 pixels"):
-        r = bs.fit(observation.wavelength, observation.flux, s, stellar=y_clone, progress=False,
-                   epochs=0, global_epochs=2, rv=12.3, rv_search=0)
+        r = bs.fit(
+            observation.wavelength,
+            observation.flux,
+            s,
+            stellar=y_clone,
+            progress=False,
+            epochs=0,
+            global_epochs=2,
+            rv=12.3,
+            rv_search=0,
+        )
     assert int(np.sum(~r.good)) == 10
 
 
 def test_nan_flux_is_masked_automatically(y_clone, observation):
     f = observation.flux.copy()
     f[100:105] = np.nan
-    r = bs.fit(observation.wavelength, f, observation.uncertainty, stellar=y_clone, progress=False,
-               epochs=0, global_epochs=2, rv=12.3, rv_search=0)
+    r = bs.fit(
+        observation.wavelength,
+        f,
+        observation.uncertainty,
+        stellar=y_clone,
+        progress=False,
+        epochs=0,
+        global_epochs=2,
+        rv=12.3,
+        rv_search=0,
+    )
     assert int(np.sum(~r.good)) == 5
     assert np.all(np.isfinite(r.model_flux))
 
@@ -152,5 +217,15 @@ def test_initial_rv_beyond_budget_warns(y_clone, observation):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadPixelWarning)
         with pytest.warns(UserWarning, match="beyond rv_max"):
-            bs.fit(observation.wavelength, observation.flux, observation.uncertainty, stellar=y_clone,
-                   rv=900.0, rv_max=500.0, rv_search=0, epochs=0, global_epochs=1, progress=False)
+            bs.fit(
+                observation.wavelength,
+                observation.flux,
+                observation.uncertainty,
+                stellar=y_clone,
+                rv=900.0,
+                rv_max=500.0,
+                rv_search=0,
+                epochs=0,
+                global_epochs=1,
+                progress=False,
+            )

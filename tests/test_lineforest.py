@@ -12,7 +12,12 @@ from scipy.special import voigt_profile as scipy_voigt
 from blase_specutils.core.lineforest import PARAMETER_NAMES, SPEED_OF_LIGHT_KMS, LineForest
 from blase_specutils.core.profiles import pseudo_voigt, tch_fwhm_and_eta
 
-GOOD = {"center": [8600.0, 8601.0], "amplitude": [0.01, 0.02], "sigma": [0.02, 0.03], "gamma": [0.01, 0.02]}
+GOOD = {
+    "center": [8600.0, 8601.0],
+    "amplitude": [0.01, 0.02],
+    "sigma": [0.02, 0.03],
+    "gamma": [0.01, 0.02],
+}
 
 
 def _cover_all(wavelength) -> dict:
@@ -89,13 +94,19 @@ def test_make_layout_rejects_bad_grids(wavelength, match):
 
 # ------------------------------------------------------------------------ trainable flags
 @pytest.mark.parametrize(
-    "names", [(), ("amplitude",), ("center", "gamma"), ("amplitude", "sigma", "gamma"), PARAMETER_NAMES]
+    "names",
+    [(), ("amplitude",), ("center", "gamma"), ("amplitude", "sigma", "gamma"), PARAMETER_NAMES],
 )
 def test_set_trainable_sets_requires_grad_and_gradients(names):
     forest = _make(dtype=torch.float64)
     forest.set_trainable(names)
     assert set(forest.trainable) == set(names)
-    attribute = {"center": "center_shift", "amplitude": "ln_amplitude", "sigma": "ln_sigma", "gamma": "ln_gamma"}
+    attribute = {
+        "center": "center_shift",
+        "amplitude": "ln_amplitude",
+        "sigma": "ln_sigma",
+        "gamma": "ln_gamma",
+    }
     for public, attr in attribute.items():
         assert getattr(forest, attr).requires_grad == (public in names)
     if not names:
@@ -123,14 +134,21 @@ def test_clamp_removes_nan_and_inf():
         forest.ln_sigma[0] = float("-inf")
         forest.ln_gamma[1] = float("nan")
         forest.center_shift[0] = float("nan")
+        forest.center_shift[1] = float("inf")
         forest.ln_sigma[1] = 1e3  # finite but absurd: σ = e^1000 Å
     forest.clamp_()
     for p in forest.parameters():
         assert torch.all(torch.isfinite(p))
     props = forest.line_properties()
-    assert np.all(props["sigma"] <= 50.0 * (1 + 1e-6)) and np.all(props["sigma"] >= 1e-6 * (1 - 1e-6))
-    assert np.all(np.isfinite(props["amplitude"])) and props["amplitude"][1] <= math.exp(5.0) * (1 + 1e-6)
+    assert np.all(props["sigma"] <= 50.0 * (1 + 1e-6)) and np.all(
+        props["sigma"] >= 1e-6 * (1 - 1e-6)
+    )
+    assert np.all(np.isfinite(props["amplitude"])) and props["amplitude"][1] <= math.exp(5.0) * (
+        1 + 1e-6
+    )
     assert float(forest.center_shift[0]) == 0.0
+    # (an infinite shift becomes the largest finite float: finite, though far off the grid)
+    assert np.isfinite(float(forest.center_shift[1]))
     wl = np.arange(8599.0, 8602.0, 0.01)
     with torch.no_grad():
         assert torch.all(torch.isfinite(forest(forest.make_layout(wl))))
@@ -149,7 +167,9 @@ def _dense_av(forest, wl):
     """a·V per line and pixel with the package's pseudo-Voigt, float64, shape (lines, pixels)."""
     props = forest.line_properties()
     dx = torch.as_tensor(wl[None, :] - props["center"][:, None])
-    v = pseudo_voigt(dx, torch.as_tensor(props["sigma"])[:, None], torch.as_tensor(props["gamma"])[:, None])
+    v = pseudo_voigt(
+        dx, torch.as_tensor(props["sigma"])[:, None], torch.as_tensor(props["gamma"])[:, None]
+    )
     return torch.as_tensor(props["amplitude"])[:, None] * v
 
 
@@ -159,14 +179,22 @@ def test_log_mode_is_exp_of_minus_sum(fused):
     n = 15
     wl = np.arange(8600.0, 8604.0, 0.01)
     # strong lines: linear and log modes differ at the 10 % level
-    args = (np.sort(rng.uniform(8600, 8604, n)), rng.uniform(0.01, 0.03, n), rng.uniform(0.01, 0.04, n),
-            rng.uniform(0.01, 0.04, n))
+    args = (
+        np.sort(rng.uniform(8600, 8604, n)),
+        rng.uniform(0.01, 0.03, n),
+        rng.uniform(0.01, 0.04, n),
+        rng.uniform(0.01, 0.04, n),
+    )
     log_forest = LineForest(*args, mode="log", dtype=torch.float64)
     lin_forest = LineForest(*args, mode="linear", dtype=torch.float64)
     av = _dense_av(log_forest, wl)
     with torch.no_grad():
-        log_flux = torch.exp(log_forest.log_transmission(log_forest.make_layout(wl, **_cover_all(wl)), fused=fused))
-        lin_flux = torch.exp(lin_forest.log_transmission(lin_forest.make_layout(wl, **_cover_all(wl)), fused=fused))
+        log_flux = torch.exp(
+            log_forest.log_transmission(log_forest.make_layout(wl, **_cover_all(wl)), fused=fused)
+        )
+        lin_flux = torch.exp(
+            lin_forest.log_transmission(lin_forest.make_layout(wl, **_cover_all(wl)), fused=fused)
+        )
     torch.testing.assert_close(log_flux, torch.exp(-av.sum(0)), rtol=0, atol=1e-13)
     torch.testing.assert_close(lin_flux, torch.prod(1.0 - av, 0), rtol=0, atol=1e-13)
     assert float((log_flux - lin_flux).abs().max()) > 1e-2
@@ -229,8 +257,12 @@ def test_velocity_gradient_matches_finite_differences():
 @pytest.mark.parametrize("mode", ["linear", "log"])
 def test_exact_voigt_profile_path(mode):
     wl = np.arange(8600.0, 8602.0, 0.01)
-    forest = _make(profile="voigt", mode=mode, dtype=torch.float64,
-                   trainable=("center", "amplitude", "sigma", "gamma"))
+    forest = _make(
+        profile="voigt",
+        mode=mode,
+        dtype=torch.float64,
+        trainable=("center", "amplitude", "sigma", "gamma"),
+    )
     layout = forest.make_layout(wl, **_cover_all(wl))
     flux = forest(layout)
     c, a, s, g = (np.asarray(GOOD[k])[:, None] for k in ("center", "amplitude", "sigma", "gamma"))
@@ -240,8 +272,12 @@ def test_exact_voigt_profile_path(mode):
     np.testing.assert_allclose(forest.dense_flux(wl).detach().numpy(), expected, rtol=0, atol=1e-9)
     # fused=True is ignored for the exact Voigt (same numbers either way)
     with torch.no_grad():
-        torch.testing.assert_close(forest.log_transmission(layout, fused=True),
-                                   forest.log_transmission(layout, fused=False), rtol=0, atol=0)
+        torch.testing.assert_close(
+            forest.log_transmission(layout, fused=True),
+            forest.log_transmission(layout, fused=False),
+            rtol=0,
+            atol=0,
+        )
     # and it differs from the pseudo-Voigt by the expected ~1 % of a line's depth
     pv = _make(mode=mode, dtype=torch.float64)
     with torch.no_grad():

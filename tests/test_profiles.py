@@ -49,7 +49,12 @@ def test_pseudo_voigt_within_1p5_percent_of_exact_voigt_peak(sigma):
 
 @pytest.mark.parametrize(
     "sigma, gamma, shape_is",
-    [(1.0, 1e-12, "gaussian"), (0.003, 1e-14, "gaussian"), (1e-12, 1.0, "lorentzian"), (1e-14, 0.02, "lorentzian")],
+    [
+        (1.0, 1e-12, "gaussian"),
+        (0.003, 1e-14, "gaussian"),
+        (1e-12, 1.0, "lorentzian"),
+        (1e-14, 0.02, "lorentzian"),
+    ],
 )
 def test_pseudo_voigt_pure_limits_are_exact(sigma, gamma, shape_is):
     width = _approx_voigt_fwhm(sigma, gamma)
@@ -126,11 +131,15 @@ def test_eta_is_monotonic_in_lorentzian_fraction():
 def test_pseudo_voigt_peak_equals_profile_at_zero():
     sigma, gamma = np.meshgrid(WIDTHS, WIDTHS, indexing="ij")
     peak = pseudo_voigt_peak(_t(sigma), _t(gamma)).numpy()
-    at_zero = pseudo_voigt(torch.zeros(sigma.shape, dtype=torch.float64), _t(sigma), _t(gamma)).numpy()
+    at_zero = pseudo_voigt(
+        torch.zeros(sigma.shape, dtype=torch.float64), _t(sigma), _t(gamma)
+    ).numpy()
     np.testing.assert_allclose(peak, at_zero, rtol=1e-13)
     # and it is the maximum of the profile
     dx = _t(np.linspace(-0.01, 0.01, 101))
-    assert float(pseudo_voigt(dx, _t(0.01), _t(0.01)).max()) <= float(pseudo_voigt_peak(_t(0.01), _t(0.01)))
+    assert float(pseudo_voigt(dx, _t(0.01), _t(0.01)).max()) <= float(
+        pseudo_voigt_peak(_t(0.01), _t(0.01))
+    )
 
 
 def test_exact_voigt_wrapper_matches_scipy():
@@ -144,13 +153,17 @@ def test_pseudo_voigt_gradients_match_finite_differences():
     dx = _t(np.linspace(-0.3, 0.3, 13)).requires_grad_(True)
     sigma = _t(0.04).requires_grad_(True)
     gamma = _t(0.03).requires_grad_(True)
-    assert torch.autograd.gradcheck(pseudo_voigt, (dx, sigma, gamma), eps=1e-7, atol=1e-7, rtol=1e-6)
+    assert torch.autograd.gradcheck(
+        pseudo_voigt, (dx, sigma, gamma), eps=1e-7, atol=1e-7, rtol=1e-6
+    )
 
 
 def test_float32_profile_matches_float64():
     dx = np.linspace(-0.5, 0.5, 1001)
     p64 = pseudo_voigt(_t(dx), _t(0.03), _t(0.02)).numpy()
-    p32 = pseudo_voigt(
-        torch.tensor(dx, dtype=torch.float32), torch.tensor(0.03), torch.tensor(0.02)
-    ).double().numpy()
+    p32 = (
+        pseudo_voigt(torch.tensor(dx, dtype=torch.float32), torch.tensor(0.03), torch.tensor(0.02))
+        .double()
+        .numpy()
+    )
     assert np.max(np.abs(p32 - p64)) / p64.max() < 1e-6

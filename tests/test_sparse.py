@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from blase_specutils.core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
-from blase_specutils.core.sparse import SparseLayout, pseudo_voigt_log_transmission, window_half_widths
-
+from blase_specutils.core.sparse import (
+    SparseLayout,
+    pseudo_voigt_log_transmission,
+    window_half_widths,
+)
 
 
 def _cover_all(wavelength) -> dict:
@@ -30,8 +33,14 @@ def _reference_flux(wavelength, center, amplitude, sigma, gamma, sign, mode="lin
     """Dense numpy pseudo-Voigt forest: every line on every pixel, float64."""
     fg = 2.0 * math.sqrt(2.0 * math.log(2.0)) * sigma
     fl = 2.0 * gamma
-    f = (fg**5 + 2.69269 * fg**4 * fl + 2.42843 * fg**3 * fl**2 + 4.47163 * fg**2 * fl**3
-         + 0.07842 * fg * fl**4 + fl**5) ** 0.2
+    f = (
+        fg**5
+        + 2.69269 * fg**4 * fl
+        + 2.42843 * fg**3 * fl**2
+        + 4.47163 * fg**2 * fl**3
+        + 0.07842 * fg * fl**4
+        + fl**5
+    ) ** 0.2
     r = fl / f
     eta = 1.36603 * r - 0.47719 * r**2 + 0.11116 * r**3
     dx = wavelength[None, :] - center[:, None]
@@ -55,11 +64,15 @@ def _random_lines(rng, n_lines, lo, hi, *, emission_fraction=0.0):
     return center, amplitude, sigma, gamma, emission
 
 
-def _forest(rng, wavelength, n_lines=12, *, mode="linear", emission_fraction=0.0, dtype=torch.float64, **kw):
+def _forest(
+    rng, wavelength, n_lines=12, *, mode="linear", emission_fraction=0.0, dtype=torch.float64, **kw
+):
     center, amplitude, sigma, gamma, emission = _random_lines(
         rng, n_lines, wavelength[0], wavelength[-1], emission_fraction=emission_fraction
     )
-    forest = LineForest(center, amplitude, sigma, gamma, emission=emission, mode=mode, dtype=dtype, **kw)
+    forest = LineForest(
+        center, amplitude, sigma, gamma, emission=emission, mode=mode, dtype=dtype, **kw
+    )
     return forest, (center, amplitude, sigma, gamma, np.where(emission, -1.0, 1.0))
 
 
@@ -94,9 +107,12 @@ def test_sparse_equals_dense_with_rv_and_centre_shifts(mode):
         for fused in (True, False):
             sparse = torch.exp(forest.log_transmission(layout, v, fused=fused)).numpy()
             # the forest's convention: every reference centre moves by λc_ref · v / c
-            reference = _reference_flux(wl, c + center_shift + c * v / SPEED_OF_LIGHT_KMS, a, s, g, sign, mode)
+            reference = _reference_flux(
+                wl, c + center_shift + c * v / SPEED_OF_LIGHT_KMS, a, s, g, sign, mode
+            )
             # the centre is now a sum of three float64 numbers near 1e4 Å (spacing 1.8e-12 Å)
-            # and the profile slope is up to ~30 / Å: rounding reaches a few 1e-12 (measured 4.8e-12)
+            # and the profile slope is up to ~30 / Å: rounding reaches a few 1e-12
+            # (measured 4.8e-12)
             np.testing.assert_allclose(sparse, reference, rtol=0, atol=5e-11)
         np.testing.assert_allclose(forest.dense_flux(wl, v).numpy(), reference, rtol=0, atol=5e-11)
 
@@ -111,8 +127,14 @@ def _excluded_terms(layout, forest, wl):
             inside = np.zeros(wl.size, bool)
             inside[b.pixel[row].numpy()[valid[row]]] = True
             av = 1.0 - _reference_flux(
-                wl[~inside], props["center"][line:line + 1], props["amplitude"][line:line + 1],
-                props["sigma"][line:line + 1], props["gamma"][line:line + 1], np.ones(1), "linear")
+                wl[~inside],
+                props["center"][line : line + 1],
+                props["amplitude"][line : line + 1],
+                props["sigma"][line : line + 1],
+                props["gamma"][line : line + 1],
+                np.ones(1),
+                "linear",
+            )
             worst[line] = av.max() if av.size else 0.0
     return worst
 
@@ -142,7 +164,13 @@ def test_realistic_windows_keep_every_truncated_wing_below_tolerance():
 def test_fused_gradients_equal_plain_autograd_gradients(mode):
     rng = np.random.default_rng(4)
     wl = np.arange(9000.0, 9003.0, 0.01)
-    forest, _ = _forest(rng, wl, mode=mode, emission_fraction=0.3, trainable=("center", "amplitude", "sigma", "gamma"))
+    forest, _ = _forest(
+        rng,
+        wl,
+        mode=mode,
+        emission_fraction=0.3,
+        trainable=("center", "amplitude", "sigma", "gamma"),
+    )
     with torch.no_grad():
         forest.center_shift.copy_(torch.as_tensor(rng.normal(0, 0.02, forest.n_lines)))
     target = torch.as_tensor(rng.uniform(0.5, 1.0, wl.size))
@@ -153,7 +181,9 @@ def test_fused_gradients_equal_plain_autograd_gradients(mode):
         forest.zero_grad(set_to_none=True)
         velocity.grad = None
         flux = torch.exp(forest.log_transmission(layout, velocity, fused=fused))
-        torch.sum((flux - target) ** 2 * torch.linspace(0.5, 2.0, wl.size, dtype=torch.float64)).backward()
+        torch.sum(
+            (flux - target) ** 2 * torch.linspace(0.5, 2.0, wl.size, dtype=torch.float64)
+        ).backward()
         grads[fused] = {n: p.grad.clone() for n, p in forest.named_parameters()}
         grads[fused]["velocity"] = velocity.grad.clone()
     for name, g_fused in grads[True].items():
@@ -177,17 +207,27 @@ def test_fused_kernel_gradcheck(linear):
     sign = torch.tensor([1.0, -1.0, 1.0, 1.0], dtype=torch.float64)
 
     def kernel(amplitude, fwhm, eta, shift):
-        return pseudo_voigt_log_transmission(layout, amplitude, fwhm, eta, shift, sign, linear=linear)
+        return pseudo_voigt_log_transmission(
+            layout, amplitude, fwhm, eta, shift, sign, linear=linear
+        )
 
-    assert torch.autograd.gradcheck(kernel, (amplitude, fwhm, eta, shift), eps=1e-7, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(
+        kernel, (amplitude, fwhm, eta, shift), eps=1e-7, atol=1e-6, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("mode", ["linear", "log"])
 def test_lineforest_parameters_gradcheck_through_fused_path(mode):
     rng = np.random.default_rng(6)
     wl = np.arange(9500.0, 9501.5, 0.02)
-    forest, _ = _forest(rng, wl, n_lines=3, mode=mode, emission_fraction=0.3,
-                        trainable=("center", "amplitude", "sigma", "gamma"))
+    forest, _ = _forest(
+        rng,
+        wl,
+        n_lines=3,
+        mode=mode,
+        emission_fraction=0.3,
+        trainable=("center", "amplitude", "sigma", "gamma"),
+    )
     layout = forest.make_layout(wl, **_cover_all(wl))
     names = ("center_shift", "ln_amplitude", "ln_sigma", "ln_gamma")
 
@@ -199,11 +239,11 @@ def test_lineforest_parameters_gradcheck_through_fused_path(mode):
 
 
 def test_windows_follow_moving_centres():
-    rng = np.random.default_rng(7)
     wl = np.arange(8700.0, 8720.0, 0.01)
     center = np.array([8705.0, 8712.0])
-    forest = LineForest(center, [0.03, 0.03], [0.02, 0.02], [0.01, 0.01], dtype=torch.float64,
-                        trainable=("center",))
+    forest = LineForest(
+        center, [0.03, 0.03], [0.02, 0.02], [0.01, 0.01], dtype=torch.float64, trainable=("center",)
+    )
     tolerance = 1e-4
     layout = forest.make_layout(wl, tolerance=tolerance)
     widths = [w for w, _ in layout.bucket_table()]
@@ -213,8 +253,9 @@ def test_windows_follow_moving_centres():
             forest.center_shift.add_(torch.tensor([step, -step], dtype=torch.float64))
             sparse = forest(layout).numpy()
         props = forest.line_properties()
-        reference = _reference_flux(wl, props["center"], props["amplitude"], props["sigma"], props["gamma"],
-                                    np.ones(2))
+        reference = _reference_flux(
+            wl, props["center"], props["amplitude"], props["sigma"], props["gamma"], np.ones(2)
+        )
         assert reference.min() < 0.7  # the lines are there and deep
         np.testing.assert_allclose(sparse, reference, rtol=0, atol=2 * tolerance)
         # each window is centred on its line's current pixel
@@ -226,8 +267,14 @@ def test_windows_follow_moving_centres():
         forest.center_shift.zero_()
         v = -300.0
         sparse = forest(layout, v).numpy()
-    reference = _reference_flux(wl, center * (1 + v / SPEED_OF_LIGHT_KMS), props["amplitude"], props["sigma"],
-                                props["gamma"], np.ones(2))
+    reference = _reference_flux(
+        wl,
+        center * (1 + v / SPEED_OF_LIGHT_KMS),
+        props["amplitude"],
+        props["sigma"],
+        props["gamma"],
+        np.ones(2),
+    )
     np.testing.assert_allclose(sparse, reference, rtol=0, atol=2 * tolerance)
 
 
@@ -337,7 +384,9 @@ def test_huge_half_width_windows_cover_grid():
     layout = forest.make_layout(wl, tolerance=1e-30, max_half_width=1e4)
     with torch.no_grad():
         sparse = forest(layout).numpy()
-    reference = _reference_flux(wl, center, np.full(2, 0.02), np.full(2, 0.02), np.full(2, 0.02), np.ones(2))
+    reference = _reference_flux(
+        wl, center, np.full(2, 0.02), np.full(2, 0.02), np.full(2, 0.02), np.ones(2)
+    )
     # (regression: the line at 8602.9 Å's window once stopped ~2.6 Å short, 2e-4 off)
     np.testing.assert_allclose(sparse, reference, rtol=0, atol=1e-12)
 
@@ -378,6 +427,9 @@ def test_float32_offsets_near_10000_angstrom(velocity):
     # spacing 6e-8 Å, times a profile slope of ~40 / Å). λ − λc formed in float32: ~1e-2.
     assert np.max(np.abs(flux32 - flux64)) < 3e-6
     # showing the test can fail: offsets formed from two float32 numbers
-    dx_bad = (torch.tensor(wl, dtype=torch.float32)[None, :] - torch.tensor(center, dtype=torch.float32)[:, None])
+    dx_bad = (
+        torch.tensor(wl, dtype=torch.float32)[None, :]
+        - torch.tensor(center, dtype=torch.float32)[:, None]
+    )
     dx_good = torch.tensor(wl[None, :] - center[:, None])
     assert float((dx_bad.double() - dx_good).abs().max()) > 1e-4

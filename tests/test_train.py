@@ -1,4 +1,4 @@
-"""Optimisation loop (core/train.py): recovery of known truth, stopping, NaN, checkpoints, resume."""
+"""Optimisation loop (core/train.py): known-truth recovery, stopping, NaN, checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from blase_specutils.core.lineforest import LineForest
 from blase_specutils.core.train import load_checkpoint, optimize, resolve_device, save_checkpoint
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """These problems are tiny: intra-op threads only add contention (50x slower on a busy 2-core box)."""
+    """Tiny problems: intra-op threads only add contention (50x slower on a busy 2-core box)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -56,7 +57,9 @@ def test_adam_recovers_true_amplitudes():
     start_error = np.max(np.abs(model.line_properties()["amplitude"] / amplitude - 1))
     assert start_error > 0.1
     history = optimize(model, loss_fn, epochs=300, learning_rate=0.05, rtol=0, progress=False)
-    assert history.stop_reason == "max_epochs" and history.epochs == 300 and len(history.loss) == 300
+    assert (
+        history.stop_reason == "max_epochs" and history.epochs == 300 and len(history.loss) == 300
+    )
     recovered = model.line_properties()["amplitude"]
     # measured: 2.7e-8 relative after 300 epochs
     np.testing.assert_allclose(recovered, amplitude, rtol=1e-3)
@@ -70,7 +73,9 @@ def test_lbfgs_recovers_true_amplitudes():
     def scaled():
         return 1e4 * loss_fn()
 
-    history = optimize(model, scaled, epochs=10, learning_rate=1.0, optimizer="lbfgs", rtol=0, progress=False)
+    history = optimize(
+        model, scaled, epochs=10, learning_rate=1.0, optimizer="lbfgs", rtol=0, progress=False
+    )
     # measured: 1.7e-6 relative after 10 L-BFGS epochs (20 iterations each)
     np.testing.assert_allclose(model.line_properties()["amplitude"], amplitude, rtol=1e-4)
     assert history.loss[-1] < history.loss[0]
@@ -78,7 +83,9 @@ def test_lbfgs_recovers_true_amplitudes():
 
 def test_stopping_rule_converges_before_max_epochs():
     model, loss_fn, amplitude = _problem(seed=2)
-    history = optimize(model, loss_fn, epochs=5000, learning_rate=0.02, rtol=1e-3, patience=20, progress=False)
+    history = optimize(
+        model, loss_fn, epochs=5000, learning_rate=0.02, rtol=1e-3, patience=20, progress=False
+    )
     assert history.stop_reason == "converged"
     assert history.epochs < 5000 and len(history.loss) == history.epochs
     # the rule as documented: the best loss of the last `patience` epochs improves on the
@@ -93,14 +100,18 @@ def test_stopping_rule_converges_before_max_epochs():
 
 def test_stopping_rule_ignores_oscillations():
     model, loss_fn, amplitude = _problem()
-    history = optimize(model, loss_fn, epochs=2000, learning_rate=0.05, rtol=1e-8, patience=20, progress=False)
+    history = optimize(
+        model, loss_fn, epochs=2000, learning_rate=0.05, rtol=1e-8, patience=20, progress=False
+    )
     # Regression: a rule comparing the current loss with the loss `patience` epochs ago
     # stopped this run at epoch 27 ("converged", amplitudes 5 % off) on an Adam oscillation.
     loss = np.array(history.loss)
     if history.stop_reason == "converged":
         best_before = loss[:-20].min()
         best_recent = loss[-20:].min()
-        assert best_recent >= (1 - 1e-8) * best_before, "stopped while the best loss was still improving"
+        assert best_recent >= (1 - 1e-8) * best_before, (
+            "stopped while the best loss was still improving"
+        )
     np.testing.assert_allclose(model.line_properties()["amplitude"], amplitude, rtol=1e-3)
 
 
@@ -181,7 +192,9 @@ def test_resolve_device():
 def test_checkpoint_written_with_state(tmp_path):
     model, loss_fn, _ = _problem()
     ckpt = tmp_path / "run.pt"
-    history = optimize(model, loss_fn, epochs=30, rtol=0, checkpoint=ckpt, checkpoint_every=10, progress=False)
+    history = optimize(
+        model, loss_fn, epochs=30, rtol=0, checkpoint=ckpt, checkpoint_every=10, progress=False
+    )
     state = load_checkpoint(ckpt)
     assert state["epoch"] == 30
     np.testing.assert_array_equal(state["loss"].numpy(), history.loss)
@@ -220,8 +233,12 @@ def test_resume_is_bit_identical_to_uninterrupted_run(tmp_path, dtype):
     history_b = optimize(model_b, loss_b, epochs=50, rtol=0, checkpoint=ckpt, progress=False)
     assert history_b.epochs == 50 and load_checkpoint(ckpt)["epoch"] == 50
 
-    model_c, loss_c, _ = _problem(trainable=everything, dtype=dtype)  # a fresh process would start here
-    history_c = optimize(model_c, loss_c, epochs=100, rtol=0, resume=ckpt, checkpoint=ckpt, progress=False)
+    model_c, loss_c, _ = _problem(
+        trainable=everything, dtype=dtype
+    )  # a fresh process would start here
+    history_c = optimize(
+        model_c, loss_c, epochs=100, rtol=0, resume=ckpt, checkpoint=ckpt, progress=False
+    )
     assert history_c.epochs == 100
     assert history_c.loss == history_a.loss  # exact float equality, all 100 epochs
     for name, value in model_a.state_dict().items():

@@ -191,7 +191,8 @@ def _as_line_values(value: Any, n_lines: int, name: str, unit: u.UnitBase | None
         array = np.full(n_lines, float(array))
     if array.shape != (n_lines,):
         raise ValueError(
-            f"{name} must be a scalar or have one value per line ({n_lines}), got shape {array.shape}"
+            f"{name} must be a scalar or have one value per line ({n_lines}), "
+            f"got shape {array.shape}"
         )
     return array
 
@@ -256,7 +257,8 @@ def equivalent_widths(
     n = amplitude.size
     if sigma.size != n or gamma.size != n:
         raise ValueError(
-            f"amplitude, sigma and gamma must have the same length; got {n}, {sigma.size}, {gamma.size}"
+            "amplitude, sigma and gamma must have the same length; "
+            f"got {n}, {sigma.size}, {gamma.size}"
         )
     if mode not in ("linear", "log"):
         raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
@@ -360,7 +362,8 @@ def _initial_dict(initial: Any, n_lines: int) -> dict | None:
         initial = {k: props[k] for k in ("center", "amplitude", "sigma", "gamma", "fwhm")}
     if not isinstance(initial, Mapping):
         raise TypeError(
-            f"initial must be a dict of per-line arrays, a LineForest or a CloneResult, not {type(initial).__name__}"
+            "initial must be a dict of per-line arrays, a LineForest or a CloneResult, "
+            f"not {type(initial).__name__}"
         )
     out = {}
     for key, value in initial.items():
@@ -554,7 +557,9 @@ def line_table(
                 if forest.mode == "linear"
                 else "a - integral(exp(-aV) - 1 + aV), sinh grid of +-400 FWHM"
             ),
-            "equivalent_width_uncertainty_method": "Cayrel (1988): 1.5 sqrt(FWHM_obs * pixel) / SNR",
+            "equivalent_width_uncertainty_method": (
+                "Cayrel (1988): 1.5 sqrt(FWHM_obs * pixel) / SNR"
+            ),
         }
     )
     table.meta.update(fit_meta)
@@ -665,7 +670,8 @@ def template_spectrum(
     clone_result = clone_result.template if _is_fit(clone_result) else clone_result
     if not isinstance(clone_result, CloneResult):
         raise TypeError(
-            f"template_spectrum expects a CloneResult or a fit result, not {type(clone_result).__name__}"
+            "template_spectrum expects a CloneResult or a fit result, "
+            f"not {type(clone_result).__name__}"
         )
     native = np.asarray(clone_result.wavelength, dtype=np.float64)
     if wavelength is None:
@@ -688,7 +694,8 @@ def template_spectrum(
         else:
             if grid[0] < native[0] or grid[-1] > native[-1]:
                 raise ValueError(
-                    f"absolute=True: the grid spans {grid[0]:.3f}–{grid[-1]:.3f} Å but the continuum is "
+                    f"absolute=True: the grid spans {grid[0]:.3f}–{grid[-1]:.3f} Å but the "
+                    "continuum is "
                     f"known only over {native[0]:.3f}–{native[-1]:.3f} Å"
                 )
             flux = flux * np.interp(grid, native, continuum)
@@ -1097,11 +1104,13 @@ def read_fit(path) -> LoadedFit:
         header = af.tree.get("blase_specutils")
         if not isinstance(header, Mapping) or header.get("format") != FIT_FILE_FORMAT:
             raise ValueError(
-                f"{path} is an ASDF file but not a blase_specutils fit (no '{FIT_FILE_FORMAT}' header)"
+                f"{path} is an ASDF file but not a blase_specutils fit "
+                f"(no '{FIT_FILE_FORMAT}' header)"
             )
         if int(header.get("format_version", 0)) > FIT_FILE_FORMAT_VERSION:
             raise ValueError(
-                f"{path} has fit-file format version {header.get('format_version')}, newer than this "
+                f"{path} has fit-file format version {header.get('format_version')}, "
+                "newer than this "
                 f"blase_specutils ({__version__}) reads ({FIT_FILE_FORMAT_VERSION})"
             )
         try:
@@ -1187,7 +1196,8 @@ class LoadedFit:
         return (
             f"LoadedFit(rv={self.rv:.4f} km/s, vsini={self.vsini:.3f} km/s, "
             f"resolving_power={self.resolving_power:.0f}, chi2_reduced={self.chi2_reduced:.3f}, "
-            f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, path={str(self._path)!r})"
+            f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, "
+            f"path={str(self._path)!r})"
         )
 
     # ------------------------------------------------------------ scalars

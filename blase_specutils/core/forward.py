@@ -115,8 +115,13 @@ class ForwardModel(nn.Module):
         lo = min(float(e[:, 0].min()) for e in edges)
         hi = max(float(e[:, 1].max()) for e in edges)
         self.rotation = RotationalBroadening(
-            vsini, limb_darkening, step_kms=step_kms, vsini_max=vsini_max,
-            fit_vsini=fit_vsini, fit_limb_darkening=fit_limb_darkening, dtype=dtype,
+            vsini,
+            limb_darkening,
+            step_kms=step_kms,
+            vsini_max=vsini_max,
+            fit_vsini=fit_vsini,
+            fit_limb_darkening=fit_limb_darkening,
+            dtype=dtype,
         )
         self.instrument = InstrumentalBroadening(
             resolving_power, step_kms=step_kms, fit=fit_resolving_power, dtype=dtype
@@ -124,12 +129,16 @@ class ForwardModel(nn.Module):
         # Buffer: both kernels plus a margin of 8 steps, in velocity.
         pad_kms = (self.rotation.half_width + self.instrument.half_width + 8) * step_kms
         grid = log_uniform_grid(
-            lo * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS), hi * math.exp(pad_kms / SPEED_OF_LIGHT_KMS),
-            step_kms, dtype=torch.float64,
+            lo * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS),
+            hi * math.exp(pad_kms / SPEED_OF_LIGHT_KMS),
+            step_kms,
+            dtype=torch.float64,
         )
         self.register_buffer("fine_wavelength", grid.to(device))
         self.rv_max = rv_max
-        self.rv = nn.Parameter(torch.tensor(float(rv), dtype=dtype, device=device), requires_grad=fit_rv)
+        self.rv = nn.Parameter(
+            torch.tensor(float(rv), dtype=dtype, device=device), requires_grad=fit_rv
+        )
         self.telluric_shift = nn.Parameter(
             torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_shift
         )
@@ -145,9 +154,12 @@ class ForwardModel(nn.Module):
                 for e in edges
             ]
         )
-        self.register_buffer("order_index", torch.as_tensor(order_index, dtype=torch.long, device=device))
         self.register_buffer(
-            "continuum_basis", chebyshev_design(torch.as_tensor(x, dtype=dtype, device=device), continuum_degree)
+            "order_index", torch.as_tensor(order_index, dtype=torch.long, device=device)
+        )
+        self.register_buffer(
+            "continuum_basis",
+            chebyshev_design(torch.as_tensor(x, dtype=dtype, device=device), continuum_degree),
         )
         self.continuum_coefficients = nn.Parameter(
             torch.zeros(self.n_orders, continuum_degree + 1, dtype=dtype, device=device)
@@ -161,9 +173,12 @@ class ForwardModel(nn.Module):
     @torch.no_grad()
     def relayout(self) -> None:
         """Re-size the forests' windows on the fine grid from their current widths."""
-        self.stellar_layout = self.stellar.make_layout(self.fine_wavelength, tolerance=self.tolerance)
+        self.stellar_layout = self.stellar.make_layout(
+            self.fine_wavelength, tolerance=self.tolerance
+        )
         self.telluric_layout = (
-            None if self.telluric is None
+            None
+            if self.telluric is None
             else self.telluric.make_layout(self.fine_wavelength, tolerance=self.tolerance)
         )
 
@@ -176,7 +191,11 @@ class ForwardModel(nn.Module):
         """Telluric transmission on the fine grid (``T^scale``), or None."""
         if self.telluric is None:
             return None
-        shift = self.telluric_shift if self.telluric_shift.requires_grad or float(self.telluric_shift) else None
+        shift = (
+            self.telluric_shift
+            if self.telluric_shift.requires_grad or float(self.telluric_shift)
+            else None
+        )
         log_t = self.telluric.log_transmission(self.telluric_layout, shift)
         return torch.exp(torch.exp(self.ln_telluric_scale) * log_t)
 

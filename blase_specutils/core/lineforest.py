@@ -105,13 +105,21 @@ class LineForest(nn.Module):
             raise ValueError("dtype must be torch.float32 or torch.float64")
         self.mode = mode
         self.profile = profile
-        self.register_buffer("center_ref", torch.as_tensor(center, dtype=torch.float64, device=device))
-        sign = np.ones(n) if emission is None else np.where(np.asarray(emission, bool).ravel(), -1.0, 1.0)
+        self.register_buffer(
+            "center_ref", torch.as_tensor(center, dtype=torch.float64, device=device)
+        )
+        sign = (
+            np.ones(n)
+            if emission is None
+            else np.where(np.asarray(emission, bool).ravel(), -1.0, 1.0)
+        )
         if sign.size != n:
             raise ValueError("emission must have one entry per line")
         self.register_buffer("sign", torch.as_tensor(sign, dtype=dtype, device=device))
         self.center_shift = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
-        self.ln_amplitude = nn.Parameter(torch.as_tensor(np.log(amplitude), dtype=dtype, device=device))
+        self.ln_amplitude = nn.Parameter(
+            torch.as_tensor(np.log(amplitude), dtype=dtype, device=device)
+        )
         self.ln_sigma = nn.Parameter(torch.as_tensor(np.log(sigma), dtype=dtype, device=device))
         self.ln_gamma = nn.Parameter(torch.as_tensor(np.log(gamma), dtype=dtype, device=device))
         self.set_trainable(trainable)
@@ -139,7 +147,9 @@ class LineForest(nn.Module):
         names = set(names)
         unknown = names - set(PARAMETER_NAMES)
         if unknown:
-            raise ValueError(f"unknown trainable parameter(s) {sorted(unknown)}; choose from {PARAMETER_NAMES}")
+            raise ValueError(
+                f"unknown trainable parameter(s) {sorted(unknown)}; choose from {PARAMETER_NAMES}"
+            )
         self.center_shift.requires_grad_("center" in names)
         self.ln_amplitude.requires_grad_("amplitude" in names)
         self.ln_sigma.requires_grad_("sigma" in names)
@@ -240,7 +250,9 @@ class LineForest(nn.Module):
             shift = shift + self.center_ref.to(self.dtype) * (v / SPEED_OF_LIGHT_KMS)
         return shift
 
-    def log_transmission(self, layout: SparseLayout, velocity_kms=None, *, fused: bool = True) -> torch.Tensor:
+    def log_transmission(
+        self, layout: SparseLayout, velocity_kms=None, *, fused: bool = True
+    ) -> torch.Tensor:
         """ln of the forest flux on ``layout``'s grid.
 
         Parameters
@@ -261,7 +273,13 @@ class LineForest(nn.Module):
         if self.profile == "pseudo_voigt" and fused:
             fwhm, eta = tch_fwhm_and_eta(sigma, gamma)
             return pseudo_voigt_log_transmission(
-                layout, amplitude, fwhm, eta, shift, self.sign, linear=linear,
+                layout,
+                amplitude,
+                fwhm,
+                eta,
+                shift,
+                self.sign,
+                linear=linear,
                 emission=bool(torch.any(self.sign < 0)),
             )
         shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
@@ -285,8 +303,10 @@ class LineForest(nn.Module):
         shift = self.shift(velocity_kms)
         dx = (wl[None, :] - self.center_ref[:, None]).to(self.dtype) - shift[:, None]
         shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
-        av = self.sign[:, None] * torch.exp(self.ln_amplitude)[:, None] * shape(
-            dx, torch.exp(self.ln_sigma)[:, None], torch.exp(self.ln_gamma)[:, None]
+        av = (
+            self.sign[:, None]
+            * torch.exp(self.ln_amplitude)[:, None]
+            * shape(dx, torch.exp(self.ln_sigma)[:, None], torch.exp(self.ln_gamma)[:, None])
         )
         if self.mode == "linear":
             return torch.prod(1.0 - av, dim=0)

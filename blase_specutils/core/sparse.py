@@ -195,7 +195,9 @@ class SparseLayout:
         else:
             core = np.asarray(core_half_width, dtype=np.float64)
             n_core = np.searchsorted(wl, c + core) - np.searchsorted(wl, c - core) + 3
-            core_pix = np.minimum(1 << np.ceil(np.log2(np.maximum(n_core, 4))).astype(np.int64), width)
+            core_pix = np.minimum(
+                1 << np.ceil(np.log2(np.maximum(n_core, 4))).astype(np.int64), width
+            )
         self.buckets: list[Bucket] = []
         for w in np.unique(width):
             members = np.nonzero(width == w)[0]
@@ -203,8 +205,15 @@ class SparseLayout:
             k = int(core_pix[members].max())
             core_slice = slice(None) if k >= w else slice(w // 2 - k // 2, w // 2 + k // 2)
             self.buckets.append(
-                Bucket(lines=lines, width=int(w), pixel=None, offset=None, valid=None, start=None,
-                       core=core_slice)
+                Bucket(
+                    lines=lines,
+                    width=int(w),
+                    pixel=None,
+                    offset=None,
+                    valid=None,
+                    start=None,
+                    core=core_slice,
+                )
             )
         self._shift_cache: torch.Tensor | None = None
         self.refresh(torch.zeros(self.n_lines, dtype=torch.float64, device=self.device))
@@ -249,7 +258,9 @@ class SparseLayout:
         flat_val = torch.cat([v.reshape(-1) for v in values])
         return out.index_add(0, flat_idx, flat_val)
 
-    def evaluate(self, term, per_line: dict[str, torch.Tensor], shift: torch.Tensor) -> torch.Tensor:
+    def evaluate(
+        self, term, per_line: dict[str, torch.Tensor], shift: torch.Tensor
+    ) -> torch.Tensor:
         """Sum a per-pair term over all windows with plain autograd.
 
         Parameters
@@ -295,14 +306,26 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, A, h2, B, C, shift, sign, layout: SparseLayout, linear: bool, clip: float,
-                emission: bool):
+    def forward(
+        ctx,
+        A,
+        h2,
+        B,
+        C,
+        shift,
+        sign,
+        layout: SparseLayout,
+        linear: bool,
+        clip: float,
+        emission: bool,
+    ):
         out = torch.zeros(layout.n_pixels, dtype=A.dtype, device=A.device)
         for b in layout.buckets:
             ln = b.lines
             dx = b.offset - shift[ln][:, None]
-            av, _, _, _ = _bucket_profile(b, dx, A[ln][:, None], h2[ln][:, None], B[ln][:, None],
-                                          C[ln][:, None])
+            av, _, _, _ = _bucket_profile(
+                b, dx, A[ln][:, None], h2[ln][:, None], B[ln][:, None], C[ln][:, None]
+            )
             if emission:
                 av.mul_(sign[ln][:, None])
             if linear:
@@ -333,8 +356,9 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
             ln = b.lines
             c_ = C[ln][:, None]
             dx = b.offset - shift[ln][:, None]
-            av, inv, eg, x2k = _bucket_profile(b, dx, A[ln][:, None], h2[ln][:, None],
-                                               B[ln][:, None], c_, keep=True)
+            av, inv, eg, x2k = _bucket_profile(
+                b, dx, A[ln][:, None], h2[ln][:, None], B[ln][:, None], c_, keep=True
+            )
             k = b.core
             lor = inv * A[ln][:, None]
             gau = eg * B[ln][:, None]
@@ -426,4 +450,6 @@ def pseudo_voigt_log_transmission(
     h2 = half * half
     B = amplitude * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
     C = -0.5 / (s * s)
-    return _PseudoVoigtLogTransmission.apply(A, h2, B, C, shift, sign, layout, linear, clip, emission)
+    return _PseudoVoigtLogTransmission.apply(
+        A, h2, B, C, shift, sign, layout, linear, clip, emission
+    )

@@ -10,6 +10,8 @@ uninterrupted run exactly on the same device and dtype.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
@@ -20,7 +22,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["TrainingHistory", "optimize", "resolve_device", "save_checkpoint", "load_checkpoint"]
+__all__ = [
+    "TrainingHistory",
+    "optimize",
+    "resolve_device",
+    "save_checkpoint",
+    "load_checkpoint",
+    "limit_threads",
+    "thread_limited",
+]
 
 
 @dataclass
@@ -44,6 +54,30 @@ class TrainingHistory:
     epochs: int = 0
     wall_time: float = 0.0
     stop_reason: str = ""
+
+
+@contextlib.contextmanager
+def limit_threads(num_threads: int | None):
+    """Temporarily set torch's CPU intra-op threads (``None``: leave unchanged)."""
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def thread_limited(function):
+    """Decorator: run ``function`` under :func:`limit_threads` of its ``num_threads`` keyword
+    (default 1), keeping its signature and docstring."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with limit_threads(kwargs.get("num_threads", 1)):
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -156,7 +190,9 @@ def optimize(
         opt = torch.optim.Adam(groups, lr=learning_rate)
     elif optimizer == "lbfgs":
         opt = torch.optim.LBFGS(
-            [p for g in groups for p in g["params"]], lr=learning_rate, max_iter=20,
+            [p for g in groups for p in g["params"]],
+            lr=learning_rate,
+            max_iter=20,
             line_search_fn="strong_wolfe",
         )
     else:
@@ -204,7 +240,8 @@ def optimize(
             value = float(loss.detach())
             if not math.isfinite(value):
                 raise FloatingPointError(
-                    f"loss became {value} at epoch {epoch}; lower the learning rate or check the inputs"
+                    f"loss became {value} at epoch {epoch}; "
+                    "lower the learning rate or check the inputs"
                 )
             history.loss.append(value)
             if after_step is not None:
