@@ -15,6 +15,8 @@ fit
     Transfer-learn stellar (and telluric) clones against observed spectra.
 FitResult
     RV, v sin i, R with uncertainties, the semi-empirical template, spectra.
+read_fit
+    Read a fit written by ``FitResult.write`` (one ASDF file).
 datasets
     Example data (PHOENIX, HPF, IGRINS, WASP 69) with checksums and a cache.
 
@@ -39,6 +41,7 @@ __all__ = [
     "CloneResult",
     "fit",
     "FitResult",
+    "read_fit",
     "datasets",
 ]
 
@@ -48,6 +51,7 @@ _LAZY = {
     "CloneResult": ("cloning", "CloneResult"),
     "fit": ("fitting", "fit"),
     "FitResult": ("fitting", "FitResult"),
+    "read_fit": ("astro.results", "read_fit"),
     "datasets": ("datasets", None),
 }
 

@@ -221,6 +221,34 @@ class CloneResult:
         """Line properties as a QTable (Å), with initial values."""
         return forest_to_table(self.forest, initial=self.initial, meta=self.meta)
 
+    @property
+    def line_table(self) -> QTable:
+        """Line table with equivalent widths, flags and provenance (see
+        :func:`blase_specutils.astro.results.line_table`)."""
+        from .astro import results
+
+        return results.line_table(self)
+
+    @property
+    def spectrum(self):
+        """The clone at native resolution as a :class:`specutils.Spectrum` (flattened flux)."""
+        from .astro import results
+
+        return results.template_spectrum(self)
+
+    def to_spectrum(self, wavelength=None, *, absolute: bool = False):
+        """The clone as a :class:`specutils.Spectrum` on ``wavelength`` (default: native grid);
+        ``absolute=True`` multiplies by the stored continuum."""
+        from .astro import results
+
+        return results.template_spectrum(self, wavelength, absolute=absolute)
+
+    def plot(self, region=None, **kwargs):
+        """Target, clone and residual (a matplotlib Figure)."""
+        from .astro import results
+
+        return results.plot_clone(self, region, **kwargs)
+
     def lines_per_100_angstrom(self) -> float:
         """Mean line density over the cloned range, lines per 100 Å."""
         span = float(self.wavelength[-1] - self.wavelength[0])

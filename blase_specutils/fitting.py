@@ -200,6 +200,64 @@ class FitResult:
     telluric: LineForest | None = field(repr=False, default=None)
     initial_chi2_reduced: float = float("nan")
     meta: dict = field(default_factory=dict)
+    stellar_clone: CloneResult | LineForest | None = field(repr=False, default=None)
+
+    # -------------------------------------------------------- astropy face
+    @property
+    def spectrum(self):
+        """The semi-empirical template at native resolution, a :class:`specutils.Spectrum`."""
+        from .astro import results
+
+        return results.template_spectrum(self.template)
+
+    @property
+    def spectra(self) -> dict:
+        """Data, model, residual, continuum, telluric and telluric-corrected spectra."""
+        from .astro import results
+
+        return results.fit_spectra(self)
+
+    @property
+    def data(self):
+        """The observed spectrum (a Spectrum, or SpectrumList for several orders)."""
+        return self.spectra["data"]
+
+    @property
+    def model(self):
+        """The forward model at the data pixels (Spectrum or SpectrumList)."""
+        return self.spectra["model"]
+
+    @property
+    def residual_spectrum(self):
+        """Data − model (Spectrum or SpectrumList)."""
+        return self.spectra["residual"]
+
+    @property
+    def line_table(self):
+        """Every line of the transfer-learned template with equivalent widths (QTable);
+        ``*_init`` columns hold the input clone's values."""
+        from .astro import results
+
+        return results.line_table(self, initial=self.stellar_clone)
+
+    @property
+    def parameters(self):
+        """RV, v sin i, R, ε with units and uncertainties, and χ²_red (one-row QTable)."""
+        from .astro import results
+
+        return results.fit_parameters(self)
+
+    def plot(self, **kwargs):
+        """Data, model (and tellurics) with residuals below (a matplotlib Figure)."""
+        from .astro import results
+
+        return results.plot_fit(self, **kwargs)
+
+    def write(self, path, *, overwrite: bool = False):
+        """Save everything to one ASDF file; read it back with :func:`blase_specutils.read_fit`."""
+        from .astro import results
+
+        return results.write_fit(self, path, overwrite=overwrite)
 
     # ------------------------------------------------------------------ arrays
     def _per_order(self, values: np.ndarray):
@@ -664,6 +722,7 @@ def fit(
         history=history,
         telluric=tell,
         initial_chi2_reduced=initial_chi2,
+        stellar_clone=star_clone if star_clone is not None else star0,
         meta={
             "n_good_pixels": n_good,
             "prior_scale": prior_scale,
