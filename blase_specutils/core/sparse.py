@@ -154,7 +154,10 @@ class SparseLayout:
     min_pixels : int
         Smallest window, pixels.
     max_pixels : int, optional
-        Largest window, pixels (default: the grid length rounded up to a power of two).
+        Largest window, pixels (default: twice the grid length rounded up to a power of two).
+    bucket_ratio : int
+        Window lengths are powers of this (2, 4, …): larger ratios mean fewer buckets
+        (fewer kernel launches, good on GPUs) at the cost of more padding.
     """
 
     def __init__(
@@ -168,7 +171,10 @@ class SparseLayout:
         device=None,
         min_pixels: int = 8,
         max_pixels: int | None = None,
+        bucket_ratio: int = 2,
     ) -> None:
+        if bucket_ratio < 2 or bucket_ratio & (bucket_ratio - 1):
+            raise ValueError("bucket_ratio must be a power of two >= 2")
         self.wavelength = torch.as_tensor(wavelength, dtype=torch.float64, device=device)
         self.center_ref = torch.as_tensor(center_ref, dtype=torch.float64, device=device)
         if self.wavelength.ndim != 1 or self.wavelength.numel() < 2:
@@ -189,7 +195,8 @@ class SparseLayout:
         right = np.searchsorted(wl, c + half) - mid
         npix = np.maximum(2 * np.maximum(left, right) + 2, min_pixels)
         cap = max_pixels or 1 << int(math.ceil(math.log2(2 * self.n_pixels)))
-        width = np.minimum(1 << np.ceil(np.log2(npix)).astype(np.int64), cap)
+        steps = np.ceil(np.log2(npix) / math.log2(bucket_ratio) - 1e-9)
+        width = np.minimum((bucket_ratio ** steps).astype(np.int64), cap)
         if core_half_width is None:
             core_pix = width
         else:
