@@ -17,6 +17,8 @@ FitResult
     RV, v sin i, R with uncertainties, the semi-empirical template, spectra.
 read_fit
     Read a fit written by ``FitResult.write`` (one ASDF file).
+LineForestModel, ExtrinsicModel, BlaseFitter
+    astropy.modeling facades over the torch engine (unit-aware RV, v sin i, R).
 datasets
     Example data (PHOENIX, HPF, IGRINS, WASP 69) with checksums and a cache.
 
@@ -42,6 +44,9 @@ __all__ = [
     "fit",
     "FitResult",
     "read_fit",
+    "LineForestModel",
+    "ExtrinsicModel",
+    "BlaseFitter",
     "datasets",
 ]
 
@@ -52,6 +57,9 @@ _LAZY = {
     "fit": ("fitting", "fit"),
     "FitResult": ("fitting", "FitResult"),
     "read_fit": ("astro.results", "read_fit"),
+    "LineForestModel": ("astro.models", "LineForestModel"),
+    "ExtrinsicModel": ("astro.models", "ExtrinsicModel"),
+    "BlaseFitter": ("astro.models", "BlaseFitter"),
     "datasets": ("datasets", None),
 }
 

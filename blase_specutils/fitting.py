@@ -451,7 +451,7 @@ def fit(
     rv_search : float
         Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
     rv_max : float
-        |RV| beyond which a warning is issued, km/s.
+        Absolute RV beyond which a warning is issued, km/s.
     continuum_degree : int
         Degree of the per-order Chebyshev continuum.
     trainable, telluric_trainable : iterable of str

@@ -105,7 +105,7 @@ def _float64_forest(source, *, device=None) -> LineForest:
     if isinstance(source, QTable):
         # Imported here: the table format belongs to the cloning workflow, which
         # sits above this layer.
-        from ..cloning import forest_from_table
+        from .clones import forest_from_table
 
         forest = forest_from_table(source, dtype=torch.float64, device=device)
     else:
@@ -331,7 +331,7 @@ class LineForestModel(Fittable1DModel):
     @property
     def line_table(self) -> QTable:
         """Per-line properties (centre, amplitude, σ, γ, FWHM in Å; depth; …) as a QTable."""
-        from ..cloning import forest_to_table
+        from .clones import forest_to_table
 
         return forest_to_table(self._forest)
 

@@ -36,7 +36,7 @@ from astropy.table import QTable, Table
 from specutils import SpectralRegion, Spectrum, SpectrumList
 
 from .._version import __version__
-from ..cloning import CloneResult, forest_from_table, forest_to_table
+from .clones import CloneResult, forest_from_table, forest_to_table
 from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
 from ..core.train import TrainingHistory

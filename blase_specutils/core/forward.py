@@ -64,7 +64,7 @@ class ForwardModel(nn.Module):
     vsini_max : float, optional
         Largest v sin i the rotation kernel holds, km/s.
     rv_max : float
-        Largest |RV| expected, km/s: sets the fine grid's buffer.
+        Largest absolute RV expected, km/s: sets the fine grid's buffer.
     continuum_degree : int
         Degree of the per-order Chebyshev continuum.
     fit_rv, fit_vsini, fit_limb_darkening, fit_resolving_power : bool

@@ -6,9 +6,9 @@ data pixel receives the *mean* model flux within its wavelength bounds.
 
 Here every fine sample owns the bin between the midpoints to its neighbours
 (:func:`pixel_edges_from_centers`), the model is piecewise constant over those
-bins, and a data pixel ``[lo, hi]`` receives
+bins, and a data pixel ``[lo, hi]`` receives::
 
-    mean_i = Σ_j w_ij f_j,   w_ij = |[lo, hi] ∩ bin_j| / Σ_j |[lo, hi] ∩ bin_j|
+    mean_i = Σ_j w_ij f_j,   w_ij = len([lo, hi] ∩ bin_j) / Σ_j len([lo, hi] ∩ bin_j)
 
 i.e. the exact average of the piecewise-constant model over the part of the
 pixel covered by the fine grid, with fractional weights for fine bins cut by
