@@ -166,7 +166,7 @@ class LineForest(nn.Module):
         for name, (lo, hi) in _LOG_BOUNDS.items():
             p = getattr(self, name)
             p.nan_to_num_(nan=0.5 * (lo + hi)).clamp_(lo, hi)
-        self.center_shift.nan_to_num_(nan=0.0)
+        self.center_shift.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
 
     def line_properties(self) -> dict[str, np.ndarray]:
         """Current per-line properties as float64 numpy arrays (Å for lengths)."""

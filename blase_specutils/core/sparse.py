@@ -201,7 +201,10 @@ class SparseLayout:
             core_pix = width
         else:
             core = np.asarray(core_half_width, dtype=np.float64)
-            n_core = np.searchsorted(wl, c + core) - np.searchsorted(wl, c - core) + 3
+            n_core = (
+                2 * np.maximum(mid - np.searchsorted(wl, c - core), np.searchsorted(wl, c + core) - mid)
+                + 3
+            )
             core_pix = np.minimum(
                 1 << np.ceil(np.log2(np.maximum(n_core, 4))).astype(np.int64), width
             )
