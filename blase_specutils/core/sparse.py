@@ -58,6 +58,9 @@ class Bucket:
     core : slice
         Central columns where the Gaussian part of the profile is evaluated; outside
         them it is below the wing tolerance and only the Lorentzian part is kept.
+    rows : slice
+        This bucket's rows in the bucket-ordered line arrays (``tensor[layout.order]``),
+        so per-line quantities are views rather than gathers.
     """
 
     lines: torch.Tensor
@@ -67,6 +70,7 @@ class Bucket:
     valid: torch.Tensor | None
     start: torch.Tensor
     core: slice = field(default_factory=lambda: slice(None))
+    rows: slice = field(default_factory=lambda: slice(None))
 
 
 def window_half_widths(
@@ -158,6 +162,10 @@ class SparseLayout:
     bucket_ratio : int
         Window lengths are powers of this (2, 4, …): larger ratios mean fewer buckets
         (fewer kernel launches, good on GPUs) at the cost of more padding.
+    merge_pairs : int
+        A bucket is merged into the next wider one when that adds at most this many
+        line–pixel pairs (and at most 10 % of all pairs): each bucket costs a few dozen
+        kernel launches per epoch, which outweighs evaluating a few thousand padded pairs.
     """
 
     def __init__(
@@ -172,6 +180,7 @@ class SparseLayout:
         min_pixels: int = 8,
         max_pixels: int | None = None,
         bucket_ratio: int = 2,
+        merge_pairs: int = 32768,
     ) -> None:
         if bucket_ratio < 2 or bucket_ratio & (bucket_ratio - 1):
             raise ValueError("bucket_ratio must be a power of two >= 2")
@@ -196,21 +205,36 @@ class SparseLayout:
         npix = np.maximum(2 * np.maximum(left, right) + 2, min_pixels)
         cap = max_pixels or 1 << int(math.ceil(math.log2(2 * self.n_pixels)))
         steps = np.ceil(np.log2(npix) / math.log2(bucket_ratio) - 1e-9)
-        width = np.minimum((bucket_ratio ** steps).astype(np.int64), cap)
+        width = np.minimum((bucket_ratio**steps).astype(np.int64), cap)
         if core_half_width is None:
             core_pix = width
         else:
             core = np.asarray(core_half_width, dtype=np.float64)
             n_core = (
-                2 * np.maximum(mid - np.searchsorted(wl, c - core), np.searchsorted(wl, c + core) - mid)
+                2
+                * np.maximum(
+                    mid - np.searchsorted(wl, c - core), np.searchsorted(wl, c + core) - mid
+                )
                 + 3
             )
             core_pix = np.minimum(
                 1 << np.ceil(np.log2(np.maximum(n_core, 4))).astype(np.int64), width
             )
+        # Merge small buckets upwards while the padding they add stays cheap.
+        # Each merge may add at most `merge_pairs` and at most 10 % of the total pairs,
+        # so memory still scales with the pairs actually needed.
+        widths = list(np.unique(width))
+        budget = min(merge_pairs, 0.1 * float(width.sum()))
+        for i in range(len(widths) - 1):
+            members = width == widths[i]
+            if int(members.sum()) * (widths[i + 1] - widths[i]) <= budget:
+                width[members] = widths[i + 1]
         self.buckets: list[Bucket] = []
+        order = []
+        row = 0
         for w in np.unique(width):
             members = np.nonzero(width == w)[0]
+            order.append(members)
             lines = torch.as_tensor(members, dtype=torch.long, device=self.device)
             k = int(core_pix[members].max())
             core_slice = slice(None) if k >= w else slice(w // 2 - k // 2, w // 2 + k // 2)
@@ -223,8 +247,12 @@ class SparseLayout:
                     valid=None,
                     start=None,
                     core=core_slice,
+                    rows=slice(row, row + members.size),
                 )
             )
+            row += members.size
+        #: Line indices in bucket order: ``tensor[order][bucket.rows]`` are a bucket's lines.
+        self.order = torch.as_tensor(np.concatenate(order), dtype=torch.long, device=self.device)
         self._shift_cache: torch.Tensor | None = None
         self.refresh(torch.zeros(self.n_lines, dtype=torch.float64, device=self.device))
 
@@ -244,10 +272,10 @@ class SparseLayout:
             Current per-line centre shift from ``center_ref``, Å.
         """
         centers = self.center_ref + shift.detach().to(torch.float64)
-        nearest = torch.searchsorted(self.wavelength, centers)
+        nearest = torch.searchsorted(self.wavelength, centers)[self.order]
         moved = False
         for b in self.buckets:
-            start = nearest[b.lines] - b.width // 2
+            start = nearest[b.rows] - b.width // 2
             if b.start is not None and torch.equal(start, b.start):
                 continue
             moved = True
@@ -329,15 +357,15 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
         clip: float,
         emission: bool,
     ):
+        order = layout.order
+        Ao, h2o, Bo, Co, so, sgo = (t[order][:, None] for t in (A, h2, B, C, shift, sign))
         out = torch.zeros(layout.n_pixels, dtype=A.dtype, device=A.device)
         for b in layout.buckets:
-            ln = b.lines
-            dx = b.offset - shift[ln][:, None]
-            av, _, _, _ = _bucket_profile(
-                b, dx, A[ln][:, None], h2[ln][:, None], B[ln][:, None], C[ln][:, None]
-            )
+            r = b.rows
+            dx = b.offset - so[r]
+            av, _, _, _ = _bucket_profile(b, dx, Ao[r], h2o[r], Bo[r], Co[r])
             if emission:
-                av.mul_(sign[ln][:, None])
+                av.mul_(sgo[r])
             if linear:
                 val = av.clamp_(max=clip).neg_().log1p_()
             else:
@@ -356,27 +384,23 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
     def backward(ctx, grad_out):
         A, h2, B, C, shift, sign = ctx.saved_tensors
         layout = ctx.layout
-        gA = torch.zeros_like(A)
-        gh2 = torch.zeros_like(h2)
-        gB = torch.zeros_like(B)
-        gC = torch.zeros_like(C)
-        gs = torch.zeros_like(shift)
+        order = layout.order
+        Ao, h2o, Bo, Co, so, sgo = (t[order][:, None] for t in (A, h2, B, C, shift, sign))
+        parts: list[list[torch.Tensor]] = [[], [], [], [], []]
         grad_out = grad_out.contiguous()
         for b in layout.buckets:
-            ln = b.lines
-            c_ = C[ln][:, None]
-            dx = b.offset - shift[ln][:, None]
-            av, inv, eg, x2k = _bucket_profile(
-                b, dx, A[ln][:, None], h2[ln][:, None], B[ln][:, None], c_, keep=True
-            )
+            r = b.rows
+            c_ = Co[r]
+            dx = b.offset - so[r]
+            av, inv, eg, x2k = _bucket_profile(b, dx, Ao[r], h2o[r], Bo[r], c_, keep=True)
             k = b.core
-            lor = inv * A[ln][:, None]
-            gau = eg * B[ln][:, None]
+            lor = inv * Ao[r]
+            gau = eg * Bo[r]
             w = grad_out[b.pixel]
             if b.valid is not None:
                 w.mul_(b.valid)
             if ctx.emission:
-                sg = sign[ln][:, None]
+                sg = sgo[r]
                 w.mul_(sg)
                 av.mul_(sg)
             if ctx.linear:
@@ -387,17 +411,22 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
             else:
                 w.neg_()
             wi = w * inv
-            gA[ln] = wi.sum(1)
+            parts[0].append(wi.sum(1))
             wli = wi.mul_(lor)
-            gh2[ln] = -wli.sum(1)
+            parts[1].append(-wli.sum(1))
             shift_l = (wli.mul_(dx)).sum(1)
             wk = w[:, k]
-            gB[ln] = (wk * eg).sum(1)
+            parts[2].append((wk * eg).sum(1))
             wg = wk.mul(gau)
-            gC[ln] = (wg * x2k).sum(1)
+            parts[3].append((wg * x2k).sum(1))
             # d(aV)/d(shift) = −d(aV)/d(dx) = 2 dx (A/(x²+h2)² − C·B·exp(C x²))
-            gs[ln] = 2.0 * (shift_l - c_[:, 0] * (wg.mul_(dx[:, k])).sum(1))
-        return gA, gh2, gB, gC, gs, None, None, None, None, None
+            parts[4].append(2.0 * (shift_l - c_[:, 0] * (wg.mul_(dx[:, k])).sum(1)))
+        grads = []
+        for template, pieces in zip((A, h2, B, C, shift), parts):
+            g = torch.empty_like(template)
+            g[order] = torch.cat(pieces)
+            grads.append(g)
+        return (*grads, None, None, None, None, None)
 
 
 def _bucket_profile(b: Bucket, dx, A, h2, B, C, keep: bool = False):

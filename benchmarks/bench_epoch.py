@@ -1,0 +1,141 @@
+"""Per-epoch cost of the clone engine in the paper's setting, and of a one-order fit.
+
+Section ``paper``: ~7,700 lines over 335,000 pixels (the HPF-band setting of the method
+paper, §2.1/§2.4), synthetic lines with realistic widths on a 0.0142 Å grid (injected
+truth: the point is timing, not science). Times forward + backward + Adam step of
+:class:`~blase_specutils.core.lineforest.LineForest` (fused pseudo-Voigt kernel) for
+several dtypes and bucket ratios. Baseline row: the same forest evaluated with the
+plain-autograd path (``fused=False``) in the same run.
+
+Section ``check``: CPU and the chosen device agree (flux and gradients) on a small forest.
+
+Section ``fit``: epochs per second of the joint stage of :func:`blase_specutils.fit` on the
+real WASP 69 HPF order against a PHOENIX Z-band clone.
+
+    python benchmarks/bench_epoch.py --device cpu|cuda [--section all|paper|check|fit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from blase_specutils.core.lineforest import LineForest
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def synthetic_forest(n_lines, n_pixels, device, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    wl = 8079.0 * np.exp(np.arange(n_pixels) * (0.0142 / 10000.0))
+    centers = np.sort(rng.uniform(wl[0] + 2, wl[-1] - 2, n_lines))
+    depth = rng.uniform(0.01, 0.6, n_lines) ** 1.5
+    sigma = rng.uniform(0.02, 0.08, n_lines)
+    gamma = rng.uniform(0.005, 0.06, n_lines)
+    forest = LineForest(centers, depth * 0.1, sigma, gamma, dtype=dtype, device=device)
+    return forest, wl
+
+
+def time_epochs(forest, layout, target, epochs, device, fused=True):
+    opt = torch.optim.Adam([p for p in forest.parameters() if p.requires_grad], lr=0.01)
+    times = []
+    for _ in range(epochs + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        flux = torch.exp(forest.log_transmission(layout, fused=fused))
+        loss = torch.mean((flux - target) ** 2)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
+def section_paper(device, epochs):
+    print("\n## Paper setting: 7,700 lines over 335,000 px (forward + backward + Adam)\n")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print("| engine | dtype | bucket ratio | buckets | line-pixel pairs | ms / epoch |")
+    print("|---|---|---|---|---|---|")
+    for dtype in (torch.float32, torch.float64):
+        forest, wl = synthetic_forest(7700, 335_000, device, dtype)
+        with torch.no_grad():
+            target = forest(forest.make_layout(wl)) * 0.999
+        for ratio in (2, 4, 8):
+            layout = forest.make_layout(wl, bucket_ratio=ratio)
+            t = time_epochs(forest, layout, target, epochs, device)
+            print(f"| fused | {str(dtype)[6:]} | {ratio} | {len(layout.buckets)} | "
+                  f"{layout.n_pairs:,} | {t * 1e3:.2f} |")
+        layout = forest.make_layout(wl, bucket_ratio=2)
+        t = time_epochs(forest, layout, target, max(3, epochs // 4), device, fused=False)
+        print(f"| autograd (baseline) | {str(dtype)[6:]} | 2 | {len(layout.buckets)} | "
+              f"{layout.n_pairs:,} | {t * 1e3:.2f} |")
+
+
+def section_check(device):
+    print("\n## CPU vs device agreement (float64, 200 lines)\n")
+    results = {}
+    for dev in (torch.device("cpu"), device):
+        forest, wl = synthetic_forest(200, 20_000, dev, torch.float64, seed=4)
+        forest.set_trainable(("center", "amplitude", "sigma", "gamma"))
+        layout = forest.make_layout(wl, bucket_ratio=2)
+        flux = forest(layout, 7.5)
+        flux.sum().backward()
+        results[dev.type] = (flux.detach().cpu(), [p.grad.detach().cpu() for p in forest.parameters()])
+    a, b = results["cpu"], results[device.type]
+    print(f"max |Δflux| = {float((a[0] - b[0]).abs().max()):.2e}")
+    for name, ga, gb in zip(("center", "ln_a", "ln_sigma", "ln_gamma"), a[1], b[1]):
+        rel = float((ga - gb).abs().max() / ga.abs().max().clamp(min=1e-300))
+        print(f"max relative Δgrad[{name}] = {rel:.2e}")
+
+
+def section_fit(device, epochs):
+    import blase_specutils as bs
+    from blase_specutils import datasets
+    from blase_specutils.astro.templates import read_phoenix_dat
+    from astropy.io import fits
+
+    print("\n## One HPF order (WASP 69), joint stage epochs per second\n")
+    wl, fl = read_phoenix_dat(datasets.phoenix_path("Z"))
+    sel = (wl > 8620) & (wl < 8800)
+    clone = bs.clone(wl[sel], fl[sel], teff=3900, progress=False, epochs=200, device=device)
+    table = fits.getdata(datasets.wasp69_path())
+    w, f, s = (np.asarray(table[k], dtype=float) for k in ("wavelength", "flux", "uncertainty"))
+    print("| device | threads | epochs | joint-stage s | epochs / s |")
+    print("|---|---|---|---|---|")
+    for threads in ((1, 2) if device.type == "cpu" else (1,)):
+        t0 = time.perf_counter()
+        r = bs.fit(w, f, s, stellar=clone, progress=False, epochs=epochs, rtol=0, rv=-9.4,
+                   rv_search=0, global_epochs=0, device=device, num_threads=threads)
+        dt = time.perf_counter() - t0
+        print(f"| {device} | {threads} | {len(r.history.loss)} | {dt:.2f} | "
+              f"{len(r.history.loss) / dt:.0f} |")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--section", default="all", choices=("all", "paper", "check", "fit"))
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if args.section in ("all", "paper"):
+        section_paper(device, args.epochs)
+    if args.section in ("all", "check") and device.type != "cpu":
+        section_check(device)
+    if args.section in ("all", "fit"):
+        section_fit(device, max(args.epochs, 200))
+
+
+if __name__ == "__main__":
+    main()
