@@ -297,6 +297,11 @@ def _check_medium(medium: str | None) -> None:
 def _wcs_declares_air(spectrum: Spectrum) -> bool:
     """True when the spectrum's WCS says its wavelengths are in air (FITS AWAV)."""
     wcs = getattr(spectrum, "wcs", None)
+    # A FITS WCS names the axis type directly (older astropy reports AWAV's physical
+    # type as plain "em.wl", so check the CTYPE first).
+    ctypes = getattr(getattr(wcs, "wcs", None), "ctype", None)
+    if ctypes is not None and any(str(c).upper().startswith("AWAV") for c in ctypes):
+        return True
     try:
         physical_types = wcs.world_axis_physical_types
     except Exception:  # noqa: BLE001 - no WCS API: nothing declared
