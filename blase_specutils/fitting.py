@@ -562,7 +562,7 @@ def fit(
     good = torch.as_tensor(np.concatenate([o.good for o in orders]), device=dev)
     empty = getattr(model.averager, "empty", None)
     if empty is not None:
-        good = good & ~torch.as_tensor(np.asarray(empty), device=dev)
+        good = good & ~torch.as_tensor(empty, device=dev)
     n_good = int(good.sum())
 
     def chi2():

@@ -191,11 +191,8 @@ class ForwardModel(nn.Module):
         """Telluric transmission on the fine grid (``T^scale``), or None."""
         if self.telluric is None:
             return None
-        shift = (
-            self.telluric_shift
-            if self.telluric_shift.requires_grad or float(self.telluric_shift)
-            else None
-        )
+        # No float(...) test of the value: that would synchronise a GPU every epoch.
+        shift = self.telluric_shift if self.telluric_shift.requires_grad else None
         log_t = self.telluric.log_transmission(self.telluric_layout, shift)
         return torch.exp(torch.exp(self.ln_telluric_scale) * log_t)
 

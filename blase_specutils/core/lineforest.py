@@ -116,6 +116,8 @@ class LineForest(nn.Module):
         if sign.size != n:
             raise ValueError("emission must have one entry per line")
         self.register_buffer("sign", torch.as_tensor(sign, dtype=dtype, device=device))
+        # A Python flag, so the forward pass never synchronises a GPU to ask.
+        self._has_emission = bool(np.any(sign < 0))
         self.center_shift = nn.Parameter(torch.zeros(n, dtype=dtype, device=device))
         self.ln_amplitude = nn.Parameter(
             torch.as_tensor(np.log(amplitude), dtype=dtype, device=device)
@@ -285,7 +287,7 @@ class LineForest(nn.Module):
                 shift,
                 self.sign,
                 linear=linear,
-                emission=bool(torch.any(self.sign < 0)),
+                emission=self._has_emission,
             )
         shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
         clip = 1.0 - 1e-6

@@ -276,7 +276,10 @@ class SparseLayout:
         moved = False
         for b in self.buckets:
             start = nearest[b.rows] - b.width // 2
-            if b.start is not None and torch.equal(start, b.start):
+            # On a GPU asking "did any window move?" would synchronise every forward pass;
+            # rebuilding the windows is a handful of asynchronous kernels instead.
+            on_gpu = self.device.type != "cpu"
+            if not on_gpu and b.start is not None and torch.equal(start, b.start):
                 continue
             moved = True
             raw = start[:, None] + torch.arange(b.width, device=self.device)[None, :]
@@ -284,7 +287,7 @@ class SparseLayout:
             inside = (raw >= 0) & (raw < self.n_pixels)
             b.start = start
             b.pixel = pixel
-            b.valid = None if bool(inside.all()) else inside.to(self.dtype)
+            b.valid = inside.to(self.dtype) if on_gpu or not bool(inside.all()) else None
             b.offset = (self.wavelength[pixel] - self.center_ref[b.lines][:, None]).to(self.dtype)
         return moved
 
