@@ -404,6 +404,10 @@ def fit(
     telluric_trainable=("amplitude",),
     prior_scale: float = 5.0,
     prior_weight: float = 1.0,
+    prior_ln_sigma: float | None = None,
+    prior_ln_gamma: float | None = None,
+    prior_center: float | None = None,
+    relativistic: bool = False,
     epochs: int = 300,
     global_epochs: int = 30,
     learning_rate: float = 0.02,
@@ -413,6 +417,7 @@ def fit(
     device="auto",
     checkpoint=None,
     checkpoint_every: int = 50,
+    checkpoint_seconds: float | None = None,
     resume=None,
     seed: int = 0,
     progress: bool = True,
@@ -461,6 +466,13 @@ def fit(
         Λ of the L1 prior Σ|ln a − ln â|/Λ.
     prior_weight : float
         Overall weight of the prior relative to χ²/2.
+    prior_ln_sigma, prior_ln_gamma : float, optional
+        Widths of Gaussian priors on departures of ln σ and ln γ from the clone (applied
+        when those properties train).
+    prior_center : float, optional
+        Width of a Gaussian prior on line-centre departures from the clone, Å.
+    relativistic : bool
+        Use the relativistic Doppler factor sqrt((1 + β)/(1 − β)) instead of 1 + β.
     epochs : int
         Epochs of the joint stage.
     global_epochs : int
@@ -480,6 +492,8 @@ def fit(
         Write checkpoints of the joint stage here (atomically).
     checkpoint_every : int
         Epochs between checkpoints.
+    checkpoint_seconds : float, optional
+        Also write a checkpoint when this many seconds passed since the last one.
     resume : path-like, optional
         Resume the joint stage from this checkpoint.
     seed : int
@@ -524,7 +538,15 @@ def fit(
                 f"{lo:.2f}–{hi:.2f} Å; clone a wider range of the template"
             )
     # Keep the inputs untouched: train copies.
+    for name, width in (
+        ("prior_ln_sigma", prior_ln_sigma),
+        ("prior_ln_gamma", prior_ln_gamma),
+        ("prior_center", prior_center),
+    ):
+        if width is not None and not (np.isfinite(width) and width > 0):
+            raise ValueError(f"{name} must be a positive width, got {width}")
     star = copy.deepcopy(star0).to(device=dev, dtype=dtype)
+    star.relativistic = relativistic
     star.set_trainable(())
     ln_a0_star = star.ln_amplitude.detach().clone()
     tell = None
@@ -630,6 +652,21 @@ def fit(
     if tell is not None:
         tell.set_trainable(telluric_trainable)
 
+    start = {
+        id(f): {n: getattr(f, n).detach().clone() for n in ("ln_sigma", "ln_gamma", "center_shift")}
+        for f in (star, tell)
+        if f is not None
+    }
+    gaussian_priors = [
+        (name, width)
+        for name, width in (
+            ("ln_sigma", prior_ln_sigma),
+            ("ln_gamma", prior_ln_gamma),
+            ("center_shift", prior_center),
+        )
+        if width is not None
+    ]
+
     def total_loss():
         loss = 0.5 * chi2()
         loss = loss + (prior_weight / prior_scale) * torch.sum(
@@ -639,6 +676,12 @@ def fit(
             loss = loss + (prior_weight / prior_scale) * torch.sum(
                 torch.abs(tell.ln_amplitude - ln_a0_tell)
             )
+        for forest in (star, tell):
+            if forest is None:
+                continue
+            for name, width in gaussian_priors:
+                delta = (getattr(forest, name) - start[id(forest)][name]) / width
+                loss = loss + 0.5 * torch.sum(delta * delta)
         return loss
 
     line_groups = []
@@ -665,6 +708,7 @@ def fit(
             after_step=after_step,
             checkpoint=checkpoint,
             checkpoint_every=checkpoint_every,
+            checkpoint_seconds=checkpoint_seconds,
             resume=resume,
             num_threads=num_threads,
         )

@@ -229,3 +229,36 @@ def test_initial_rv_beyond_budget_warns(y_clone, observation):
                 global_epochs=1,
                 progress=False,
             )
+
+
+def test_gaussian_priors_hold_line_properties(y_clone, observation):
+    kw = dict(stellar=y_clone, progress=False, global_epochs=3, rv=12.3, rv_search=0, epochs=60,
+              trainable=("center", "amplitude", "sigma"))
+    args = (observation.wavelength, observation.flux, observation.uncertainty)
+    free = bs.fit(*args, **kw)
+    held = bs.fit(*args, prior_center=1e-5, prior_ln_sigma=1e-3, **kw)
+
+    def moved(result, name):
+        start = getattr(y_clone.forest, name).detach().double()
+        return float((getattr(result.template.forest, name).detach().double() - start).abs().max())
+
+    assert moved(held, "center_shift") < 0.1 * moved(free, "center_shift")
+    assert moved(held, "ln_sigma") < 0.1 * moved(free, "ln_sigma")
+    with pytest.raises(ValueError, match="prior_center must be a positive width"):
+        bs.fit(*args, prior_center=0.0, **kw)
+
+
+def test_relativistic_doppler_factor(y_clone):
+    forest = y_clone.forest
+    v = 3000.0  # km/s: the classical and relativistic factors differ by β²/2 ≈ 5e-5
+    classical = forest.shift(v).detach().double()
+    forest.relativistic = True
+    try:
+        relativistic = forest.shift(v).detach().double()
+    finally:
+        forest.relativistic = False
+    beta = v / C_KMS
+    centers = forest.center_ref + forest.center_shift.detach().double()
+    expected = centers * (np.sqrt((1 + beta) / (1 - beta)) - 1) + forest.center_shift.detach().double()
+    np.testing.assert_allclose(relativistic.numpy(), expected.numpy(), rtol=2e-6)
+    assert float((relativistic - classical).abs().min()) > 0.3 * float(centers.min()) * beta**2 / 2

@@ -16,6 +16,7 @@ import pytest
 import torch
 from astropy.modeling import fitting, models
 from astropy.table import QTable
+from astropy.utils import minversion
 from scipy.special import erf
 from specutils import Spectrum
 from specutils.fitting import fit_lines
@@ -300,6 +301,12 @@ def test_specutils_fit_lines_recovers_rv(forest, wavelength):
     assert abs(fitted.scale.value - 1.0) < 1e-4
 
 
+@pytest.mark.xfail(
+    not minversion("astropy", "7.0"),
+    reason="astropy < 7 fitters do not propagate units through compound models with "
+    "unit-carrying polynomial coefficients",
+    strict=True,
+)
 def test_compound_with_unitful_polynomial_fits_quantities(forest, wavelength):
     tilt = 1.0 + 0.05 * (wavelength - 10025.0) / 24.0
     data = LineForestModel(forest, rv=3.2 * u.km / u.s)(wavelength) * tilt

@@ -105,6 +105,8 @@ class LineForest(nn.Module):
             raise ValueError("dtype must be torch.float32 or torch.float64")
         self.mode = mode
         self.profile = profile
+        #: Doppler formula of :meth:`shift`: classical ``1 + v/c`` (False) or relativistic.
+        self.relativistic = False
         self.register_buffer(
             "center_ref", torch.as_tensor(center, dtype=torch.float64, device=device)
         )
@@ -254,7 +256,15 @@ class LineForest(nn.Module):
         shift = self.center_shift
         if velocity_kms is not None:
             v = torch.as_tensor(velocity_kms, dtype=self.dtype, device=shift.device)
-            shift = shift + self.center_ref.to(self.dtype) * (v / SPEED_OF_LIGHT_KMS)
+            beta = v / SPEED_OF_LIGHT_KMS
+            # λc' = λc · D with D = 1 + β (classical) or sqrt((1 + β)/(1 − β)).
+            # (D − 1 written without cancellation, so float32 keeps its digits.)
+            if self.relativistic:
+                ratio = (1 + beta) / (1 - beta)
+                stretch = (2 * beta / (1 - beta)) / (torch.sqrt(ratio) + 1)
+            else:
+                stretch = beta
+            shift = shift + (self.center_ref.to(self.dtype) + shift) * stretch
         return shift
 
     def log_transmission(
