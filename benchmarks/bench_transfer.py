@@ -111,14 +111,21 @@ def residual_rms_percent(result) -> float:
     return float(100.0 * np.sqrt(np.mean((res[good] / cont[good]) ** 2)))
 
 
-def chi2_per_order(result) -> list[tuple[int, float]]:
-    """(good pixels, Σ((data − model)/σ)² / good pixels) for every order."""
+def chi2_per_order(result) -> list[tuple[int, float, float, float]]:
+    """Per order: good pixels, Σ((data − model)/σ)² / good pixels, RMS of (data − model) in %
+    of the fitted continuum, and the median telluric transmission seen by the instrument."""
     out = []
-    for res, sig, good in zip(
-        per_order(result.residual), per_order(result.uncertainty), per_order(result.good)
+    for res, sig, good, cont, tell in zip(
+        per_order(result.residual),
+        per_order(result.uncertainty),
+        per_order(result.good),
+        per_order(result.continuum_flux),
+        per_order(result.telluric_flux),
     ):
         n = int(good.sum())
-        out.append((n, float(np.sum((res[good] / sig[good]) ** 2) / max(n, 1))))
+        chi2 = float(np.sum((res[good] / sig[good]) ** 2) / max(n, 1))
+        rms = float(100.0 * np.sqrt(np.mean((res[good] / cont[good]) ** 2)))
+        out.append((n, chi2, rms, float(np.median(tell[good]))))
     return out
 
 
@@ -459,10 +466,15 @@ def section_telluric(args) -> None:
         f"(load before {before:.2f}), {len(r.history.loss)} history entries.\n"
     )
     rows = []
-    for k, (o, (n, c2)) in zip(selection, zip(orders, chi2_per_order(r))):
-        rows.append([k, f"{o.wavelength[0]:.0f}–{o.wavelength[-1]:.0f}", n, fmt(c2, 2)])
-    rows.append(["all", "", sum(int(o.good.sum()) for o in orders), fmt(r.chi2_reduced, 2)])
-    print(table(["order", "Å", "good px", "χ²_red"], rows))
+    for k, (o, (n, c2, rms, tell)) in zip(selection, zip(orders, chi2_per_order(r))):
+        span = f"{o.wavelength[0]:.0f}–{o.wavelength[-1]:.0f}"
+        rows.append([k, span, n, fmt(c2, 2), fmt(rms, 2), fmt(tell, 3)])
+    good_total = sum(int(o.good.sum()) for o in orders)
+    rows.append(
+        ["all", "", good_total, fmt(r.chi2_reduced, 2), fmt(residual_rms_percent(r), 2), ""]
+    )
+    headers = ["order", "Å", "good px", "χ²_red", "RMS (% cont.)", "median telluric transmission"]
+    print(table(headers, rows))
     RESULTS["telluric"] = {
         "rows": rows,
         "rv": r.rv,

@@ -106,9 +106,9 @@ def test_sparse_equals_dense_with_rv_and_centre_shifts(mode):
     with torch.no_grad():
         for fused in (True, False):
             sparse = torch.exp(forest.log_transmission(layout, v, fused=fused)).numpy()
-            # the forest's convention: every reference centre moves by λc_ref · v / c
+            # the forest's convention: every current centre (λc_ref + δ) moves by a factor 1 + v/c
             reference = _reference_flux(
-                wl, c + center_shift + c * v / SPEED_OF_LIGHT_KMS, a, s, g, sign, mode
+                wl, (c + center_shift) * (1 + v / SPEED_OF_LIGHT_KMS), a, s, g, sign, mode
             )
             # the centre is now a sum of three float64 numbers near 1e4 Å (spacing 1.8e-12 Å)
             # and the profile slope is up to ~30 / Å: rounding reaches a few 1e-12
