@@ -62,7 +62,9 @@ def time_epochs(forest, layout, target, epochs, device, fused=True):
 def section_paper(device, epochs):
     print("\n## Paper setting: 7,700 lines over 335,000 px (forward + backward + Adam)\n")
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}\n")
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}\n"
+    )
     print("| engine | dtype | bucket ratio | buckets | line-pixel pairs | ms / epoch |")
     print("|---|---|---|---|---|---|")
     for dtype in (torch.float32, torch.float64):
@@ -72,12 +74,16 @@ def section_paper(device, epochs):
         for ratio in (2, 4, 8):
             layout = forest.make_layout(wl, bucket_ratio=ratio)
             t = time_epochs(forest, layout, target, epochs, device)
-            print(f"| fused | {str(dtype)[6:]} | {ratio} | {len(layout.buckets)} | "
-                  f"{layout.n_pairs:,} | {t * 1e3:.2f} |")
+            print(
+                f"| fused | {str(dtype)[6:]} | {ratio} | {len(layout.buckets)} | "
+                f"{layout.n_pairs:,} | {t * 1e3:.2f} |"
+            )
         layout = forest.make_layout(wl, bucket_ratio=2)
         t = time_epochs(forest, layout, target, max(3, epochs // 4), device, fused=False)
-        print(f"| autograd (baseline) | {str(dtype)[6:]} | 2 | {len(layout.buckets)} | "
-              f"{layout.n_pairs:,} | {t * 1e3:.2f} |")
+        print(
+            f"| autograd (baseline) | {str(dtype)[6:]} | 2 | {len(layout.buckets)} | "
+            f"{layout.n_pairs:,} | {t * 1e3:.2f} |"
+        )
 
 
 def section_check(device):
@@ -89,7 +95,10 @@ def section_check(device):
         layout = forest.make_layout(wl, bucket_ratio=2)
         flux = forest(layout, 7.5)
         flux.sum().backward()
-        results[dev.type] = (flux.detach().cpu(), [p.grad.detach().cpu() for p in forest.parameters()])
+        results[dev.type] = (
+            flux.detach().cpu(),
+            [p.grad.detach().cpu() for p in forest.parameters()],
+        )
     a, b = results["cpu"], results[device.type]
     print(f"max |Δflux| = {float((a[0] - b[0]).abs().max()):.2e}")
     for name, ga, gb in zip(("center", "ln_a", "ln_sigma", "ln_gamma"), a[1], b[1]):
@@ -98,10 +107,11 @@ def section_check(device):
 
 
 def section_fit(device, epochs):
+    from astropy.io import fits
+
     import blase_specutils as bs
     from blase_specutils import datasets
     from blase_specutils.astro.templates import read_phoenix_dat
-    from astropy.io import fits
 
     print("\n## One HPF order (WASP 69), joint stage epochs per second\n")
     wl, fl = read_phoenix_dat(datasets.phoenix_path("Z"))
@@ -111,13 +121,27 @@ def section_fit(device, epochs):
     w, f, s = (np.asarray(table[k], dtype=float) for k in ("wavelength", "flux", "uncertainty"))
     print("| device | threads | epochs | joint-stage s | epochs / s |")
     print("|---|---|---|---|---|")
-    for threads in ((1, 2) if device.type == "cpu" else (1,)):
+    for threads in (1, 2) if device.type == "cpu" else (1,):
         t0 = time.perf_counter()
-        r = bs.fit(w, f, s, stellar=clone, progress=False, epochs=epochs, rtol=0, rv=-9.4,
-                   rv_search=0, global_epochs=0, device=device, num_threads=threads)
+        r = bs.fit(
+            w,
+            f,
+            s,
+            stellar=clone,
+            progress=False,
+            epochs=epochs,
+            rtol=0,
+            rv=-9.4,
+            rv_search=0,
+            global_epochs=0,
+            device=device,
+            num_threads=threads,
+        )
         dt = time.perf_counter() - t0
-        print(f"| {device} | {threads} | {len(r.history.loss)} | {dt:.2f} | "
-              f"{len(r.history.loss) / dt:.0f} |")
+        print(
+            f"| {device} | {threads} | {len(r.history.loss)} | {dt:.2f} | "
+            f"{len(r.history.loss) / dt:.0f} |"
+        )
 
 
 def main(argv=None):

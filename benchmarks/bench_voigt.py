@@ -13,7 +13,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 
 import blase_specutils as bs
@@ -51,13 +50,23 @@ def main(argv=None):
     target = torch.as_tensor(seed.target_flux, dtype=torch.float32, device=device)
     rows = []
     for profile in ("pseudo_voigt", "voigt"):
-        forest = LineForest(props["center"], props["amplitude"], props["sigma"], props["gamma"],
-                            profile=profile, device=device)
+        forest = LineForest(
+            props["center"],
+            props["amplitude"],
+            props["sigma"],
+            props["gamma"],
+            profile=profile,
+            device=device,
+        )
         layout = forest.make_layout(wl)
-        rows.append((profile, layout.n_pairs, _epoch_time(forest, layout, target, args.repeats, device)))
+        rows.append(
+            (profile, layout.n_pairs, _epoch_time(forest, layout, target, args.repeats, device))
+        )
     base = rows[0][2]
-    print(f"| profile | line-pixel pairs | epoch (ms) | × pseudo-Voigt |  ({args.device}, {args.threads} thread(s), "
-          f"{len(props['center'])} lines, {wl.size} px)")
+    print(
+        f"{args.device}, {args.threads} thread(s), {len(props['center'])} lines, {wl.size} px\n"
+    )
+    print("| profile | line-pixel pairs | epoch (ms) | × pseudo-Voigt |")
     print("|---|---|---|---|")
     for profile, pairs, t in rows:
         print(f"| {profile} | {pairs:,} | {t * 1e3:.1f} | {t / base:.2f} |")

@@ -232,8 +232,15 @@ def test_initial_rv_beyond_budget_warns(y_clone, observation):
 
 
 def test_gaussian_priors_hold_line_properties(y_clone, observation):
-    kw = dict(stellar=y_clone, progress=False, global_epochs=3, rv=12.3, rv_search=0, epochs=60,
-              trainable=("center", "amplitude", "sigma"))
+    kw = dict(
+        stellar=y_clone,
+        progress=False,
+        global_epochs=3,
+        rv=12.3,
+        rv_search=0,
+        epochs=60,
+        trainable=("center", "amplitude", "sigma"),
+    )
     args = (observation.wavelength, observation.flux, observation.uncertainty)
     free = bs.fit(*args, **kw)
     held = bs.fit(*args, prior_center=1e-5, prior_ln_sigma=1e-3, **kw)
@@ -259,6 +266,8 @@ def test_relativistic_doppler_factor(y_clone):
         forest.relativistic = False
     beta = v / C_KMS
     centers = forest.center_ref + forest.center_shift.detach().double()
-    expected = centers * (np.sqrt((1 + beta) / (1 - beta)) - 1) + forest.center_shift.detach().double()
+    expected = (
+        centers * (np.sqrt((1 + beta) / (1 - beta)) - 1) + forest.center_shift.detach().double()
+    )
     np.testing.assert_allclose(relativistic.numpy(), expected.numpy(), rtol=2e-6)
     assert float((relativistic - classical).abs().min()) > 0.3 * float(centers.min()) * beta**2 / 2

@@ -436,8 +436,13 @@ def test_bucket_ratio_changes_padding_not_values(ratio):
     rng = np.random.default_rng(3)
     wl = np.linspace(10000.0, 10010.0, 1001)
     n = 25
-    forest = LineForest(np.sort(rng.uniform(10001, 10009, n)), rng.uniform(0.005, 0.05, n),
-                        rng.uniform(0.01, 0.05, n), rng.uniform(0.005, 0.05, n), dtype=torch.float64)
+    forest = LineForest(
+        np.sort(rng.uniform(10001, 10009, n)),
+        rng.uniform(0.005, 0.05, n),
+        rng.uniform(0.01, 0.05, n),
+        rng.uniform(0.005, 0.05, n),
+        dtype=torch.float64,
+    )
     base = forest.make_layout(wl, bucket_ratio=2)
     coarse = forest.make_layout(wl, bucket_ratio=ratio)
     assert coarse.n_pairs >= base.n_pairs

@@ -365,9 +365,7 @@ def _uncertainty_to_sigma(
             )
     sigma = np.broadcast_to(sigma, (n_pixels,)) if sigma.ndim == 0 else sigma
     if sigma.shape != (n_pixels,):
-        raise ValueError(
-            f"uncertainty has shape {sigma.shape} but flux has shape ({n_pixels},)"
-        )
+        raise ValueError(f"uncertainty has shape {sigma.shape} but flux has shape ({n_pixels},)")
     return np.array(sigma, dtype=np.float64)
 
 
@@ -484,8 +482,7 @@ def spectrum_to_arrays(spectrum: Spectrum, *, medium: str | None = None) -> Orde
         n_invalid = int(np.count_nonzero(good & ~sigma_valid))
         if n_invalid:
             warnings.warn(
-                f"{n_invalid} pixel(s) with uncertainty <= 0 or not finite were marked "
-                "not good",
+                f"{n_invalid} pixel(s) with uncertainty <= 0 or not finite were marked not good",
                 InvalidUncertaintyWarning,
                 stacklevel=2,
             )
@@ -713,14 +710,13 @@ _FLUX_COLUMNS = ("flux", "f", "spec", "spectrum")
 _UNCERTAINTY_COLUMNS = ("uncertainty", "unc", "error", "err", "sigma", "flux_err", "e_flux")
 
 
-def _find_column(names: Iterable[str], wanted: str | None, candidates: Sequence[str],
-                 role: str, required: bool) -> str | None:
+def _find_column(
+    names: Iterable[str], wanted: str | None, candidates: Sequence[str], role: str, required: bool
+) -> str | None:
     by_lower = {name.lower(): name for name in names}
     if wanted is not None:
         if wanted.lower() not in by_lower:
-            raise ValueError(
-                f"{role} column {wanted!r} not in the table; columns: {list(names)}"
-            )
+            raise ValueError(f"{role} column {wanted!r} not in the table; columns: {list(names)}")
         return by_lower[wanted.lower()]
     for candidate in candidates:
         if candidate in by_lower:
@@ -788,11 +784,11 @@ def read_table_spectrum(
         columns = table_hdu.columns
         names = list(columns.names)
         header = table_hdu.header.copy()
-        wave_name = _find_column(names, wavelength_column, _WAVELENGTH_COLUMNS,
-                                 "wavelength", True)
+        wave_name = _find_column(names, wavelength_column, _WAVELENGTH_COLUMNS, "wavelength", True)
         flux_name = _find_column(names, flux_column, _FLUX_COLUMNS, "flux", True)
-        unc_name = _find_column(names, uncertainty_column, _UNCERTAINTY_COLUMNS,
-                                "uncertainty", False)
+        unc_name = _find_column(
+            names, uncertainty_column, _UNCERTAINTY_COLUMNS, "uncertainty", False
+        )
 
         def column(name: str) -> tuple[np.ndarray, u.UnitBase | None]:
             unit_text = (columns[name].unit or "").strip()

@@ -36,11 +36,11 @@ from astropy.table import QTable, Table
 from specutils import SpectralRegion, Spectrum, SpectrumList
 
 from .._version import __version__
-from .clones import CloneResult, forest_from_table, forest_to_table
 from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
 from ..core.train import TrainingHistory
 from .adapters import arrays_to_spectrum
+from .clones import CloneResult, forest_from_table, forest_to_table
 
 __all__ = [
     "line_table",
