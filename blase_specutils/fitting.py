@@ -397,6 +397,7 @@ def fit(
     fit_limb_darkening: bool = False,
     fit_telluric_scale: bool = True,
     fit_telluric_shift: bool = False,
+    vsini_max: float | None = None,
     rv_search: float = 100.0,
     rv_max: float = 500.0,
     continuum_degree: int = 2,
@@ -453,6 +454,9 @@ def fit(
         Which global parameters train.
     fit_telluric_scale, fit_telluric_shift : bool
         Train the telluric optical-depth scale and a small telluric velocity shift.
+    vsini_max : float, optional
+        Largest v sin i the rotation kernel can reach during the fit, km/s (default
+        ``max(3 vsini, vsini + 50)``); it fixes the kernel length.
     rv_search : float
         Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
     rv_max : float
@@ -565,7 +569,7 @@ def fit(
         limb_darkening=limb_darkening,
         resolving_power=resolving_power,
         step_kms=step_kms,
-        vsini_max=max(2.0 * vsini, vsini + 30.0),
+        vsini_max=vsini_max if vsini_max is not None else max(3.0 * vsini, vsini + 50.0),
         rv_max=rv_max,
         continuum_degree=continuum_degree,
         fit_rv=fit_rv,
