@@ -636,8 +636,9 @@ def main(argv=None) -> int:
         "--a0v-vsini",
         type=float,
         default=150.0,
-        help="initial v sin i of the A0V star, km/s (fit caps it at max(2v, v + 30): from 50 it "
-        "ends pinned at 100; from 150 or 250 it converges to ~168 on the low-telluric orders)",
+        help="initial v sin i of the A0V star, km/s (fit caps v sin i at its vsini_max; with the "
+        "earlier cap max(2v, v + 30) a start at 50 ended pinned at 100, while 150 or 250 converged "
+        "to 159-168)",
     )
     parser.add_argument(
         "--two-thread-baseline",

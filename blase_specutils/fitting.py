@@ -465,9 +465,15 @@ def fit(
         Degree of the per-order Chebyshev continuum.
     trainable, telluric_trainable : iterable of str
         Line properties of the stellar and telluric clones that train in stage 3
-        (subset of "center", "amplitude", "sigma", "gamma"; empty for none).
+        (subset of "center", "amplitude", "sigma", "gamma"; empty for none). The default,
+        amplitudes only, is the paper's: training σ and γ lowers χ² on real stars but is
+        degenerate with v sin i, and training centres is degenerate with the RV (use
+        ``prior_center`` to hold them, e.g. 0.002 Å).
     prior_scale : float
-        Λ of the L1 prior Σ|ln a − ln â|/Λ.
+        Λ of the L1 prior Σ|ln a − ln â|/Λ. The data term here is χ²/2 (residuals in units
+        of the uncertainties), not the paper's unweighted sum of squares, so the same Λ is a
+        much weaker prior at high SNR: the paper's balance corresponds to
+        ``prior_weight ≈ 2/σ²`` for a typical per-pixel uncertainty σ (continuum units).
     prior_weight : float
         Overall weight of the prior relative to χ²/2.
     prior_ln_sigma, prior_ln_gamma : float, optional
@@ -734,6 +740,7 @@ def fit(
     with torch.no_grad():
         chi2_red = float(chi2()) / max(n_good - n_free, 1)
     uncertainties = _global_uncertainties(model, data, inv_sigma, good)
+    _warn_at_bounds(model, uncertainties, fit_vsini, fit_resolving_power)
 
     template_forest = copy.deepcopy(star).cpu()
     template_forest.set_trainable(star0.trainable)
@@ -760,8 +767,8 @@ def fit(
     return FitResult(
         rv=float(model.rv.detach()),
         vsini=float(model.rotation.effective_vsini().detach()),
-        resolving_power=float(model.instrument.resolving_power),
-        limb_darkening=float(model.rotation.limb_darkening),
+        resolving_power=float(model.instrument.resolving_power.detach()),
+        limb_darkening=float(model.rotation.limb_darkening.detach()),
         uncertainties=uncertainties,
         chi2_reduced=chi2_red,
         forward_model=model,
@@ -779,6 +786,31 @@ def fit(
             "step_kms": step_kms,
         },
     )
+
+
+def _warn_at_bounds(model: ForwardModel, uncertainties: dict, fit_vsini: bool, fit_r: bool) -> None:
+    """Warn (and drop the curvature error) when a global parameter ended on its bound."""
+    if fit_vsini:
+        vsini = float(model.rotation.effective_vsini().detach())
+        if vsini >= 0.99 * model.rotation.vsini_max:
+            uncertainties["vsini"] = float("nan")
+            warnings.warn(
+                f"v sin i ended at its ceiling vsini_max = {model.rotation.vsini_max:.4g} km/s; "
+                "refit with a larger vsini or vsini_max",
+                UserWarning,
+                stacklevel=3,
+            )
+    if fit_r:
+        r = float(model.instrument.resolving_power.detach())
+        r_min = model.instrument.resolving_power_min
+        if r_min is not None and r <= 1.01 * r_min:
+            uncertainties["resolving_power"] = float("nan")
+            warnings.warn(
+                f"the resolving power ended at {r:.0f}, at or below the smallest R its kernel "
+                f"holds ({r_min:.0f}); the instrumental kernel is truncated",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _fit_globals(model, loss_fn, groups, iterations, progress, label, num_threads) -> list[float]:

@@ -223,6 +223,7 @@ def test_initial_rv_beyond_budget_warns(y_clone, observation):
                 observation.uncertainty,
                 stellar=y_clone,
                 rv=900.0,
+                fit_vsini=False,
                 rv_max=500.0,
                 rv_search=0,
                 epochs=0,
@@ -271,3 +272,42 @@ def test_relativistic_doppler_factor(y_clone):
     )
     np.testing.assert_allclose(relativistic.numpy(), expected.numpy(), rtol=2e-6)
     assert float((relativistic - classical).abs().min()) > 0.3 * float(centers.min()) * beta**2 / 2
+
+
+def test_vsini_at_its_ceiling_warns_and_has_no_error_bar(y_clone, observation):
+    with pytest.warns(UserWarning, match="ceiling vsini_max"):
+        r = bs.fit(
+            observation.wavelength,
+            observation.flux,
+            observation.uncertainty,
+            stellar=y_clone,
+            vsini=1.0,
+            vsini_max=2.0,
+            rv=12.3,
+            rv_search=0,
+            epochs=0,
+            global_epochs=10,
+            progress=False,
+        )
+    assert r.vsini == pytest.approx(2.0, rel=0.01)
+    assert np.isnan(r.vsini_uncertainty)
+
+
+def test_trainable_centres_with_a_prior_keep_the_rv(y_clone, observation):
+    # Free centres are degenerate with the RV; a Gaussian prior on centre shifts holds them.
+    r = bs.fit(
+        observation.wavelength,
+        observation.flux,
+        observation.uncertainty,
+        stellar=y_clone,
+        trainable=("amplitude", "center"),
+        prior_center=0.002,
+        epochs=150,
+        progress=False,
+    )
+    assert abs(r.rv - 12.3) < 0.06  # ≈ 3σ of this 1000-pixel, SNR 200 order
+    shifts = (
+        r.template.forest.center_shift.detach().double()
+        - y_clone.forest.center_shift.detach().double()
+    )
+    assert float(shifts.abs().max()) < 0.01  # Å: the prior keeps every centre near the clone's

@@ -624,6 +624,8 @@ class InstrumentalBroadening(nn.Module):
         if resolving_power_min is None:
             resolving_power_min = resolving_power / 1.25 if fit else resolving_power
         self.step_kms = float(step_kms)
+        #: Smallest R the fixed-length kernel holds to ``n_sigma``.
+        self.resolving_power_min = float(resolving_power_min)
         self.half_width = gaussian_kernel_half_width(resolving_power_min, self.step_kms, n_sigma)
         self.log_resolving_power = nn.Parameter(
             torch.tensor(math.log(resolving_power), dtype=dtype), requires_grad=fit
