@@ -56,6 +56,7 @@ from torch.autograd.function import once_differentiable
 __all__ = [
     "faddeeva",
     "voigt_profile",
+    "voigt_with_gradients",
     "VoigtProfileFunction",
     "WEIDEMAN_TERMS",
     "CORE_RADIUS",
@@ -316,6 +317,32 @@ def _voigt_forward(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
         core_w = _weideman_core(z)
         values = _scatter(core_index, values, torch.real(core_w) / (scaled_sigma * _SQRT_PI), dx)
     return values, core_index, wing_index, core_w
+
+
+def voigt_with_gradients(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
+    """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
+
+    For fused kernels that chain the derivatives themselves.
+
+    Parameters
+    ----------
+    dx, sigma, gamma : torch.Tensor
+        1-D, same length and dtype: offset, Gaussian σ and Lorentzian HWHM (one length unit).
+
+    Returns
+    -------
+    values, d_dx, d_sigma, d_gamma : torch.Tensor
+        V and ∂V/∂dx, ∂V/∂σ, ∂V/∂γ, dtype of ``dx``.
+    """
+    values, core_index, wing_index, core_w = _voigt_forward(dx, sigma, gamma)
+    gradients: list[torch.Tensor | None] = [None, None, None]
+    if wing_index is None or wing_index.numel() > 0:
+        wing = _wing_gradients(*_gather(wing_index, dx, sigma, gamma), True, True, True)
+        gradients = [_scatter(wing_index, None, g, dx) for g in wing]
+    if core_index.numel() > 0:
+        core = _core_gradients(*_gather(core_index, dx, sigma, gamma), core_w, True, True, True)
+        gradients = [_scatter(core_index, t, g, dx) for t, g in zip(gradients, core)]
+    return (values, *(g.to(dx.dtype) for g in gradients))
 
 
 class VoigtProfileFunction(torch.autograd.Function):

@@ -22,7 +22,12 @@ import torch
 from torch import nn
 
 from .profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
-from .sparse import SparseLayout, pseudo_voigt_log_transmission, window_half_widths
+from .sparse import (
+    SparseLayout,
+    pseudo_voigt_log_transmission,
+    voigt_log_transmission,
+    window_half_widths,
+)
 
 __all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES"]
 
@@ -279,7 +284,7 @@ class LineForest(nn.Module):
         velocity_kms : float or torch.Tensor, optional
             Radial velocity applied to every line centre, km/s.
         fused : bool
-            Use the fused pseudo-Voigt kernel (ignored for the exact Voigt).
+            Use the fused kernel of the profile (False: plain autograd, the reference).
         """
         shift = self.shift(velocity_kms)
         layout.refresh(shift)
@@ -294,6 +299,17 @@ class LineForest(nn.Module):
                 amplitude,
                 fwhm,
                 eta,
+                shift,
+                self.sign,
+                linear=linear,
+                emission=self._has_emission,
+            )
+        if self.profile == "voigt" and fused:
+            return voigt_log_transmission(
+                layout,
+                amplitude,
+                sigma,
+                gamma,
                 shift,
                 self.sign,
                 linear=linear,
