@@ -78,12 +78,59 @@ def section_paper(device, epochs):
                 f"| fused | {str(dtype)[6:]} | {ratio} | {len(layout.buckets)} | "
                 f"{layout.n_pairs:,} | {t * 1e3:.2f} |"
             )
+        if device.type == "cuda":
+            for ratio in (2, 8):
+                layout = forest.make_layout(wl, bucket_ratio=ratio)
+                try:
+                    t = time_epochs_graphed(forest, layout, target, epochs, device)
+                    print(
+                        f"| fused, CUDA graph (prototype) | {str(dtype)[6:]} | {ratio} | "
+                        f"{len(layout.buckets)} | {layout.n_pairs:,} | {t * 1e3:.3f} |"
+                    )
+                except Exception as err:  # noqa: BLE001 - report and carry on
+                    print(
+                        f"| fused, CUDA graph (prototype) | {str(dtype)[6:]} | {ratio} | "
+                        f"failed: {type(err).__name__}: {str(err)[:80]} | | |"
+                    )
         layout = forest.make_layout(wl, bucket_ratio=2)
         t = time_epochs(forest, layout, target, max(3, epochs // 4), device, fused=False)
         print(
             f"| autograd (baseline) | {str(dtype)[6:]} | 2 | {len(layout.buckets)} | "
             f"{layout.n_pairs:,} | {t * 1e3:.2f} |"
         )
+
+
+def time_epochs_graphed(forest, layout, target, epochs, device):
+    """The same training step captured once as a CUDA graph and replayed (prototype)."""
+    params = [p for p in forest.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=0.01, capturable=True)
+
+    def step():
+        flux = torch.exp(forest.log_transmission(layout))
+        loss = torch.mean((flux - target) ** 2)
+        loss.backward()
+        opt.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = step()
+    times = []
+    for _ in range(epochs + 2):
+        _sync(device)
+        t0 = time.perf_counter()
+        graph.replay()
+        float(static_loss)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
 
 
 def section_check(device):
