@@ -128,7 +128,7 @@ def time_epochs_graphed(forest, layout, target, epochs, device):
         _sync(device)
         t0 = time.perf_counter()
         graph.replay()
-        float(static_loss)
+        float(static_loss.detach())
         times.append(time.perf_counter() - t0)
     return statistics.median(times[2:])
 

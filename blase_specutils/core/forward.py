@@ -126,6 +126,8 @@ class ForwardModel(nn.Module):
         self.instrument = InstrumentalBroadening(
             resolving_power, step_kms=step_kms, fit=fit_resolving_power, dtype=dtype
         )
+        self.rotation.to(device)
+        self.instrument.to(device)
         # Buffer: both kernels plus a margin of 8 steps, in velocity.
         pad_kms = (self.rotation.half_width + self.instrument.half_width + 8) * step_kms
         grid = log_uniform_grid(
