@@ -191,10 +191,57 @@ def section_fit(device, epochs):
         )
 
 
+def section_graphs(device):
+    """Full Z-band clone and a WASP 69 fit with and without CUDA graphs."""
+    from astropy.io import fits
+
+    import blase_specutils as bs
+    from blase_specutils import datasets
+    from blase_specutils.astro.templates import read_phoenix_dat
+
+    print("\n## CUDA graphs in the library: Z-band clone (300 epochs) and WASP 69 fit\n")
+    print("| workflow | cuda_graph | wall s | result |")
+    print("|---|---|---|---|")
+    wl, fl = read_phoenix_dat(datasets.phoenix_path("Z"))
+    for graph in (False, True):
+        t0 = time.perf_counter()
+        c = bs.clone(
+            wl, fl, teff=3900, device=device, epochs=300, rtol=0, progress=False, cuda_graph=graph
+        )
+        _sync(device)
+        print(
+            f"| clone Z ({c.n_lines} lines) | {graph} | {time.perf_counter() - t0:.2f} | "
+            f"RMS {c.rms:.5f} |"
+        )
+    sel = (wl > 8620) & (wl < 8800)
+    clone = bs.clone(wl[sel], fl[sel], teff=3900, progress=False, epochs=200, device=device)
+    table = fits.getdata(datasets.wasp69_path())
+    w, f, s = (np.asarray(table[k], dtype=float) for k in ("wavelength", "flux", "uncertainty"))
+    for graph in (False, True):
+        t0 = time.perf_counter()
+        r = bs.fit(
+            w,
+            f,
+            s,
+            stellar=clone,
+            progress=False,
+            epochs=300,
+            rtol=0,
+            device=device,
+            cuda_graph=graph,
+        )
+        print(
+            f"| fit WASP 69 | {graph} | {time.perf_counter() - t0:.2f} | RV {r.rv:.4f}, "
+            f"v sin i {r.vsini:.3f}, chi2 {r.chi2_reduced:.2f} |"
+        )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--section", default="all", choices=("all", "paper", "check", "fit"))
+    parser.add_argument(
+        "--section", default="all", choices=("all", "paper", "check", "fit", "graphs")
+    )
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -204,6 +251,8 @@ def main(argv=None):
         section_paper(device, args.epochs)
     if args.section in ("all", "check") and device.type != "cpu":
         section_check(device)
+    if args.section in ("all", "graphs") and device.type == "cuda":
+        section_graphs(device)
     if args.section in ("all", "fit"):
         section_fit(device, max(args.epochs, 200))
 

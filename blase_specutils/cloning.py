@@ -88,6 +88,7 @@ def clone(
     seed: int = 0,
     progress: bool = True,
     num_threads: int | None = 1,
+    cuda_graph: bool = True,
 ) -> CloneResult:
     """Clone a synthetic spectrum into a trained forest of pseudo-Voigt lines.
 
@@ -141,6 +142,9 @@ def clone(
     num_threads : int or None
         CPU threads while training (``None``: torch's setting); see
         :func:`blase_specutils.core.train.optimize`.
+    cuda_graph : bool
+        On a CUDA device, replay each training step as a captured CUDA graph (re-captured
+        after every re-layout); no effect on CPU.
 
     Returns
     -------
@@ -247,6 +251,8 @@ def clone(
             after_step=after_step,
             time_limit=time_limit,
             num_threads=num_threads,
+            cuda_graph=cuda_graph,
+            graph_key=lambda: id(state["layout"]),
         )
     meta = {
         "prominence": float(prominence),

@@ -423,6 +423,7 @@ def fit(
     seed: int = 0,
     progress: bool = True,
     num_threads: int | None = 1,
+    cuda_graph: bool = False,
 ) -> FitResult:
     """Transfer-learn stellar (and telluric) clones against an observed spectrum.
 
@@ -512,6 +513,9 @@ def fit(
         Show progress bars.
     num_threads : int or None
         CPU threads while training (``None``: torch's setting).
+    cuda_graph : bool
+        On a CUDA device, replay each step of the joint stage as a captured CUDA graph
+        (experimental; falls back to eager training if capture fails).
 
     Returns
     -------
@@ -721,6 +725,8 @@ def fit(
             checkpoint_seconds=checkpoint_seconds,
             resume=resume,
             num_threads=num_threads,
+            cuda_graph=cuda_graph,
+            graph_key=lambda: (id(model.stellar_layout), id(model.telluric_layout)),
         )
         history.loss += h.loss
     star.set_trainable(())
