@@ -264,3 +264,25 @@ def test_load_checkpoint_uses_weights_only(tmp_path):
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_checkpoint(bad)
     assert not marker.exists()
+
+
+def test_cuda_graph_flag_is_a_no_op_on_cpu():
+    # The CUDA-graph path only engages for CUDA parameters; on CPU the run is bit-identical.
+    torch.manual_seed(0)
+    results = []
+    for flag in (False, True):
+        weights = torch.nn.Parameter(torch.linspace(0.0, 1.0, 16, dtype=torch.float64))
+        module = torch.nn.Module()
+        module.weights = weights
+        target = torch.linspace(1.0, 2.0, 16, dtype=torch.float64)
+        optimize(
+            module,
+            lambda: torch.sum((module.weights - target) ** 2),
+            epochs=20,
+            rtol=0,
+            progress=False,
+            cuda_graph=flag,
+        )
+        results.append(module.weights.detach().clone())
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], torch.linspace(0.0, 1.0, 16, dtype=torch.float64))

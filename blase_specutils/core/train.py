@@ -135,18 +135,21 @@ class _GraphedStep:
             self.graph.replay()
             return self.static_loss
         # Warm up on a side stream with one real step (this epoch), then capture the next.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            loss = self._eager()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        self.opt.zero_grad(set_to_none=True)
-        with torch.cuda.graph(graph):
-            static_loss = self.loss_fn()
-            static_loss.backward()
-            self.opt.step()
-        self.graph, self.key, self.static_loss = graph, key, static_loss
+        with warnings.catch_warnings():
+            # The warm-up step runs on a side stream by design (as torch's docs prescribe).
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self._eager().detach()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            self.opt.zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                static_loss = self.loss_fn()
+                static_loss.backward()
+                self.opt.step()
+        self.graph, self.key, self.static_loss = graph, key, static_loss.detach()
         return loss
 
 
