@@ -319,10 +319,57 @@ def _voigt_forward(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
     return values, core_index, wing_index, core_w
 
 
+#: ``|z|`` from which :func:`voigt_with_gradients` uses the asymptotic series.
+FAR_RADIUS = 16.0
+#: F(v) = Σ (2k−1)!!/2^k v^k through v⁴; at ``|z| >= FAR_RADIUS`` (``|v| <= 1/144``) the
+#: first omitted term is below 5e-10 of F.
+_SERIES = (1.0, 0.5, 0.75, 1.875, 6.5625)
+_SERIES_DERIVATIVE = (0.5, 1.5, 5.625, 26.25)
+
+
+def _complex_horner_real(coefficients, vr, vi):
+    """Σ c_k v^k for complex v = vr + i·vi in real arithmetic (coefficients lowest first)."""
+    rr = torch.full_like(vr, coefficients[-1])
+    ri = torch.zeros_like(vr)
+    for c in coefficients[-2::-1]:
+        rr, ri = rr * vr - ri * vi + c, rr * vi + ri * vr
+    return rr, ri
+
+
+def _far_wing_with_gradients(dx, sigma, gamma):
+    """Voigt value and derivatives from the asymptotic series, in real arithmetic.
+
+    With q = 1/(dx + iγ) and v = 2σ²q²: V = −Im(q F)/π, ∂V/∂dx = Im(q² G)/π,
+    ∂V/∂γ = Re(q² G)/π, ∂V/∂σ = −(4σ/π) Im(q³ F'), G = F + 2vF'. Valid for ``|z| >= 12``.
+    """
+    r2 = dx * dx + gamma * gamma
+    qr = dx / r2
+    qi = -gamma / r2
+    q2r = qr * qr - qi * qi
+    q2i = 2.0 * qr * qi
+    s2 = 2.0 * sigma * sigma
+    vr = s2 * q2r
+    vi = s2 * q2i
+    fr, fi = _complex_horner_real(_SERIES, vr, vi)
+    dr, di = _complex_horner_real(_SERIES_DERIVATIVE, vr, vi)
+    values = -(qr * fi + qi * fr) / math.pi
+    gr = fr + 2.0 * (vr * dr - vi * di)
+    gi = fi + 2.0 * (vr * di + vi * dr)
+    d_dx = (q2r * gi + q2i * gr) / math.pi
+    d_gamma = (q2r * gr - q2i * gi) / math.pi
+    q3r = q2r * qr - q2i * qi
+    q3i = q2r * qi + q2i * qr
+    d_sigma = -(4.0 / math.pi) * sigma * (q3r * di + q3i * dr)
+    return values, d_dx, d_sigma, d_gamma
+
+
 def voigt_with_gradients(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
     """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
 
-    For fused kernels that chain the derivatives themselves.
+    For fused kernels that chain the derivatives themselves. The far wings
+    (``|z| >= FAR_RADIUS``, most of a line window) use the asymptotic series in real
+    arithmetic; the ring ``CORE_RADIUS <= |z| < FAR_RADIUS`` the continued fraction; the
+    core Weideman's approximation (float64), exactly as :func:`voigt_profile`.
 
     Parameters
     ----------
@@ -334,15 +381,34 @@ def voigt_with_gradients(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Ten
     values, d_dx, d_sigma, d_gamma : torch.Tensor
         V and ∂V/∂dx, ∂V/∂σ, ∂V/∂γ, dtype of ``dx``.
     """
-    values, core_index, wing_index, core_w = _voigt_forward(dx, sigma, gamma)
-    gradients: list[torch.Tensor | None] = [None, None, None]
-    if wing_index is None or wing_index.numel() > 0:
-        wing = _wing_gradients(*_gather(wing_index, dx, sigma, gamma), True, True, True)
-        gradients = [_scatter(wing_index, None, g, dx) for g in wing]
-    if core_index.numel() > 0:
-        core = _core_gradients(*_gather(core_index, dx, sigma, gamma), core_w, True, True, True)
-        gradients = [_scatter(core_index, t, g, dx) for t, g in zip(gradients, core)]
-    return (values, *(g.to(dx.dtype) for g in gradients))
+    r2 = dx * dx + gamma * gamma
+    s2 = sigma * sigma
+    core_mask = r2 < (2.0 * CORE_RADIUS * CORE_RADIUS) * s2
+    far_mask = r2 >= (2.0 * FAR_RADIUS * FAR_RADIUS) * s2
+    core_index = torch.nonzero(core_mask).reshape(-1)
+    ring_index = torch.nonzero(~(core_mask | far_mask)).reshape(-1)
+    if 2 * (core_index.numel() + ring_index.numel()) < dx.numel():
+        out = list(_far_wing_with_gradients(dx, sigma, gamma))  # overwritten below
+    else:
+        far_index = torch.nonzero(far_mask).reshape(-1)
+        out = [torch.zeros_like(dx) for _ in range(4)]
+        if far_index.numel():
+            far = _far_wing_with_gradients(*_gather(far_index, dx, sigma, gamma))
+            out = [t.index_copy_(0, far_index, f) for t, f in zip(out, far)]
+    if ring_index.numel():
+        args = _gather(ring_index, dx, sigma, gamma)
+        ring = (_wing_values(*args), *_wing_gradients(*args, True, True, True))
+        out = [t.index_copy_(0, ring_index, f.to(t.dtype)) for t, f in zip(out, ring)]
+    if core_index.numel():
+        args = _gather(core_index, dx, sigma, gamma)
+        scaled_sigma, z = _core_argument(*args)
+        core_w = _weideman_core(z)
+        core = (
+            torch.real(core_w) / (scaled_sigma * _SQRT_PI),
+            *_core_gradients(*args, core_w, True, True, True),
+        )
+        out = [t.index_copy_(0, core_index, f.to(t.dtype)) for t, f in zip(out, core)]
+    return tuple(out)
 
 
 class VoigtProfileFunction(torch.autograd.Function):
