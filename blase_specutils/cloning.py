@@ -152,7 +152,7 @@ def clone(
     """
     wl = as_angstrom(wavelength, "wavelength")
     fl = as_flux_array(flux, "flux", size=wl.size)
-    check_grid(wl)
+    check_grid(wl, min_size=16)
     if np.any(fl < 0):
         raise ValueError(
             f"flux has {int(np.sum(fl < 0))} negative values; "
@@ -174,6 +174,15 @@ def clone(
         target, continuum = fl.copy(), np.ones_like(fl)
 
     found = find_lines(wl, target, prominence=prominence)
+    span = float(wl[-1] - wl[0])
+    too_wide = np.nonzero(2.0 * np.asarray(found.fwhm) > span)[0]
+    if too_wide.size:
+        k = int(too_wide[np.argmax(np.asarray(found.fwhm)[too_wide])])
+        raise ValueError(
+            f"the spectrum spans only {span:.4g} Å, narrower than the window of the line at "
+            f"{found.center[k]:.3f} Å (FWHM {found.fwhm[k]:.3g} Å, window ≥ 2 FWHM): "
+            "clone a wider range"
+        )
     center = np.asarray(found.center)
     depth = np.asarray(found.depth)
     fwhm = np.asarray(found.fwhm)

@@ -261,3 +261,13 @@ def test_clone_of_flat_spectrum_raises():
         clone(wavelength, np.ones_like(wavelength), flatten=False, progress=False)
     with pytest.raises(ValueError, match="no lines found"):
         clone(wavelength, np.full_like(wavelength, 3.0), progress=False)
+
+
+def test_spectrum_narrower_than_a_line_window_is_an_error():
+    # One broad line (FWHM ≈ 0.7 Å) on a 1 Å stretch: its window cannot fit.
+    wl = np.linspace(10000.0, 10001.0, 101)
+    fl = 1.0 - 0.5 * np.exp(-0.5 * ((wl - 10000.5) / 0.3) ** 2)
+    with pytest.raises(ValueError, match=r"narrower than the window of the line at 10000\.5"):
+        clone(wl, fl, progress=False, epochs=5)
+    with pytest.raises(ValueError, match="at least 16 samples"):
+        clone(wl[:10], fl[:10], progress=False, epochs=5)
