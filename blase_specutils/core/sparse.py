@@ -430,12 +430,18 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
             parts[3].append((wg * x2k).sum(1))
             # d(aV)/d(shift) = −d(aV)/d(dx) = 2 dx (A/(x²+h2)² − C·B·exp(C x²))
             parts[4].append(2.0 * (shift_l - c_[:, 0] * (wg.mul_(dx[:, k])).sum(1)))
-        grads = []
-        for template, pieces in zip((A, h2, B, C, shift), parts):
-            g = torch.empty_like(template)
-            g[order] = torch.cat(pieces)
-            grads.append(g)
+        grads = _unbucket((A, h2, B, C, shift), parts, order)
         return (*grads, None, None, None, None, None)
+
+
+def _unbucket(templates, parts, order) -> list[torch.Tensor]:
+    """Per-line gradients from per-bucket row sums (bucket order) back to line order."""
+    grads = []
+    for template, pieces in zip(templates, parts):
+        g = torch.empty_like(template)
+        g[order] = torch.cat(pieces)
+        grads.append(g)
+    return grads
 
 
 def _bucket_profile(b: Bucket, dx, A, h2, B, C, keep: bool = False):
@@ -583,11 +589,7 @@ class _VoigtLogTransmission(torch.autograd.Function):
             parts[2].append((wa * d_gamma).sum(1))
             parts[3].append(-(wa * d_dx).sum(1))
         ctx.local = None
-        grads = []
-        for template, pieces in zip((amplitude, sigma, gamma, shift), parts):
-            g = torch.empty_like(template)
-            g[order] = torch.cat(pieces)
-            grads.append(g)
+        grads = _unbucket((amplitude, sigma, gamma, shift), parts, order)
         return (*grads, None, None, None, None, None)
 
 

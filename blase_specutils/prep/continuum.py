@@ -12,6 +12,8 @@ import numpy as np
 from numpy.polynomial import chebyshev
 from scipy.interpolate import make_lsq_spline
 
+from ._checks import check_spectrum
+
 __all__ = [
     "ContinuumFit",
     "flatten_continuum",
@@ -212,25 +214,7 @@ def _evaluate_smooth(method, coefficients, knots, domain, wavelength):
 
 
 def _validate(wavelength, flux, teff):
-    wavelength = np.asarray(wavelength, dtype=np.float64)
-    flux = np.asarray(flux, dtype=np.float64)
-    if wavelength.ndim != 1 or flux.ndim != 1:
-        raise ValueError("wavelength and flux must be one-dimensional arrays")
-    if wavelength.shape != flux.shape:
-        raise ValueError(
-            f"length mismatch: {wavelength.size} wavelengths but {flux.size} flux values"
-        )
-    if wavelength.size < 3:
-        raise ValueError("need at least 3 pixels")
-    if not np.all(np.isfinite(wavelength)):
-        raise ValueError("wavelength contains NaN or inf")
-    if not np.all(np.isfinite(flux)):
-        raise ValueError("flux contains NaN or inf")
-    steps = np.diff(wavelength)
-    if np.any(steps == 0):
-        raise ValueError("wavelength contains duplicated values")
-    if np.any(steps < 0):
-        raise ValueError("wavelength must be sorted in increasing order")
+    wavelength, flux = check_spectrum(wavelength, flux)
     if wavelength[0] <= 0:
         raise ValueError("wavelength must be > 0 Å")
     if np.any(flux < 0):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import find_peaks, peak_widths
 
+from ._checks import check_spectrum
+
 __all__ = ["LineList", "find_lines"]
 
 
@@ -72,25 +74,7 @@ class LineList:
 
 
 def _validate(wavelength, flat_flux, prominence):
-    wavelength = np.asarray(wavelength, dtype=np.float64)
-    flux = np.asarray(flat_flux, dtype=np.float64)
-    if wavelength.ndim != 1 or flux.ndim != 1:
-        raise ValueError("wavelength and flat_flux must be one-dimensional arrays")
-    if wavelength.shape != flux.shape:
-        raise ValueError(
-            f"length mismatch: {wavelength.size} wavelengths but {flux.size} flux values"
-        )
-    if wavelength.size < 3:
-        raise ValueError("need at least 3 pixels")
-    if not np.all(np.isfinite(wavelength)):
-        raise ValueError("wavelength contains NaN or inf")
-    if not np.all(np.isfinite(flux)):
-        raise ValueError("flat_flux contains NaN or inf")
-    steps = np.diff(wavelength)
-    if np.any(steps == 0):
-        raise ValueError("wavelength contains duplicated values")
-    if np.any(steps < 0):
-        raise ValueError("wavelength must be sorted in increasing order")
+    wavelength, flux = check_spectrum(wavelength, flat_flux, "flat_flux")
     if not (np.isfinite(prominence) and 0 < prominence < 1):
         raise ValueError(f"prominence must lie in (0, 1), got {prominence!r}")
     return wavelength, flux
