@@ -286,3 +286,15 @@ def test_cuda_graph_flag_is_a_no_op_on_cpu():
         results.append(module.weights.detach().clone())
     assert torch.equal(results[0], results[1])
     assert not torch.equal(results[0], torch.linspace(0.0, 1.0, 16, dtype=torch.float64))
+
+
+def test_history_reads_as_the_loss_per_epoch():
+    module = torch.nn.Module()
+    module.weights = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+    history = optimize(
+        module, lambda: torch.sum((module.weights - 1.0) ** 2), epochs=12, rtol=0, progress=False
+    )
+    assert len(history) == 12 == history.epochs
+    assert history[-1] == history.loss[-1] < history[0]
+    np.testing.assert_array_equal(np.asarray(history), np.array(history.loss))
+    assert list(history) == history.loss

@@ -56,6 +56,21 @@ class TrainingHistory:
     wall_time: float = 0.0
     stop_reason: str = ""
 
+    # A history reads as its loss per epoch: len(h), h[-1], list(h), np.asarray(h).
+    def __len__(self) -> int:
+        return len(self.loss)
+
+    def __getitem__(self, index):
+        return self.loss[index]
+
+    def __iter__(self):
+        return iter(self.loss)
+
+    def __array__(self, dtype=None, copy=None):
+        import numpy as np
+
+        return np.asarray(self.loss, dtype=dtype)
+
 
 @contextlib.contextmanager
 def limit_threads(num_threads: int | None):
