@@ -144,6 +144,36 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
     return orders
 
 
+def _envelope_degree(order: _Order, max_degree: int = 8) -> int:
+    """Lowest Chebyshev degree (2 … max_degree) that captures the order's upper envelope.
+
+    The envelope is the 90th percentile of the good flux in 24 equal bins. A degree is
+    enough when its fit deviates from the envelope by no more than 1.5× (plus 0.2 % of the
+    level) what the highest degree leaves: the remaining scatter is then lines and noise,
+    not continuum shape (a normalised order gets 2, a blazed one more).
+    """
+    wl, flux = order.wavelength[order.good], order.flux[order.good]
+    if wl.size < 48:
+        return 2
+    bins = np.array_split(np.arange(wl.size), 24)
+    x = np.array([wl[b].mean() for b in bins])
+    y = np.array([np.percentile(flux[b], 90) for b in bins])
+    scale = np.median(np.abs(y))
+    if not np.isfinite(scale) or scale == 0:
+        return 2
+    t = 2.0 * (x - x.min()) / max(np.ptp(x), 1e-12) - 1.0
+
+    def rms(degree):
+        fit = np.polynomial.chebyshev.chebfit(t, y, degree)
+        return np.sqrt(np.mean(((np.polynomial.chebyshev.chebval(t, fit) - y) / scale) ** 2))
+
+    floor = 1.5 * rms(max_degree) + 0.002
+    for degree in range(2, max_degree):
+        if rms(degree) <= floor:
+            return degree
+    return max_degree
+
+
 def _as_forest(obj, name: str) -> tuple[LineForest, CloneResult | None]:
     if obj is None:
         return None, None
@@ -400,7 +430,7 @@ def fit(
     vsini_max: float | None = None,
     rv_search: float = 100.0,
     rv_max: float = 500.0,
-    continuum_degree: int = 2,
+    continuum_degree: int | str = "auto",
     trainable=("amplitude",),
     telluric_trainable=("amplitude",),
     prior_scale: float = 5.0,
@@ -462,8 +492,10 @@ def fit(
         Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
     rv_max : float
         Absolute RV beyond which a warning is issued, km/s.
-    continuum_degree : int
-        Degree of the per-order Chebyshev continuum.
+    continuum_degree : int or "auto"
+        Degree of the per-order Chebyshev continuum. ``"auto"`` (default) takes the lowest
+        degree from 2 to 8 that follows every order's upper envelope to 1 %: 2 for
+        continuum-normalised orders, higher for raw orders that still carry the blaze.
     trainable, telluric_trainable : iterable of str
         Line properties of the stellar and telluric clones that train in stage 3
         (subset of "center", "amplitude", "sigma", "gamma"; empty for none). The default,
@@ -524,6 +556,12 @@ def fit(
     """
     torch.manual_seed(seed)
     dev = resolve_device(device)
+    if continuum_degree != "auto" and not (
+        isinstance(continuum_degree, (int, np.integer)) and continuum_degree >= 0
+    ):
+        raise ValueError(
+            f"continuum_degree must be 'auto' or an integer >= 0, not {continuum_degree!r}"
+        )
     star0, star_clone = _as_forest(stellar, "stellar")
     if star0 is None:
         raise ValueError("a stellar clone is required")
@@ -571,6 +609,8 @@ def fit(
         tell.set_trainable(())
         ln_a0_tell = tell.ln_amplitude.detach().clone()
 
+    if continuum_degree == "auto":
+        continuum_degree = max(_envelope_degree(o) for o in orders)
     model = ForwardModel(
         star,
         [o.edges for o in orders],

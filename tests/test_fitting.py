@@ -311,3 +311,20 @@ def test_trainable_centres_with_a_prior_keep_the_rv(y_clone, observation):
         - y_clone.forest.center_shift.detach().double()
     )
     assert float(shifts.abs().max()) < 0.01  # Å: the prior keeps every centre near the clone's
+
+
+def test_auto_continuum_degree_follows_the_blaze(y_clone, observation):
+    from blase_specutils.fitting import _envelope_degree, _Order
+
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    good = np.ones(w.size, bool)
+    assert _envelope_degree(_Order(w, f, s, good)) == 2  # continuum-normalised order
+    x = np.linspace(-1.0, 1.0, w.size)
+    blaze = 1e4 * np.sinc(0.9 * x) ** 2  # a raw échelle order: blaze falls to ~5 % at its ends
+    assert _envelope_degree(_Order(w, f * blaze, s * blaze, good)) >= 4
+    # ... and the fit of the blazed order still recovers the RV
+    r = bs.fit(w, f * blaze, s * blaze, stellar=y_clone, epochs=0, global_epochs=10, progress=False)
+    assert r.forward_model.continuum_basis.shape[1] >= 5
+    assert abs(r.rv - 12.3) < 0.1
+    with pytest.raises(ValueError, match="continuum_degree must be 'auto' or an integer"):
+        bs.fit(w, f, s, stellar=y_clone, continuum_degree=-1)
