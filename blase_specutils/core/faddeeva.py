@@ -363,7 +363,40 @@ def _far_wing_with_gradients(dx, sigma, gamma):
     return values, d_dx, d_sigma, d_gamma
 
 
+#: Elements per chunk in :func:`voigt_with_gradients`: the dozens of temporaries of one
+#: chunk stay in cache (one pass over 10⁶ elements at once was 2× slower on a CPU).
+CHUNK_SIZE = 65536
+
+
 def voigt_with_gradients(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
+    """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
+
+    Evaluated in chunks of :data:`CHUNK_SIZE` elements on the CPU (see
+    :func:`_voigt_with_gradients_flat` for the method).
+
+    Parameters
+    ----------
+    dx, sigma, gamma : torch.Tensor
+        1-D, same length and dtype: offset, Gaussian σ and Lorentzian HWHM (one length unit).
+
+    Returns
+    -------
+    values, d_dx, d_sigma, d_gamma : torch.Tensor
+        V and ∂V/∂dx, ∂V/∂σ, ∂V/∂γ, dtype of ``dx``.
+    """
+    n = dx.numel()
+    if dx.device.type != "cpu" or n <= CHUNK_SIZE:
+        return _voigt_with_gradients_flat(dx, sigma, gamma)
+    out = [torch.empty_like(dx) for _ in range(4)]
+    for start in range(0, n, CHUNK_SIZE):
+        stop = min(start + CHUNK_SIZE, n)
+        part = _voigt_with_gradients_flat(dx[start:stop], sigma[start:stop], gamma[start:stop])
+        for target, values in zip(out, part):
+            target[start:stop] = values
+    return tuple(out)
+
+
+def _voigt_with_gradients_flat(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
     """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
 
     For fused kernels that chain the derivatives themselves. The far wings
