@@ -243,3 +243,19 @@ def test_voigt_with_gradients_matches_scipy_and_autograd(dtype, value_rtol, grad
     for mine, ref in zip((d_dx, d_sigma, d_gamma), grads):
         err = (mine - ref).abs().double() / (ref.abs().double() + 1e-6 * ref.abs().max().double())
         assert float(err[torch.as_tensor(meaningful)].max()) < grad_rtol
+
+
+def test_chunked_voigt_with_gradients_equals_one_pass(monkeypatch):
+    # Chunking only changes how much is in flight at once: results are bit-identical.
+    from blase_specutils.core import faddeeva
+
+    rng = np.random.default_rng(9)
+    n = 10_000
+    dx = torch.tensor(rng.uniform(-3, 3, n))
+    sigma = torch.tensor(rng.uniform(0.01, 0.05, n))
+    gamma = torch.tensor(rng.uniform(0.005, 0.03, n))
+    whole = faddeeva._voigt_with_gradients_flat(dx, sigma, gamma)
+    monkeypatch.setattr(faddeeva, "CHUNK_SIZE", 999)  # 11 chunks, the last one short
+    chunked = faddeeva.voigt_with_gradients(dx, sigma, gamma)
+    for a, b in zip(chunked, whole):
+        assert torch.equal(a, b)
