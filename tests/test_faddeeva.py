@@ -246,7 +246,8 @@ def test_voigt_with_gradients_matches_scipy_and_autograd(dtype, value_rtol, grad
 
 
 def test_chunked_voigt_with_gradients_equals_one_pass(monkeypatch):
-    # Chunking only changes how much is in flight at once: results are bit-identical.
+    # Chunking only changes how much is in flight at once: the same numbers up to the
+    # last-ulp differences of vectorised against scalar tail loops.
     from blase_specutils.core import faddeeva
 
     rng = np.random.default_rng(9)
@@ -258,4 +259,4 @@ def test_chunked_voigt_with_gradients_equals_one_pass(monkeypatch):
     monkeypatch.setattr(faddeeva, "CHUNK_SIZE", 999)  # 11 chunks, the last one short
     chunked = faddeeva.voigt_with_gradients(dx, sigma, gamma)
     for a, b in zip(chunked, whole):
-        assert torch.equal(a, b)
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=0)
