@@ -371,8 +371,9 @@ CHUNK_SIZE = 65536
 def voigt_with_gradients(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
     """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
 
-    Evaluated in chunks of :data:`CHUNK_SIZE` elements on the CPU (see
-    :func:`_voigt_with_gradients_flat` for the method).
+    For fused kernels that chain the derivatives themselves; evaluated in chunks of
+    :data:`CHUNK_SIZE` elements on the CPU. Far wings use the asymptotic series, the ring
+    the continued fraction and the core Weideman's approximation.
 
     Parameters
     ----------
@@ -397,22 +398,11 @@ def voigt_with_gradients(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Ten
 
 
 def _voigt_with_gradients_flat(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor):
-    """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
+    """One pass of :func:`voigt_with_gradients` (same arguments and returns).
 
-    For fused kernels that chain the derivatives themselves. The far wings
-    (``|z| >= FAR_RADIUS``, most of a line window) use the asymptotic series in real
-    arithmetic; the ring ``CORE_RADIUS <= |z| < FAR_RADIUS`` the continued fraction; the
-    core Weideman's approximation (float64), exactly as :func:`voigt_profile`.
-
-    Parameters
-    ----------
-    dx, sigma, gamma : torch.Tensor
-        1-D, same length and dtype: offset, Gaussian σ and Lorentzian HWHM (one length unit).
-
-    Returns
-    -------
-    values, d_dx, d_sigma, d_gamma : torch.Tensor
-        V and ∂V/∂dx, ∂V/∂σ, ∂V/∂γ, dtype of ``dx``.
+    The far wings (``|z| >= FAR_RADIUS``, most of a line window) use the asymptotic
+    series in real arithmetic, the ring ``CORE_RADIUS <= |z| < FAR_RADIUS`` the continued
+    fraction, and the core Weideman's approximation in float64, as :func:`voigt_profile`.
     """
     r2 = dx * dx + gamma * gamma
     s2 = sigma * sigma
