@@ -52,8 +52,12 @@ def hpf_list():
 def make_spectrum(n=40, start=10000.0, cls=Spectrum, **kwargs):
     wavelength = np.linspace(start, start + 10.0, n)
     flux = 1.0 - 0.5 * np.exp(-0.5 * ((wavelength - start - 5.0) / 0.3) ** 2)
-    return cls(spectral_axis=wavelength * u.AA, flux=flux * u.one,
-               uncertainty=StdDevUncertainty(np.full(n, 0.01)), **kwargs)
+    return cls(
+        spectral_axis=wavelength * u.AA,
+        flux=flux * u.one,
+        uncertainty=StdDevUncertainty(np.full(n, 0.01)),
+        **kwargs,
+    )
 
 
 @pytest.fixture
@@ -208,8 +212,9 @@ def test_to_tensors(hpf_list):
     assert tensors["wavelength"].dtype == torch.float64  # never float32
     assert tensors["flux"].dtype == torch.float32 and tensors["uncertainty"].dtype == torch.float32
     assert tensors["good"].dtype == torch.bool and not tensors["good"][3]
-    np.testing.assert_array_equal(tensors["wavelength"].numpy(),
-                                  spectrum.spectral_axis.to_value(u.AA))
+    np.testing.assert_array_equal(
+        tensors["wavelength"].numpy(), spectrum.spectral_axis.to_value(u.AA)
+    )
     assert tensors["flux_unit"] == u.one
 
     stacked = hpf_list.blase.to_tensors()
@@ -226,13 +231,14 @@ def test_to_tensors(hpf_list):
 
 def test_clone_forwards_to_package_function(monkeypatch):
     calls = []
-    monkeypatch.setattr(blase_specutils, "clone",
-                        lambda *args, **kwargs: calls.append((args, kwargs)) or "cloned")
+    monkeypatch.setattr(
+        blase_specutils, "clone", lambda *args, **kwargs: calls.append((args, kwargs)) or "cloned"
+    )
     mask = np.zeros(40, dtype=bool)
     mask[[0, 7]] = True
     spectrum = make_spectrum(mask=mask)
     assert spectrum.blase.clone(prominence=0.01, device="cpu") == "cloned"
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     wavelength, flux = args
     assert wavelength.unit == u.AA
     np.testing.assert_array_equal(wavelength.value, spectrum.spectral_axis.value[~mask])
@@ -246,10 +252,11 @@ def test_clone_forwards_to_package_function(monkeypatch):
 
 def test_fit_forwards_lists_per_order(monkeypatch, hpf_list):
     calls = []
-    monkeypatch.setattr(blase_specutils, "fit",
-                        lambda *args, **kwargs: calls.append((args, kwargs)) or "fitted")
+    monkeypatch.setattr(
+        blase_specutils, "fit", lambda *args, **kwargs: calls.append((args, kwargs)) or "fitted"
+    )
     assert hpf_list.blase.fit("star-clone", telluric="sky-clone", n_epochs=3) == "fitted"
-    (args, kwargs), = calls
+    ((args, kwargs),) = calls
     assert args == ()
     assert kwargs["stellar"] == "star-clone" and kwargs["telluric"] == "sky-clone"
     assert kwargs["n_epochs"] == 3
@@ -266,6 +273,6 @@ def test_fit_forwards_lists_per_order(monkeypatch, hpf_list):
     calls.clear()
     no_sigma = Spectrum(spectral_axis=np.linspace(1.0, 1.1, 10) * u.um, flux=np.ones(10) * u.one)
     no_sigma.blase.fit("star-clone")
-    (_, kwargs), = calls
+    ((_, kwargs),) = calls
     assert kwargs["uncertainty"] is None and kwargs["telluric"] is None
     np.testing.assert_allclose(kwargs["wavelength"][0], np.linspace(10000.0, 11000.0, 10))

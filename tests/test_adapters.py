@@ -41,9 +41,7 @@ DATA_DIR = Path(
     os.environ.get("BLASE_SPECUTILS_DATA", Path(__file__).parents[2] / "shared" / "data")
 )
 HPF_FILES = sorted((DATA_DIR / "hpf").glob("Goldilocks_*.spectra.fits"))
-IGRINS_FILES = {
-    band: DATA_DIR / "igrins" / f"SDC{band}_20201202_0059.spec.fits" for band in "HK"
-}
+IGRINS_FILES = {band: DATA_DIR / "igrins" / f"SDC{band}_20201202_0059.spec.fits" for band in "HK"}
 WASP69_FILE = DATA_DIR / "wasp69" / "WASP_69_hpf_stack.fits"
 
 
@@ -112,8 +110,12 @@ def test_air_to_vacuum_against_vald_closed_form_and_round_trip():
     # VALD (N. Piskunov) closed-form inverse of the same dispersion formula
     # agrees to 2e-12 relative (Edlen 1966 constants would differ by 1.4e-8).
     s2 = (1e4 / air) ** 2
-    n_vald = 1 + 8.336624212083e-5 + 2.408926869968e-2 / (130.1065924522 - s2) \
+    n_vald = (
+        1
+        + 8.336624212083e-5
+        + 2.408926869968e-2 / (130.1065924522 - s2)
         + 1.599740894897e-4 / (38.92568793293 - s2)
+    )
     np.testing.assert_allclose(vacuum, air * n_vald, rtol=1e-10, atol=0)
     specutils_vacuum = wcs_utils.air_to_vac(air * u.AA, scheme="iteration", method="Morton2000")
     np.testing.assert_allclose(vacuum, specutils_vacuum.to_value(u.AA), rtol=1e-14, atol=0)
@@ -257,8 +259,7 @@ def test_fits_wcs_spectral_axes():
 
 def test_fits_wcs_air_wavelengths_are_converted():
     n = 20
-    header = {"CTYPE1": "AWAV", "CUNIT1": "Angstrom", "CRVAL1": 6560.0, "CDELT1": 0.2,
-              "CRPIX1": 1}
+    header = {"CTYPE1": "AWAV", "CUNIT1": "Angstrom", "CRVAL1": 6560.0, "CDELT1": 0.2, "CRPIX1": 1}
     spectrum = Spectrum(flux=np.ones(n) * u.Jy, wcs=WCS(header=header))
     air = 6560.0 + 0.2 * np.arange(n)
     arrays = spectrum_to_arrays(spectrum)  # medium read from the WCS
@@ -273,8 +274,14 @@ def test_gwcs_spectral_axis():
     from gwcs import WCS as GWCS
     from gwcs import coordinate_frames as cf
 
-    detector = cf.CoordinateFrame(naxes=1, axes_type=("PIXEL",), axes_order=(0,),
-                                  axes_names=("x",), unit=(u.pix,), name="detector")
+    detector = cf.CoordinateFrame(
+        naxes=1,
+        axes_type=("PIXEL",),
+        axes_order=(0,),
+        axes_names=("x",),
+        unit=(u.pix,),
+        name="detector",
+    )
     world = cf.SpectralFrame(unit=(u.nm,), axes_names=("wavelength",), name="world")
     dispersion = models.Polynomial1D(2, c0=1000.0, c1=0.01, c2=1e-6)
     spectrum = Spectrum(flux=np.ones(40) * u.Jy, wcs=GWCS([(detector, dispersion), (world, None)]))
@@ -290,10 +297,12 @@ def test_air_medium_on_explicit_axis():
     np.testing.assert_allclose(arrays.wavelength, air_to_vacuum(air), rtol=1e-14)
     assert 1.80 < arrays.wavelength[0] - air[0] < 1.82  # ~1.8 A near H alpha
     spectrum_nm = Spectrum(spectral_axis=air / 10 * u.nm, flux=np.ones(30) * u.one)
-    np.testing.assert_allclose(spectrum_to_arrays(spectrum_nm, medium="air").wavelength,
-                               arrays.wavelength, rtol=1e-13)
-    frequency = Spectrum(spectral_axis=np.linspace(4e14, 4.1e14, 30) * u.Hz,
-                         flux=np.ones(30) * u.one)
+    np.testing.assert_allclose(
+        spectrum_to_arrays(spectrum_nm, medium="air").wavelength, arrays.wavelength, rtol=1e-13
+    )
+    frequency = Spectrum(
+        spectral_axis=np.linspace(4e14, 4.1e14, 30) * u.Hz, flux=np.ones(30) * u.one
+    )
     with pytest.raises(ValueError, match="medium='air' needs wavelengths"):
         spectrum_to_arrays(frequency, medium="air")
     with pytest.raises(ValueError, match="medium must be"):
@@ -302,12 +311,14 @@ def test_air_medium_on_explicit_axis():
 
 def test_velocity_axis_needs_a_rest_wavelength():
     velocity = np.linspace(-50.0, 50.0, 11) * u.km / u.s
-    with_rest = SpectralCoord(velocity, doppler_rest=6563.0 * u.AA,
-                              doppler_convention="relativistic")
+    with_rest = SpectralCoord(
+        velocity, doppler_rest=6563.0 * u.AA, doppler_convention="relativistic"
+    )
     arrays = spectrum_to_arrays(Spectrum(spectral_axis=with_rest, flux=np.ones(11) * u.one))
     beta = velocity.to_value(u.m / u.s) / 299792458.0
-    np.testing.assert_allclose(arrays.wavelength, 6563.0 * np.sqrt((1 + beta) / (1 - beta)),
-                               rtol=1e-12)
+    np.testing.assert_allclose(
+        arrays.wavelength, 6563.0 * np.sqrt((1 + beta) / (1 - beta)), rtol=1e-12
+    )
     bare = Spectrum(spectral_axis=velocity, flux=np.ones(11) * u.one)
     with pytest.raises(ValueError, match="velocity .* without a rest wavelength"):
         spectrum_to_arrays(bare)
@@ -341,8 +352,7 @@ def test_spectrum_to_arrays_errors():
 
 def test_order_arrays_validates():
     with pytest.raises(ValueError, match="strictly increasing"):
-        OrderArrays(wavelength=[3.0, 2.0, 1.0], flux=[1, 1, 1], uncertainty=None,
-                    good=[True] * 3)
+        OrderArrays(wavelength=[3.0, 2.0, 1.0], flux=[1, 1, 1], uncertainty=None, good=[True] * 3)
     with pytest.raises(ValueError, match=r"flux has shape \(2,\)"):
         OrderArrays(wavelength=[1.0, 2.0, 3.0], flux=[1, 1], uncertainty=None, good=[True] * 3)
 
@@ -354,9 +364,11 @@ def test_order_arrays_validates():
 
 def test_spectra_to_arrays_collections():
     red = Spectrum(spectral_axis=np.linspace(2.0, 2.1, 30) * u.um, flux=np.ones(30) * u.Jy)
-    blue = Spectrum(spectral_axis=np.linspace(1.0, 1.1, 20) * u.um,
-                    flux=np.full(20, 2000.0) * u.mJy,
-                    uncertainty=StdDevUncertainty(np.full(20, 100.0)))
+    blue = Spectrum(
+        spectral_axis=np.linspace(1.0, 1.1, 20) * u.um,
+        flux=np.full(20, 2000.0) * u.mJy,
+        uncertainty=StdDevUncertainty(np.full(20, 100.0)),
+    )
     for collection in (SpectrumList([red, blue]), [red, blue], (red, blue)):
         orders = spectra_to_arrays(collection)
         assert [o.n_pixels for o in orders] == [20, 30]  # sorted by wavelength
@@ -367,8 +379,10 @@ def test_spectra_to_arrays_collections():
     single = spectra_to_arrays(red)
     assert len(single) == 1 and single[0].n_pixels == 30
 
-    flam = Spectrum(spectral_axis=np.linspace(3.0, 3.1, 10) * u.um,
-                    flux=np.ones(10) * u.erg / u.s / u.cm**2 / u.AA)
+    flam = Spectrum(
+        spectral_axis=np.linspace(3.0, 3.1, 10) * u.um,
+        flux=np.ones(10) * u.erg / u.s / u.cm**2 / u.AA,
+    )
     with pytest.raises(ValueError, match="incompatible flux units"):
         spectra_to_arrays([red, flam])
     with pytest.raises(ValueError, match="empty"):
@@ -388,8 +402,9 @@ def test_arrays_to_spectrum_round_trip():
     flux = rng.normal(1.0, 0.05, 64)
     sigma = rng.uniform(0.01, 0.02, 64)
     good = rng.uniform(size=64) > 0.2
-    spectrum = arrays_to_spectrum(wavelength, flux, uncertainty=sigma, good=good,
-                                  flux_unit=u.Jy, meta={"order": 7})
+    spectrum = arrays_to_spectrum(
+        wavelength, flux, uncertainty=sigma, good=good, flux_unit=u.Jy, meta={"order": 7}
+    )
     assert type(spectrum) is Spectrum
     assert spectrum.spectral_axis.unit == u.AA and spectrum.flux.unit == u.Jy
     assert isinstance(spectrum.uncertainty, StdDevUncertainty)
@@ -403,8 +418,9 @@ def test_arrays_to_spectrum_round_trip():
 
     default = arrays_to_spectrum(wavelength, flux)
     assert default.flux.unit == u.dimensionless_unscaled and default.mask is None
-    quantity = arrays_to_spectrum(wavelength / 1e4 * u.um, flux * u.mJy, flux_unit=u.Jy,
-                                  uncertainty=sigma * u.mJy)
+    quantity = arrays_to_spectrum(
+        wavelength / 1e4 * u.um, flux * u.mJy, flux_unit=u.Jy, uncertainty=sigma * u.mJy
+    )
     np.testing.assert_allclose(quantity.spectral_axis.value, wavelength, rtol=1e-14)
     np.testing.assert_allclose(quantity.flux.value, flux / 1000, rtol=1e-14)
     np.testing.assert_allclose(quantity.uncertainty.array, sigma / 1000, rtol=1e-14)
@@ -502,8 +518,9 @@ def test_hpf_real_orders(hpf_lists, file_index):
     assert sum(o.n_good for o in orders) > 0.9 * 28 * 2048
 
 
-@pytest.mark.parametrize("band, n_orders, low, high", [("H", 28, 14250, 18400),
-                                                       ("K", 26, 18400, 25250)])
+@pytest.mark.parametrize(
+    "band, n_orders, low, high", [("H", 28, 14250, 18400), ("K", 26, 18400, 25250)]
+)
 def test_igrins_real_orders(igrins_lists, band, n_orders, low, high):
     orders = spectra_to_arrays(igrins_lists[band])
     assert len(orders) == n_orders
@@ -513,8 +530,10 @@ def test_igrins_real_orders(igrins_lists, band, n_orders, low, high):
 
     # Independent read: flux, variance and wavelength (micron) images, row by row.
     spec_path = IGRINS_FILES[band]
-    with fits.open(spec_path) as spec_hdul, \
-            fits.open(str(spec_path).replace(".spec.fits", ".variance.fits")) as var_hdul:
+    with (
+        fits.open(spec_path) as spec_hdul,
+        fits.open(str(spec_path).replace(".spec.fits", ".variance.fits")) as var_hdul,
+    ):
         flux = spec_hdul[0].data.astype(float)
         wavelength = spec_hdul[1].data * 1e4
         variance = var_hdul[0].data.astype(float)

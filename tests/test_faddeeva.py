@@ -256,7 +256,7 @@ def test_chunked_voigt_with_gradients_equals_one_pass(monkeypatch):
     sigma = torch.tensor(rng.uniform(0.01, 0.05, n))
     gamma = torch.tensor(rng.uniform(0.005, 0.03, n))
     whole = faddeeva._voigt_with_gradients_flat(dx, sigma, gamma)
-    monkeypatch.setattr(faddeeva, "CHUNK_SIZE", 999)  # 11 chunks, the last one short
+    monkeypatch.setattr(faddeeva, "CHUNK_BYTES", 999 * 8)  # 11 chunks, the last one short
     chunked = faddeeva.voigt_with_gradients(dx, sigma, gamma)
     for a, b in zip(chunked, whole):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=0)

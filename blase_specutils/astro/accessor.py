@@ -95,9 +95,7 @@ def _register_accessor(name: str, target: type) -> Callable[[AccessorClass], Acc
 
     def decorator(accessor_class: AccessorClass) -> AccessorClass:
         if not isinstance(accessor_class, type):
-            raise TypeError(
-                f"register an accessor class, not a {type(accessor_class).__name__}"
-            )
+            raise TypeError(f"register an accessor class, not a {type(accessor_class).__name__}")
         existing = inspect.getattr_static(target, name, None)
         clash = hasattr(target, name) and not _same_accessor(existing, accessor_class)
         if clash:
@@ -268,7 +266,10 @@ class BlaseAccessor:
         else:
             (arrays,) = orders
             wavelength, flux, good, sigma = (
-                arrays.wavelength, arrays.flux, arrays.good, arrays.uncertainty,
+                arrays.wavelength,
+                arrays.flux,
+                arrays.good,
+                arrays.uncertainty,
             )
         return {
             "wavelength": torch.as_tensor(wavelength, dtype=torch.float64, device=device),

@@ -438,6 +438,9 @@ def _unbucket(templates, parts, order) -> list[torch.Tensor]:
     """Per-line gradients from per-bucket row sums (bucket order) back to line order."""
     grads = []
     for template, pieces in zip(templates, parts):
+        if not pieces:  # a gradient nobody asked for
+            grads.append(None)
+            continue
         g = torch.empty_like(template)
         g[order] = torch.cat(pieces)
         grads.append(g)
@@ -533,6 +536,7 @@ class _VoigtLogTransmission(torch.autograd.Function):
         from .faddeeva import voigt_profile, voigt_with_gradients
 
         need_grad = any(ctx.needs_input_grad[:4])
+        need_shift = ctx.needs_input_grad[3]
         order = layout.order
         ao, sig_o, gam_o, so, sgo = (
             t[order][:, None] for t in (amplitude, sigma, gamma, shift, sign)
@@ -542,7 +546,10 @@ class _VoigtLogTransmission(torch.autograd.Function):
         for b in layout.buckets:
             dx, shape, sig, gam = _flat_bucket_args(b, so, sig_o, gam_o)
             if need_grad:
-                local = [t.view(shape) for t in voigt_with_gradients(dx.reshape(-1), sig, gam)]
+                local = [
+                    None if t is None else t.view(shape)
+                    for t in voigt_with_gradients(dx.reshape(-1), sig, gam, need_shift)
+                ]
                 saved.append(local)
                 v = local[0]
             else:
@@ -587,7 +594,8 @@ class _VoigtLogTransmission(torch.autograd.Function):
             wa = w.mul_(ao[r])
             parts[1].append((wa * d_sigma).sum(1))
             parts[2].append((wa * d_gamma).sum(1))
-            parts[3].append(-(wa * d_dx).sum(1))
+            if d_dx is not None:
+                parts[3].append(-(wa * d_dx).sum(1))
         ctx.local = None
         grads = _unbucket((amplitude, sigma, gamma, shift), parts, order)
         return (*grads, None, None, None, None, None)
