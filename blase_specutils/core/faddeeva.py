@@ -328,7 +328,9 @@ _SERIES = (1.0, 0.5, 0.75, 1.875, 6.5625)
 _INV_PI = 1.0 / math.pi
 
 
-def _far_wing_with_gradients(dx, sigma, gamma, need_dx=True, x2=None, g2=None, r2=None, out=None):
+def _far_wing_with_gradients(
+    dx, sigma, gamma, need_dx=True, x2=None, g2=None, r2=None, out=None, gradients=True
+):
     """Voigt value and derivatives from the asymptotic series, in real arithmetic.
 
     With ``r² = dx² + γ²``, ``t = 2σ²/r² = 1/|z|²`` and ``c = cos 2θ = (dx² − γ²)/r²``
@@ -344,8 +346,8 @@ def _far_wing_with_gradients(dx, sigma, gamma, need_dx=True, x2=None, g2=None, r
 
     Values use k ≤ 4, derivatives k ≤ 3. Valid for ``|z| >= FAR_RADIUS``. ``x2``, ``g2``
     and ``r2`` may be passed when the caller already holds them; ``need_dx=False``
-    returns None for ∂V/∂dx. ``out``, a list of four tensors (or None entries), receives
-    the results in place.
+    returns None for ∂V/∂dx, ``gradients=False`` None for all three derivatives. ``out``,
+    a list of four tensors (or None entries), receives the results in place.
     """
     if out is None:
         out = [None] * 4
@@ -367,6 +369,9 @@ def _far_wing_with_gradients(dx, sigma, gamma, need_dx=True, x2=None, g2=None, r
     poly = torch.addcmul(r_3 * c3, t, r_4, value=c4)
     poly = torch.addcmul(r_2 * c2, t, poly)
     poly = torch.addcmul(r1 * c1, t, poly).mul_(t).add_(c0)
+    if not gradients:
+        values = torch.mul(gamma, inv, out=out[0]).mul_(poly).mul_(_INV_PI)
+        return values, None, None, None
     slope = torch.addcmul(r_3 * (3.0 * c3), t, r_4, value=4.0 * c4)
     slope = torch.addcmul(r_2 * (2.0 * c2), t, slope)
     slope = torch.addcmul(r1 * c1, t, slope)
@@ -390,7 +395,7 @@ def _far_wing_with_gradients(dx, sigma, gamma, need_dx=True, x2=None, g2=None, r
     return values, d_dx, d_sigma, d_gamma
 
 
-def _ring_with_gradients(dx, sigma, gamma, need_dx=True):
+def _ring_with_gradients(dx, sigma, gamma, need_dx=True, gradients=True):
     """Voigt value and derivatives from the continued fraction (``|z| >= CORE_RADIUS``).
 
     One evaluation of ``q``, ``v`` and the fraction serves the value and all three
@@ -401,8 +406,10 @@ def _ring_with_gradients(dx, sigma, gamma, need_dx=True):
     v = q2 * (2.0 * sigma * sigma)
     inv_denominator = torch.reciprocal(_horner(_CF_DENOMINATOR, v))
     fraction = _horner(_CF_NUMERATOR, v).mul_(inv_denominator)
-    slope = _horner(_CF_DERIVATIVE, v).mul_(inv_denominator.square_())
     values = torch.imag(q * fraction) * -_INV_PI
+    if not gradients:
+        return values, None, None, None
+    slope = _horner(_CF_DERIVATIVE, v).mul_(inv_denominator.square_())
     q2_g = torch.addcmul(fraction, v, slope, value=2.0).mul_(q2)
     d_dx = torch.imag(q2_g) * _INV_PI if need_dx else None
     d_gamma = torch.real(q2_g) * _INV_PI
@@ -418,7 +425,11 @@ CHUNK_BYTES = 131072
 
 
 def voigt_with_gradients(
-    dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor, need_dx: bool = True
+    dx: torch.Tensor,
+    sigma: torch.Tensor,
+    gamma: torch.Tensor,
+    need_dx: bool = True,
+    gradients: bool = True,
 ):
     """Voigt values and their derivatives on flat, equally shaped tensors (no autograd).
 
@@ -434,19 +445,22 @@ def voigt_with_gradients(
         1-D, same length and dtype: offset, Gaussian σ and Lorentzian HWHM (one length unit).
     need_dx : bool
         Whether ∂V/∂dx is wanted (False, when line centres are fixed, saves ~20 %).
+    gradients : bool
+        False: values only (inference), all three derivatives None.
 
     Returns
     -------
     values, d_dx, d_sigma, d_gamma : torch.Tensor
-        V and ∂V/∂dx (None unless ``need_dx``), ∂V/∂σ, ∂V/∂γ, dtype of ``dx``.
+        V and ∂V/∂dx (None unless ``need_dx``), ∂V/∂σ, ∂V/∂γ (None unless ``gradients``),
+        dtype of ``dx``.
     """
     chunk_bytes = CHUNK_BYTES if dx.device.type == "cpu" else None
-    return _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, chunk_bytes)
+    return _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, gradients, chunk_bytes)
 
 
-def _voigt_with_gradients_flat(dx, sigma, gamma, need_dx=True):
+def _voigt_with_gradients_flat(dx, sigma, gamma, need_dx=True, gradients=True):
     """:func:`voigt_with_gradients` in one pass per region (same arguments and returns)."""
-    return _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, None)
+    return _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, gradients, None)
 
 
 def _chunks(n: int, chunk_bytes: int | None, itemsize: int):
@@ -456,9 +470,11 @@ def _chunks(n: int, chunk_bytes: int | None, itemsize: int):
     return ((start, min(start + size, n)) for start in range(0, n, size))
 
 
-def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, chunk_bytes):
+def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, gradients, chunk_bytes):
     n = dx.numel()
-    wanted = (True, need_dx, True, True)
+    need_dx = need_dx and gradients
+    wanted = (True, need_dx, gradients, gradients)
+    flags = {"need_dx": need_dx, "gradients": gradients}
     out = [torch.empty_like(dx) if w else None for w in wanted]
     core_parts, ring_parts = [], []
     for start, stop in _chunks(n, chunk_bytes, dx.element_size()):
@@ -476,7 +492,7 @@ def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, chunk_bytes):
         if 2 * (core_index.numel() + ring_index.numel()) < stop - start:
             # Mostly far wings: cheaper to run the series everywhere (and overwrite the
             # rest below) than to gather the far elements.
-            _far_wing_with_gradients(d, s, g, need_dx, x2, g2, r2, out=views)
+            _far_wing_with_gradients(d, s, g, x2=x2, g2=g2, r2=r2, out=views, **flags)
         else:
             far_index = torch.nonzero(far_mask).reshape(-1)
             for view in views:
@@ -486,7 +502,7 @@ def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, chunk_bytes):
                 _put(
                     views,
                     far_index,
-                    _far_wing_with_gradients(*_gather(far_index, d, s, g), need_dx),
+                    _far_wing_with_gradients(*_gather(far_index, d, s, g), **flags),
                 )
         core_parts.append(core_index + start)
         ring_parts.append(ring_index + start)
@@ -494,18 +510,18 @@ def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, chunk_bytes):
     ring_index = torch.cat(ring_parts) if ring_parts else dx.new_zeros(0, dtype=torch.long)
     core_index = torch.cat(core_parts) if core_parts else dx.new_zeros(0, dtype=torch.long)
     _evaluate_region(
-        out, ring_index, _ring_with_gradients, args, need_dx, (chunk_bytes, dx.element_size())
+        out, ring_index, _ring_with_gradients, args, flags, (chunk_bytes, dx.element_size())
     )
     # the core works in float64 whatever the input dtype
-    _evaluate_region(out, core_index, _core_with_gradients, args, need_dx, (chunk_bytes, 8))
+    _evaluate_region(out, core_index, _core_with_gradients, args, flags, (chunk_bytes, 8))
     return tuple(out)
 
 
-def _evaluate_region(out, index, evaluate, args, need_dx, chunks):
+def _evaluate_region(out, index, evaluate, args, flags, chunks):
     """Run ``evaluate`` on the elements at ``index`` of ``args``, chunk by chunk, into ``out``."""
     for start, stop in _chunks(index.numel(), *chunks):
         part = index[start:stop]
-        _put(out, part, evaluate(*_gather(part, *args), need_dx))
+        _put(out, part, evaluate(*_gather(part, *args), **flags))
 
 
 #: Weideman's coefficients lowest power first, as Python floats (for the real recurrence).
@@ -546,7 +562,7 @@ def _weideman_real(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
     return wr, wi
 
 
-def _core_with_gradients(dx, sigma, gamma, need_dx=True):
+def _core_with_gradients(dx, sigma, gamma, need_dx=True, gradients=True):
     """Voigt value and derivatives from Weideman's approximation, real float64 arithmetic.
 
     ``V = C Re w`` with ``C = 1/(s√π)``, ``s = σ√2``, ``z = x + iy = (dx + iγ)/s`` and
@@ -560,6 +576,8 @@ def _core_with_gradients(dx, sigma, gamma, need_dx=True):
     wr, wi = _weideman_real(x, y)
     norm = inv_scaled * _INV_SQRT_PI  # C
     values = wr * norm
+    if not gradients:
+        return values, None, None, None
     # w' = −2 (x wr − y wi) + i (2/√π − 2 (x wi + y wr))
     dwr = torch.addcmul(x * wr, y, wi, value=-1.0).mul_(-2.0)
     dwi = torch.addcmul(x * wi, y, wr).mul_(-2.0).add_(2.0 * _INV_SQRT_PI)

@@ -533,7 +533,7 @@ class _VoigtLogTransmission(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, amplitude, sigma, gamma, shift, sign, layout, linear, clip, emission):
-        from .faddeeva import voigt_profile, voigt_with_gradients
+        from .faddeeva import voigt_with_gradients
 
         need_grad = any(ctx.needs_input_grad[:4])
         need_shift = ctx.needs_input_grad[3]
@@ -553,7 +553,7 @@ class _VoigtLogTransmission(torch.autograd.Function):
                 saved.append(local)
                 v = local[0]
             else:
-                v = voigt_profile(dx.reshape(-1), sig, gam).view(shape)
+                v = voigt_with_gradients(dx.reshape(-1), sig, gam, gradients=False)[0].view(shape)
             av = v * ao[b.rows]
             if emission:
                 av.mul_(sgo[b.rows])
