@@ -260,3 +260,21 @@ def test_chunked_voigt_with_gradients_equals_one_pass(monkeypatch):
     chunked = faddeeva.voigt_with_gradients(dx, sigma, gamma)
     for a, b in zip(chunked, whole):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=0)
+
+
+def test_voigt_with_gradients_subsets_match_the_full_evaluation():
+    # need_dx=False and gradients=False only drop outputs: what is returned is unchanged.
+    from blase_specutils.core.faddeeva import voigt_with_gradients
+
+    rng = np.random.default_rng(11)
+    n = 40_000
+    sigma = torch.tensor(10 ** rng.uniform(-2, 0, n))
+    gamma = torch.tensor(10 ** rng.uniform(-3, 0, n))
+    dx = torch.tensor(rng.uniform(-1, 1, n) * 10 ** rng.uniform(-2, 2, n)) * (sigma + gamma)
+    full = voigt_with_gradients(dx, sigma, gamma)
+    no_dx = voigt_with_gradients(dx, sigma, gamma, need_dx=False)
+    values_only = voigt_with_gradients(dx, sigma, gamma, gradients=False)
+    assert no_dx[1] is None and values_only[1:] == (None, None, None)
+    for kept, reference in zip((no_dx[0], no_dx[2], no_dx[3]), (full[0], full[2], full[3])):
+        torch.testing.assert_close(kept, reference, rtol=0, atol=0)
+    torch.testing.assert_close(values_only[0], full[0], rtol=0, atol=0)

@@ -369,14 +369,13 @@ def _far_wing_with_gradients(
     poly = torch.addcmul(r_3 * c3, t, r_4, value=c4)
     poly = torch.addcmul(r_2 * c2, t, poly)
     poly = torch.addcmul(r1 * c1, t, poly).mul_(t).add_(c0)
+    lorentz = (gamma * inv).mul_(_INV_PI)  # γ / (π r²)
+    values = torch.mul(lorentz, poly, out=out[0])
     if not gradients:
-        values = torch.mul(gamma, inv, out=out[0]).mul_(poly).mul_(_INV_PI)
         return values, None, None, None
     slope = torch.addcmul(r_3 * (3.0 * c3), t, r_4, value=4.0 * c4)
     slope = torch.addcmul(r_2 * (2.0 * c2), t, slope)
     slope = torch.addcmul(r1 * c1, t, slope)
-    lorentz = (gamma * inv).mul_(_INV_PI)  # γ / (π r²)
-    values = torch.mul(lorentz, poly, out=out[0])
     lorentz_over_r2 = lorentz.mul_(inv)
     d_sigma = torch.mul(lorentz_over_r2, sigma, out=out[2]).mul_(slope).mul_(4.0)
     cheb_2 = (cos2 * twice).sub_(1.0)
