@@ -5,7 +5,62 @@ from __future__ import annotations
 import astropy.units as u
 import numpy as np
 
-__all__ = ["as_angstrom", "as_flux_array", "check_grid"]
+__all__ = ["as_angstrom", "as_flux_array", "check_grid", "unpack_spectra"]
+
+
+def _looks_like_spectra(obj) -> bool:
+    """True for a specutils Spectrum/SpectrumList or a non-empty list/tuple of Spectrum."""
+    try:
+        from specutils import Spectrum, SpectrumList
+    except ImportError:  # pragma: no cover - specutils is a dependency
+        return False
+    if isinstance(obj, (Spectrum, SpectrumList)):
+        return True
+    return (
+        isinstance(obj, (list, tuple))
+        and len(obj) > 0
+        and all(isinstance(item, Spectrum) for item in obj)
+    )
+
+
+def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
+    """Arrays for ``caller`` when a specutils spectrum is passed in place of ``wavelength``.
+
+    When ``wavelength`` is not a spectrum, the arguments are returned unchanged. When it
+    is a specutils ``Spectrum``, a ``SpectrumList`` or a list/tuple of spectra (one per
+    order), the result is per-order lists of vacuum wavelength (Å, Quantity), flux, 1-σ
+    uncertainty (None when any order lacks it) and good-pixel mask.
+
+    Raises
+    ------
+    TypeError
+        ``flux`` is missing and ``wavelength`` is not a spectrum.
+    ValueError
+        A spectrum is given together with a separate flux, uncertainty or mask.
+    """
+    spectra = _looks_like_spectra(wavelength)
+    if not spectra:
+        if flux is None:
+            raise TypeError(
+                f"{caller}: flux is missing; pass wavelength and flux arrays, or a specutils "
+                "Spectrum, SpectrumList or list of spectra as the first argument"
+            )
+        return wavelength, flux, uncertainty, mask
+    if flux is not None or uncertainty is not None or mask is not None:
+        raise ValueError(
+            f"{caller}: the spectrum carries its own flux, uncertainty and mask; "
+            "pass it alone"
+        )
+    from .astro.adapters import spectra_to_arrays
+
+    orders = spectra_to_arrays(wavelength)
+    has_sigma = all(order.uncertainty is not None for order in orders)
+    return (
+        [order.wavelength * u.AA for order in orders],
+        [order.flux for order in orders],
+        [order.uncertainty for order in orders] if has_sigma else None,
+        [order.good for order in orders],
+    )
 
 
 def as_angstrom(value, name: str = "wavelength") -> np.ndarray:

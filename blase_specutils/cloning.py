@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ._validation import as_angstrom, as_flux_array, check_grid
+from ._validation import as_angstrom, as_flux_array, check_grid, unpack_spectra
 from .astro.clones import CloneResult, forest_from_table, forest_to_table, load_clone
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
@@ -66,7 +66,7 @@ def initial_line_parameters(depth, fwhm, *, mode: str = "linear"):
 @thread_limited
 def clone(
     wavelength,
-    flux,
+    flux=None,
     *,
     prominence: float = 0.01,
     teff: float | None = None,
@@ -94,10 +94,11 @@ def clone(
 
     Parameters
     ----------
-    wavelength : astropy.units.Quantity or array_like
+    wavelength : astropy.units.Quantity or array_like, or specutils.Spectrum
         Native wavelength grid (any spectral unit as a Quantity, else Å); strictly
-        increasing, finite.
-    flux : astropy.units.Quantity or array_like
+        increasing, finite. Or, with ``flux`` left out, the synthetic spectrum itself as
+        a specutils ``Spectrum`` (its good pixels, in vacuum).
+    flux : astropy.units.Quantity or array_like, optional
         Flux at native resolution (any unit; non-negative, finite).
     prominence : float
         Line-finding prominence threshold in continuum units, in (0, 1).
@@ -150,6 +151,15 @@ def clone(
     -------
     CloneResult
     """
+    if flux is None:
+        orders = unpack_spectra(wavelength, None, None, None, "clone")
+        if len(orders[0]) != 1:
+            raise ValueError(
+                f"clone takes one spectrum, got {len(orders[0])} orders "
+                "(clone a synthetic spectrum, or one order)"
+            )
+        (wavelength,), (flux,), _, (good,) = orders
+        wavelength, flux = wavelength[good], flux[good]
     wl = as_angstrom(wavelength, "wavelength")
     fl = as_flux_array(flux, "flux", size=wl.size)
     check_grid(wl, min_size=16)

@@ -28,7 +28,7 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from ._validation import as_angstrom
+from ._validation import as_angstrom, unpack_spectra
 from .cloning import CloneResult, load_clone
 from .core.forward import ForwardModel
 from .core.lineforest import LineForest
@@ -232,6 +232,24 @@ class FitResult:
     meta: dict = field(default_factory=dict)
     stellar_clone: CloneResult | LineForest | None = field(repr=False, default=None)
 
+    def __repr__(self) -> str:
+        # The forward model and template hold thousands of lines: summarise them.
+        def with_error(name: str, value: float, digits: int) -> str:
+            error = self.uncertainties.get(name, float("nan"))
+            if error is None or not np.isfinite(error):
+                return f"{value:.{digits}f}"
+            return f"{value:.{digits}f} ± {error:.{digits}f}"
+
+        n_lines = self.forward_model.stellar.n_lines
+        return (
+            f"FitResult(rv={with_error('rv', self.rv, 4)} km/s, "
+            f"vsini={with_error('vsini', self.vsini, 3)} km/s, "
+            f"resolving_power={with_error('resolving_power', self.resolving_power, 0)}, "
+            f"chi2_reduced={self.chi2_reduced:.3f} (initial {self.initial_chi2_reduced:.3f}), "
+            f"n_orders={len(self.orders)}, n_lines={n_lines}, "
+            f"telluric={'yes' if self.telluric is not None else 'no'})"
+        )
+
     # -------------------------------------------------------- astropy face
     @property
     def spectrum(self):
@@ -411,7 +429,7 @@ def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> float:
 @thread_limited
 def fit(
     wavelength,
-    flux,
+    flux=None,
     uncertainty=None,
     *,
     stellar,
@@ -459,9 +477,12 @@ def fit(
 
     Parameters
     ----------
-    wavelength : array_like, Quantity, or list of them
+    wavelength : array_like, Quantity, or list of them; or specutils spectra
         Pixel-centre wavelengths (vacuum), Å unless a Quantity; one 1-D array per order.
-    flux : array_like or list of array_like
+        Or, with ``flux`` left out, the observation itself: a specutils ``Spectrum``, a
+        ``SpectrumList`` (e.g. muler's ``HPFSpectrumList``) or a list of spectra, one per
+        order, whose uncertainties and masks are used (as ``spectrum.blase.fit`` does).
+    flux : array_like or list of array_like, optional
         Observed flux per order (any normalisation; the continuum is fitted).
     uncertainty : array_like or list, optional
         1-σ flux uncertainties per pixel. Pixels with σ ≤ 0 or NaN are masked (with a
@@ -554,6 +575,7 @@ def fit(
     -------
     FitResult
     """
+    wavelength, flux, uncertainty, mask = unpack_spectra(wavelength, flux, uncertainty, mask, "fit")
     torch.manual_seed(seed)
     dev = resolve_device(device)
     if continuum_degree != "auto" and not (

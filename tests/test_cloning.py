@@ -10,7 +10,9 @@ import pytest
 import torch
 from astropy.table import QTable
 
+import blase_specutils as bs
 from blase_specutils import CloneResult, clone, load_clone
+from blase_specutils.astro.templates import read_phoenix_dat
 from blase_specutils.cloning import forest_from_table, forest_to_table, initial_line_parameters
 from blase_specutils.core.profiles import pseudo_voigt_peak, tch_fwhm_and_eta
 
@@ -271,3 +273,17 @@ def test_spectrum_narrower_than_a_line_window_is_an_error():
         clone(wl, fl, progress=False, epochs=5)
     with pytest.raises(ValueError, match="at least 16 samples"):
         clone(wl[:10], fl[:10], progress=False, epochs=5)
+
+
+def test_clone_takes_a_specutils_spectrum(data_dir):
+    from specutils import Spectrum
+
+    wl, fl = read_phoenix_dat(data_dir / "phoenix" / "Y_band_test_sample_lte03900-PHOENIX-ACES.dat")
+    sel = (wl > 10300) & (wl < 10330)
+    spectrum = Spectrum(spectral_axis=(wl[sel] * u.AA).to(u.um), flux=fl[sel] * u.mJy)
+    from_spectrum = bs.clone(spectrum, teff=3900, progress=False, epochs=20)
+    from_arrays = bs.clone(wl[sel], fl[sel], teff=3900, progress=False, epochs=20)
+    assert from_spectrum.n_lines == from_arrays.n_lines
+    np.testing.assert_allclose(from_spectrum.model_flux, from_arrays.model_flux, rtol=1e-6)
+    with pytest.raises(ValueError, match="one spectrum"):
+        bs.clone([spectrum, spectrum], progress=False)

@@ -328,3 +328,45 @@ def test_auto_continuum_degree_follows_the_blaze(y_clone, observation):
     assert abs(r.rv - 12.3) < 0.1
     with pytest.raises(ValueError, match="continuum_degree must be 'auto' or an integer"):
         bs.fit(w, f, s, stellar=y_clone, continuum_degree=-1)
+
+
+def test_fit_takes_specutils_spectra_directly(y_clone, observation):
+    # A list of Spectrum orders (what slicing a muler SpectrumList gives) is unpacked with
+    # its uncertainties, and gives the same fit as the arrays it holds.
+    from astropy.nddata import StdDevUncertainty
+    from specutils import Spectrum
+
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    orders = [
+        Spectrum(
+            spectral_axis=w[part] * u.AA,
+            flux=f[part] * u.dimensionless_unscaled,
+            uncertainty=StdDevUncertainty(s[part]),
+        )
+        for part in (slice(0, 400), slice(450, None))
+    ]
+    settings = dict(stellar=y_clone, progress=False, epochs=0, global_epochs=10)
+    from_spectra = bs.fit(orders, **settings)
+    from_arrays = bs.fit([w[:400], w[450:]], [f[:400], f[450:]], [s[:400], s[450:]], **settings)
+    assert from_spectra.rv == pytest.approx(from_arrays.rv, abs=1e-9)
+    assert from_spectra.chi2_reduced == pytest.approx(from_arrays.chi2_reduced, rel=1e-9)
+    with pytest.raises(ValueError, match="pass it alone"):
+        bs.fit(orders, s, stellar=y_clone, progress=False, epochs=0)
+    with pytest.raises(TypeError, match="flux is missing"):
+        bs.fit(w, stellar=y_clone, progress=False, epochs=0)
+
+
+def test_result_reprs_are_one_line_summaries(y_clone, observation):
+    r = bs.fit(
+        observation.wavelength,
+        observation.flux,
+        observation.uncertainty,
+        stellar=y_clone,
+        progress=False,
+        epochs=0,
+        global_epochs=5,
+    )
+    for text in (repr(r), repr(y_clone), repr(y_clone.history)):
+        assert "\n" not in text and len(text) < 300, text
+    assert f"n_lines={y_clone.n_lines}" in repr(y_clone)
+    assert f"rv={r.rv:.4f} ± " in repr(r)

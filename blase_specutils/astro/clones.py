@@ -158,6 +158,20 @@ class CloneResult:
     meta: dict = field(default_factory=dict)
     _model_flux: np.ndarray | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # The arrays hold ~10⁵ samples: summarise rather than print them.
+        span = (
+            f"{self.wavelength[0]:.2f}–{self.wavelength[-1]:.2f} Å, {self.wavelength.size} px"
+            if self.wavelength.size
+            else "no samples"
+        )
+        teff = self.meta.get("teff")
+        return (
+            f"CloneResult(n_lines={self.n_lines}, {span}, profile={self.forest.profile!r}, "
+            f"teff={teff}, epochs={self.history.epochs}, "
+            f"stop_reason={self.history.stop_reason!r})"
+        )
+
     @property
     def n_lines(self) -> int:
         """Number of lines in the clone."""

@@ -56,6 +56,13 @@ class TrainingHistory:
     wall_time: float = 0.0
     stop_reason: str = ""
 
+    def __repr__(self) -> str:
+        last = f"{self.loss[-1]:.4g}" if self.loss else "n/a"
+        return (
+            f"TrainingHistory(epochs={self.epochs}, final_loss={last}, "
+            f"wall_time={self.wall_time:.2f} s, stop_reason={self.stop_reason!r})"
+        )
+
     # A history reads as its loss per epoch: len(h), h[-1], list(h), np.asarray(h).
     def __len__(self) -> int:
         return len(self.loss)
