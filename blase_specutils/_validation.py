@@ -26,10 +26,11 @@ def _looks_like_spectra(obj) -> bool:
 def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
     """Arrays for ``caller`` when a specutils spectrum is passed in place of ``wavelength``.
 
-    When ``wavelength`` is not a spectrum, the arguments are returned unchanged. When it
-    is a specutils ``Spectrum``, a ``SpectrumList`` or a list/tuple of spectra (one per
-    order), the result is per-order lists of vacuum wavelength (Å, Quantity), flux, 1-σ
-    uncertainty (None when any order lacks it) and good-pixel mask.
+    When ``wavelength`` is not a spectrum, the arguments are returned unchanged (and the
+    instrument is None). When it is a specutils ``Spectrum``, a ``SpectrumList`` or a
+    list/tuple of spectra (one per order), the result is per-order lists of vacuum
+    wavelength (Å, Quantity), flux, 1-σ uncertainty (None when any order lacks it) and
+    good-pixel mask, and the instrument the first order names (or None).
 
     Raises
     ------
@@ -45,11 +46,10 @@ def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
                 f"{caller}: flux is missing; pass wavelength and flux arrays, or a specutils "
                 "Spectrum, SpectrumList or list of spectra as the first argument"
             )
-        return wavelength, flux, uncertainty, mask
+        return wavelength, flux, uncertainty, mask, None
     if flux is not None or uncertainty is not None or mask is not None:
         raise ValueError(
-            f"{caller}: the spectrum carries its own flux, uncertainty and mask; "
-            "pass it alone"
+            f"{caller}: the spectrum carries its own flux, uncertainty and mask; pass it alone"
         )
     from .astro.adapters import spectra_to_arrays
 
@@ -60,6 +60,7 @@ def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
         [order.flux for order in orders],
         [order.uncertainty for order in orders] if has_sigma else None,
         [order.good for order in orders],
+        orders[0].meta.get("instrument"),
     )
 
 

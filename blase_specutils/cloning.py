@@ -158,7 +158,7 @@ def clone(
                 f"clone takes one spectrum, got {len(orders[0])} orders "
                 "(clone a synthetic spectrum, or one order)"
             )
-        (wavelength,), (flux,), _, (good,) = orders
+        (wavelength,), (flux,), _, (good,), _ = orders
         wavelength, flux = wavelength[good], flux[good]
     wl = as_angstrom(wavelength, "wavelength")
     fl = as_flux_array(flux, "flux", size=wl.size)

@@ -436,7 +436,7 @@ def fit(
     telluric=None,
     rv: float = 0.0,
     vsini: float | None = None,
-    resolving_power: float = 55000.0,
+    resolving_power: float | None = None,
     mask=None,
     limb_darkening: float = 0.6,
     fit_rv: bool = True,
@@ -496,8 +496,11 @@ def fit(
         Initial radial velocity, km/s.
     vsini : float, optional
         Initial v sin i, km/s (default 5 km/s).
-    resolving_power : float
-        Initial (or fixed) resolving power R.
+    resolving_power : float, optional
+        Initial (or, with ``fit_resolving_power=False``, fixed) resolving power R. Default:
+        the nominal R of the instrument the spectrum names (HPF 55,000, IGRINS 45,000, …;
+        see :mod:`blase_specutils.astro.instruments`), else 55,000. ``result.meta``
+        records which (``"resolving_power_source"``).
     mask : array_like of bool or list, optional
         True for pixels to use. NaN fluxes are masked automatically.
     limb_darkening : float
@@ -575,7 +578,10 @@ def fit(
     -------
     FitResult
     """
-    wavelength, flux, uncertainty, mask = unpack_spectra(wavelength, flux, uncertainty, mask, "fit")
+    wavelength, flux, uncertainty, mask, instrument = unpack_spectra(
+        wavelength, flux, uncertainty, mask, "fit"
+    )
+    resolving_power, resolving_power_source = _initial_resolving_power(resolving_power, instrument)
     torch.manual_seed(seed)
     dev = resolve_device(device)
     if continuum_degree != "auto" and not (
@@ -853,8 +859,21 @@ def fit(
             "prior_weight": prior_weight,
             "trainable": list(trainable),
             "step_kms": step_kms,
+            "resolving_power_source": resolving_power_source,
         },
     )
+
+
+def _initial_resolving_power(resolving_power, instrument) -> tuple[float, str]:
+    """The starting R and where it came from (given, the instrument's, or the default)."""
+    from .astro.instruments import DEFAULT_RESOLVING_POWER, nominal_resolving_power
+
+    if resolving_power is not None:
+        return float(resolving_power), "given"
+    nominal = nominal_resolving_power(instrument)
+    if nominal is not None:
+        return nominal, f"nominal for {instrument}"
+    return DEFAULT_RESOLVING_POWER, "default"
 
 
 def _warn_at_bounds(model: ForwardModel, uncertainties: dict, fit_vsini: bool, fit_r: bool) -> None:

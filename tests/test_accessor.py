@@ -260,6 +260,7 @@ def test_fit_forwards_lists_per_order(monkeypatch, hpf_list):
     assert args == ()
     assert kwargs["stellar"] == "star-clone" and kwargs["telluric"] == "sky-clone"
     assert kwargs["n_epochs"] == 3
+    assert kwargs["resolving_power"] == 55_000.0  # HPF's nominal R, from INSTRUME
     for key in ("wavelength", "flux", "uncertainty", "mask"):
         assert isinstance(kwargs[key], list) and len(kwargs[key]) == 28
     orders = hpf_list.blase.to_arrays()
@@ -276,3 +277,20 @@ def test_fit_forwards_lists_per_order(monkeypatch, hpf_list):
     ((_, kwargs),) = calls
     assert kwargs["uncertainty"] is None and kwargs["telluric"] is None
     np.testing.assert_allclose(kwargs["wavelength"][0], np.linspace(10000.0, 11000.0, 10))
+
+
+def test_fit_starts_from_the_instruments_resolving_power(monkeypatch):
+    from blase_specutils.astro.instruments import nominal_resolving_power
+
+    calls = []
+    monkeypatch.setattr(
+        blase_specutils, "fit", lambda *args, **kwargs: calls.append(kwargs) or "fitted"
+    )
+    igrins = make_spectrum(meta={"instrument": "IGRINS"})
+    igrins.blase.fit("star-clone")
+    igrins.blase.fit("star-clone", resolving_power=40_000)
+    make_spectrum(meta={"instrument": "unknown-spectrograph"}).blase.fit("star-clone")
+    assert [kwargs["resolving_power"] for kwargs in calls] == [45_000.0, 40_000, 55_000.0]
+    assert nominal_resolving_power(" harps_n ") == 115_000.0
+    assert nominal_resolving_power("CRIRES+") == 100_000.0
+    assert nominal_resolving_power(None) is None

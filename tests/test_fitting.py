@@ -342,6 +342,7 @@ def test_fit_takes_specutils_spectra_directly(y_clone, observation):
             spectral_axis=w[part] * u.AA,
             flux=f[part] * u.dimensionless_unscaled,
             uncertainty=StdDevUncertainty(s[part]),
+            meta={"instrument": "HPF"},
         )
         for part in (slice(0, 400), slice(450, None))
     ]
@@ -350,6 +351,8 @@ def test_fit_takes_specutils_spectra_directly(y_clone, observation):
     from_arrays = bs.fit([w[:400], w[450:]], [f[:400], f[450:]], [s[:400], s[450:]], **settings)
     assert from_spectra.rv == pytest.approx(from_arrays.rv, abs=1e-9)
     assert from_spectra.chi2_reduced == pytest.approx(from_arrays.chi2_reduced, rel=1e-9)
+    assert from_spectra.meta["resolving_power_source"] == "nominal for HPF"
+    assert from_arrays.meta["resolving_power_source"] == "default"
     with pytest.raises(ValueError, match="pass it alone"):
         bs.fit(orders, s, stellar=y_clone, progress=False, epochs=0)
     with pytest.raises(TypeError, match="flux is missing"):

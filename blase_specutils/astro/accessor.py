@@ -343,8 +343,13 @@ class BlaseAccessor:
         """
         import blase_specutils
 
+        from ..fitting import _initial_resolving_power
+
         orders = self._orders(kwargs.pop("medium", None))
         has_sigma = all(arrays.uncertainty is not None for arrays in orders)
+        if kwargs.get("resolving_power") is None:
+            instrument = orders[0].meta.get("instrument")
+            kwargs["resolving_power"] = _initial_resolving_power(None, instrument)[0]
         return blase_specutils.fit(
             wavelength=[arrays.wavelength for arrays in orders],
             flux=[arrays.flux for arrays in orders],
