@@ -617,6 +617,7 @@ def fit(
             raise ValueError(
                 f"the data span {data_lo:.2f}–{data_hi:.2f} Å but the {name} clone covers only "
                 f"{lo:.2f}–{hi:.2f} Å; clone a wider range of the template"
+                + _orders_inside_hint(orders, lo, hi)
             )
     # Keep the inputs untouched: train copies.
     for name, width in (
@@ -861,6 +862,28 @@ def fit(
             "step_kms": step_kms,
             "resolving_power_source": resolving_power_source,
         },
+    )
+
+
+def _orders_inside_hint(orders: list[_Order], lo: float, hi: float) -> str:
+    """', or fit only orders …' naming the orders (input positions) inside [lo, hi] Å."""
+    if len(orders) < 2:
+        return ""
+    inside = [
+        k
+        for k, o in enumerate(orders)
+        if o.good.any() and o.wavelength[o.good].min() >= lo and o.wavelength[o.good].max() <= hi
+    ]
+    if not inside:
+        return f" (none of the {len(orders)} orders lies inside it)"
+    runs, start = [], inside[0]
+    for previous, current in zip(inside, inside[1:] + [None]):
+        if current != previous + 1:
+            runs.append(str(start) if start == previous else f"{start}–{previous}")
+            start = current
+    return (
+        f", or fit only the {len(inside)} of {len(orders)} orders inside it "
+        f"(orders {', '.join(runs)}, counting from 0)"
     )
 
 

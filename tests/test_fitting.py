@@ -165,6 +165,12 @@ def test_data_outside_template_names_both_ranges(y_clone, observation):
             stellar=y_clone,
             progress=False,
         )
+    # With several orders the message names those that lie inside the clone.
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    parts = [slice(0, 300), slice(300, 600), slice(600, None)]
+    shifted = [w[parts[0]], w[parts[1]], w[parts[2]] + 500.0]
+    with pytest.raises(ValueError, match=r"the 2 of 3 orders inside it \(orders 0–1, counting"):
+        bs.fit(shifted, [f[p] for p in parts], [s[p] for p in parts], stellar=y_clone)
 
 
 def test_bad_uncertainties_are_masked_with_a_count(y_clone, observation):
