@@ -448,6 +448,7 @@ def fit(
     vsini_max: float | None = None,
     rv_search: float = 100.0,
     rv_max: float = 500.0,
+    clip_sigma: float | None = 8.0,
     continuum_degree: int | str = "auto",
     trainable=("amplitude",),
     telluric_trainable=("amplitude",),
@@ -516,6 +517,12 @@ def fit(
         Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
     rv_max : float
         Absolute RV beyond which a warning is issued, km/s.
+    clip_sigma : float or None
+        After the global stage, mask pixels that lie above the fitted continuum and above
+        the model by more than ``clip_sigma`` robust standard deviations of the normalised
+        residuals (at least ``clip_sigma`` σ): cosmic rays, hot pixels, emission the
+        absorption model cannot make. The count goes into a warning and
+        ``result.meta["n_clipped"]``. ``None`` disables it.
     continuum_degree : int or "auto"
         Degree of the per-order Chebyshev continuum. ``"auto"`` (default) takes the lowest
         degree from 2 to 8 that follows every order's upper envelope to 1 %: 2 for
@@ -606,6 +613,8 @@ def fit(
         raise ValueError(f"vsini must be >= 0 km/s, got {vsini}")
     if not (np.isfinite(resolving_power) and resolving_power > 0):
         raise ValueError(f"resolving_power must be positive, got {resolving_power}")
+    if clip_sigma is not None and not (np.isfinite(clip_sigma) and clip_sigma > 0):
+        raise ValueError(f"clip_sigma must be positive or None, got {clip_sigma}")
 
     data_lo = min(float(o.wavelength[o.good].min()) for o in orders if o.good.any())
     data_hi = max(float(o.wavelength[o.good].max()) for o in orders if o.good.any())
@@ -696,6 +705,25 @@ def fit(
                     v0 = grid[best] + 0.5 * (y0 - y2) / den
             model.rv.fill_(float(v0))
             _solve_continuum(model, data, inv_sigma, good)
+    n_clipped = 0
+
+    def clip_outliers():
+        nonlocal good, n_good, n_clipped
+        spikes = _upward_outliers(model, data, inv_sigma, good, clip_sigma)
+        count = int(spikes.sum())
+        if count:
+            good = good & ~spikes
+            n_good = int(good.sum())
+            n_clipped += count
+            clipped = spikes.cpu().numpy()
+            start = 0
+            for o in orders:
+                o.good = o.good & ~clipped[start : start + o.good.size]
+                start += o.good.size
+            _solve_continuum(model, data, inv_sigma, good)
+
+    if clip_sigma is not None:  # cosmic rays would bias the global stage: clip them first
+        clip_outliers()
     with torch.no_grad():
         initial_chi2 = float(chi2()) / max(n_good, 1)
 
@@ -729,6 +757,15 @@ def fit(
     if groups and global_epochs > 0:
         history.loss += _fit_globals(
             model, chi2_per_pixel, groups, global_epochs, progress, "globals", num_threads
+        )
+    if clip_sigma is not None:  # again, now that the globals fit
+        clip_outliers()
+    if n_clipped:
+        warnings.warn(
+            f"masked {n_clipped} pixels above the continuum and the model by more than "
+            f"clip_sigma = {clip_sigma:g} robust σ (cosmic rays, hot pixels or emission)",
+            BadPixelWarning,
+            stacklevel=3,
         )
 
     # Stage 3: lines join, with the L1 prior.
@@ -861,8 +898,28 @@ def fit(
             "trainable": list(trainable),
             "step_kms": step_kms,
             "resolving_power_source": resolving_power_source,
+            "n_clipped": n_clipped,
         },
     )
+
+
+def _upward_outliers(model, data, inv_sigma, good, clip_sigma: float) -> torch.Tensor:
+    """Good pixels far above both the model and the line-free continuum (bool tensor).
+
+    The threshold is ``clip_sigma`` times the larger of 1 and the robust (MAD) scatter of
+    the normalised residuals, so a model that is still rough (residuals of many σ) clips
+    only what stands out from its own misfit. Absorption lines that the model makes too
+    deep leave the data below the continuum and are never clipped.
+    """
+    with torch.no_grad():
+        residual = (data - model()) * inv_sigma
+        values = residual[good]
+        if values.numel() < 10:
+            return torch.zeros_like(good)
+        scatter = 1.4826 * torch.median(torch.abs(values - torch.median(values)))
+        threshold = clip_sigma * max(float(scatter), 1.0)
+        above_continuum = data > model.continuum()
+        return good & (residual > threshold) & above_continuum
 
 
 def _orders_inside_hint(orders: list[_Order], lo: float, hi: float) -> str:

@@ -379,3 +379,25 @@ def test_result_reprs_are_one_line_summaries(y_clone, observation):
         assert "\n" not in text and len(text) < 300, text
     assert f"n_lines={y_clone.n_lines}" in repr(y_clone)
     assert f"rv={r.rv:.4f} ± " in repr(r)
+
+
+def test_cosmic_rays_are_clipped_and_clean_data_is_not(y_clone, observation):
+    w, f, s = observation.wavelength, observation.flux.copy(), observation.uncertainty
+    settings = dict(stellar=y_clone, progress=False, epochs=0, global_epochs=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BadPixelWarning)  # nothing to clip in clean data
+        clean = bs.fit(w, f, s, **settings)
+    assert clean.meta["n_clipped"] == 0
+    hits = [100, 101, 517, 880]
+    f[hits] += 40.0 * s[hits]  # one two-pixel and two one-pixel spikes of 40 σ
+    with pytest.warns(BadPixelWarning, match="masked 4 pixels above the continuum"):
+        hit = bs.fit(w, f, s, **settings)
+    assert hit.meta["n_clipped"] == 4
+    assert not hit.good[hits].any() and hit.good.sum() == len(w) - 4
+    assert hit.rv == pytest.approx(clean.rv, abs=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadPixelWarning)
+        kept = bs.fit(w, f, s, clip_sigma=None, **settings)
+    assert kept.meta["n_clipped"] == 0 and kept.chi2_reduced > hit.chi2_reduced + 5
+    with pytest.raises(ValueError, match="clip_sigma"):
+        bs.fit(w, f, s, clip_sigma=-1.0, **settings)
