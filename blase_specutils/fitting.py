@@ -449,6 +449,7 @@ def fit(
     rv_search: float = 100.0,
     rv_max: float = 500.0,
     clip_sigma: float | None = 8.0,
+    outside: str = "error",
     continuum_degree: int | str = "auto",
     trainable=("amplitude",),
     telluric_trainable=("amplitude",),
@@ -523,6 +524,11 @@ def fit(
         residuals (at least ``clip_sigma`` σ): cosmic rays, hot pixels, emission the
         absorption model cannot make. The count goes into a warning and
         ``result.meta["n_clipped"]``. ``None`` disables it.
+    outside : {"error", "crop"}
+        What to do with data beyond the clones' wavelength range: raise a ValueError
+        that names the orders inside (default), or ``"crop"``: mask those pixels, leave out
+        orders with none left (``result.meta["order_indices"]`` lists the orders fitted)
+        and warn.
     continuum_degree : int or "auto"
         Degree of the per-order Chebyshev continuum. ``"auto"`` (default) takes the lowest
         degree from 2 to 8 that follows every order's upper envelope to 1 %: 2 for
@@ -616,17 +622,23 @@ def fit(
     if clip_sigma is not None and not (np.isfinite(clip_sigma) and clip_sigma > 0):
         raise ValueError(f"clip_sigma must be positive or None, got {clip_sigma}")
 
-    data_lo = min(float(o.wavelength[o.good].min()) for o in orders if o.good.any())
-    data_hi = max(float(o.wavelength[o.good].max()) for o in orders if o.good.any())
+    if outside not in ("error", "crop"):
+        raise ValueError(f"outside must be 'error' or 'crop', not {outside!r}")
+    order_indices = list(range(len(orders)))
     for name, forest, cl in (("stellar", star0, star_clone), ("telluric", tell0, tell_clone)):
         if forest is None:
             continue
         lo, hi = _forest_range(forest, cl)
+        if outside == "crop":
+            orders, order_indices = _crop_orders(orders, order_indices, lo, hi, name)
+        data_lo = min(float(o.wavelength[o.good].min()) for o in orders if o.good.any())
+        data_hi = max(float(o.wavelength[o.good].max()) for o in orders if o.good.any())
         if data_lo < lo or data_hi > hi:
             raise ValueError(
                 f"the data span {data_lo:.2f}–{data_hi:.2f} Å but the {name} clone covers only "
                 f"{lo:.2f}–{hi:.2f} Å; clone a wider range of the template"
                 + _orders_inside_hint(orders, lo, hi)
+                + " (or pass outside='crop')"
             )
     # Keep the inputs untouched: train copies.
     for name, width in (
@@ -899,6 +911,7 @@ def fit(
             "step_kms": step_kms,
             "resolving_power_source": resolving_power_source,
             "n_clipped": n_clipped,
+            "order_indices": order_indices,
         },
     )
 
@@ -920,6 +933,31 @@ def _upward_outliers(model, data, inv_sigma, good, clip_sigma: float) -> torch.T
         threshold = clip_sigma * max(float(scatter), 1.0)
         above_continuum = data > model.continuum()
         return good & (residual > threshold) & above_continuum
+
+
+def _crop_orders(orders, order_indices, lo: float, hi: float, name: str):
+    """Mask pixels outside [lo, hi] Å; drop orders left without good pixels (warns)."""
+    kept, kept_indices, n_masked = [], [], 0
+    for index, o in zip(order_indices, orders):
+        inside = (o.wavelength >= lo) & (o.wavelength <= hi)
+        n_masked += int((o.good & ~inside).sum())
+        o.good = o.good & inside
+        if o.good.any():
+            kept.append(o)
+            kept_indices.append(index)
+    if not kept:
+        raise ValueError(
+            f"no data inside the {name} clone's range {lo:.2f}–{hi:.2f} Å: nothing to fit"
+        )
+    if n_masked:
+        dropped = len(orders) - len(kept)
+        warnings.warn(
+            f"outside='crop': masked {n_masked} pixels beyond the {name} clone's range "
+            f"{lo:.2f}–{hi:.2f} Å and left out {dropped} of {len(orders)} orders",
+            BadPixelWarning,
+            stacklevel=4,
+        )
+    return kept, kept_indices
 
 
 def _orders_inside_hint(orders: list[_Order], lo: float, hi: float) -> str:

@@ -171,6 +171,21 @@ def test_data_outside_template_names_both_ranges(y_clone, observation):
     shifted = [w[parts[0]], w[parts[1]], w[parts[2]] + 500.0]
     with pytest.raises(ValueError, match=r"the 2 of 3 orders inside it \(orders 0–1, counting"):
         bs.fit(shifted, [f[p] for p in parts], [s[p] for p in parts], stellar=y_clone)
+    # outside="crop" fits what lies inside: the third order goes, and so do the pixels of
+    # the first order below the clone's range.
+    extra = np.arange(10270.0, w[0] - 0.01, 0.05)  # continuum pixels below the clone
+    shifted[0] = np.concatenate([extra, w[parts[0]]])
+    fluxes = [np.concatenate([np.full(extra.size, f[0]), f[parts[0]]]), f[parts[1]], f[parts[2]]]
+    sigmas = [np.concatenate([np.full(extra.size, s[0]), s[parts[0]]]), s[parts[1]], s[parts[2]]]
+    settings = dict(stellar=y_clone, progress=False, epochs=0, global_epochs=10)
+    with pytest.warns(BadPixelWarning, match=r"left out 1 of 3 orders"):
+        cropped = bs.fit(shifted, fluxes, sigmas, outside="crop", **settings)
+    assert cropped.meta["order_indices"] == [0, 1]
+    inside = shifted[0] >= y_clone.wavelength[0]
+    assert not cropped.good[0][~inside].any() and cropped.good[0][inside].all()
+    assert abs(cropped.rv - 12.3) < 0.1
+    with pytest.raises(ValueError, match="outside must be"):
+        bs.fit(w, f, s, outside="ignore", **settings)
 
 
 def test_bad_uncertainties_are_masked_with_a_count(y_clone, observation):
