@@ -14,6 +14,7 @@ import torch
 
 from ._validation import as_angstrom, as_flux_array, check_grid, unpack_spectra
 from .astro.clones import CloneResult, forest_from_table, forest_to_table, load_clone
+from .astro.templates import Template
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
@@ -70,7 +71,7 @@ def clone(
     *,
     prominence: float = 0.01,
     teff: float | None = None,
-    flatten: bool = True,
+    flatten: bool | None = None,
     device: str | torch.device = "auto",
     dtype: torch.dtype = torch.float32,
     mode: str = "linear",
@@ -94,18 +95,20 @@ def clone(
 
     Parameters
     ----------
-    wavelength : astropy.units.Quantity or array_like, or specutils.Spectrum
+    wavelength : astropy.units.Quantity or array_like, Template or specutils.Spectrum
         Native wavelength grid (any spectral unit as a Quantity, else Å); strictly
-        increasing, finite. Or, with ``flux`` left out, the synthetic spectrum itself as
-        a specutils ``Spectrum`` (its good pixels, in vacuum).
+        increasing, finite. Or, with ``flux`` left out, the synthetic spectrum itself: a
+        :class:`~blase_specutils.astro.templates.Template` (from ``read_template``) or a
+        specutils ``Spectrum`` (its good pixels, in vacuum).
     flux : astropy.units.Quantity or array_like, optional
         Flux at native resolution (any unit; non-negative, finite).
     prominence : float
         Line-finding prominence threshold in continuum units, in (0, 1).
     teff : float, optional
         Effective temperature, K: divide by a black body before the continuum fit.
-    flatten : bool
-        Flatten the continuum (set False for a telluric transmission already at 1).
+    flatten : bool, optional
+        Flatten the continuum. Default: True, except for a ``Template`` of kind
+        ``"telluric"`` (a transmission is already at 1).
     device : {"auto", "cpu", "cuda"} or torch.device
         Where to train.
     dtype : torch.dtype
@@ -151,6 +154,11 @@ def clone(
     -------
     CloneResult
     """
+    if flux is None and isinstance(wavelength, Template):
+        if flatten is None:
+            flatten = wavelength.kind != "telluric"
+        wavelength, flux = wavelength.wavelength, wavelength.flux
+    flatten = True if flatten is None else bool(flatten)
     if flux is None:
         orders = unpack_spectra(wavelength, None, None, None, "clone")
         if len(orders[0]) != 1:

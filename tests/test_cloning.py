@@ -287,3 +287,16 @@ def test_clone_takes_a_specutils_spectrum(data_dir):
     np.testing.assert_allclose(from_spectrum.model_flux, from_arrays.model_flux, rtol=1e-6)
     with pytest.raises(ValueError, match="one spectrum"):
         bs.clone([spectrum, spectrum], progress=False)
+
+
+def test_clone_takes_a_template_and_leaves_a_telluric_unflattened():
+    from blase_specutils.astro.templates import read_template
+
+    sky = read_template("telfit_HPFtemplate_temp286_hum050.csv", wavelength_range=(8910, 8960))
+    assert sky.kind == "telluric"
+    from_template = clone(sky, progress=False, epochs=30)
+    from_arrays = clone(sky.wavelength, sky.flux, flatten=False, progress=False, epochs=30)
+    assert from_template.meta["flattened"] is False
+    np.testing.assert_array_equal(from_template.continuum, 1.0)
+    np.testing.assert_allclose(from_template.model_flux, from_arrays.model_flux, rtol=1e-6)
+    assert clone(sky, flatten=True, progress=False, epochs=0).meta["flattened"] is True
