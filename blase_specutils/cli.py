@@ -276,13 +276,12 @@ def _cmd_clone(args, out, err) -> int:
         )
     started = time.perf_counter()
     result = clone(
-        template.wavelength,
-        template.flux,
+        template,
         teff=args.teff,
         prominence=args.prominence,
         epochs=args.epochs,
         mode=args.mode,
-        flatten=not args.no_flatten,
+        flatten=False if args.no_flatten else None,  # None: a telluric template stays flat
         progress=not args.quiet,
     )
     result.meta["template"] = description
@@ -435,7 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=400, help="training epochs")
     p.add_argument("--mode", choices=("linear", "log"), default="linear", help="forest mode")
     p.add_argument(
-        "--no-flatten", action="store_true", help="do not flatten (transmission already at 1)"
+        "--no-flatten",
+        action="store_true",
+        help="do not flatten (transmission already at 1; the default for telluric templates)",
     )
     p.add_argument(
         "-o", "--output", default="clone.ecsv", help="output ECSV line table (default clone.ecsv)"
