@@ -708,6 +708,14 @@ def fit(
                 model.rv.fill_(float(v))
                 values.append(_solve_continuum(model, data, inv_sigma, good))
             best = int(np.argmin(values))
+            if best in (0, len(grid) - 1) and len(grid) > 2:
+                warnings.warn(
+                    f"the RV grid search ({rv - rv_search:g} to {rv + rv_search:g} km/s) found "
+                    f"its best fit at the edge, {grid[best]:g} km/s: the star's RV may lie "
+                    "beyond; pass a closer rv= or a larger rv_search",
+                    UserWarning,
+                    stacklevel=3,
+                )
             # Parabola through the minimum and its neighbours.
             v0 = grid[best]
             if 0 < best < len(grid) - 1:

@@ -416,3 +416,19 @@ def test_cosmic_rays_are_clipped_and_clean_data_is_not(y_clone, observation):
     assert kept.meta["n_clipped"] == 0 and kept.chi2_reduced > hit.chi2_reduced + 5
     with pytest.raises(ValueError, match="clip_sigma"):
         bs.fit(w, f, s, clip_sigma=-1.0, **settings)
+
+
+def test_rv_beyond_the_search_range_warns(y_clone, observation):
+    # The injected RV is 12.3 km/s; a search over -20 ... 0 km/s ends at its upper edge.
+    with pytest.warns(UserWarning, match="found its best fit at the edge, 0 km/s"):
+        bs.fit(
+            observation.wavelength,
+            observation.flux,
+            observation.uncertainty,
+            stellar=y_clone,
+            rv=-10.0,
+            rv_search=10.0,
+            progress=False,
+            epochs=0,
+            global_epochs=0,
+        )
