@@ -215,6 +215,13 @@ class FitResult:
     template : CloneResult
         The transfer-learned stellar clone at native resolution (no RV, rotation or
         instrument), savable like any clone.
+    initial_chi2_reduced : float
+        χ² per pixel after the RV search, before any training.
+    meta : dict
+        How the fit ran: ``n_good_pixels``, ``prior_scale``, ``prior_weight``,
+        ``trainable``, ``step_kms``, ``resolving_power_source`` (``"given"``,
+        ``"nominal for <instrument>"`` or ``"default"``), ``n_clipped`` (pixels masked by
+        ``clip_sigma``) and ``order_indices`` (input orders fitted, see ``outside``).
     """
 
     rv: float
