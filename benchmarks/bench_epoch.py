@@ -5,7 +5,9 @@ paper, §2.1/§2.4), synthetic lines with realistic widths on a 0.0142 Å grid (
 truth: the point is timing, not science). Times forward + backward + Adam step of
 :class:`~blase_specutils.core.lineforest.LineForest` (fused pseudo-Voigt kernel) for
 several dtypes and bucket ratios. Baseline row: the same forest evaluated with the
-plain-autograd path (``fused=False``) in the same run.
+plain-autograd path (``fused=False``) in the same run. On a CUDA device with triton it
+also times the fused Triton kernels (:mod:`blase_specutils.core.triton_kernels`, one
+kernel per bucket forward and backward), eager and captured as a CUDA graph.
 
 Section ``check``: CPU and the chosen device agree (flux and gradients) on a small forest.
 
@@ -24,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from blase_specutils.core import sparse, triton_kernels
 from blase_specutils.core.lineforest import LineForest
 
 
@@ -67,31 +70,38 @@ def section_paper(device, epochs):
     )
     print("| engine | dtype | bucket ratio | buckets | line-pixel pairs | ms / epoch |")
     print("|---|---|---|---|---|---|")
+    kernels = ["torch"]
+    if device.type == "cuda" and triton_kernels.available(device):
+        kernels.append("triton")  # one fused Triton kernel per bucket, forward and backward
     for dtype in (torch.float32, torch.float64):
         forest, wl = synthetic_forest(7700, 335_000, device, dtype)
         with torch.no_grad():
             target = forest(forest.make_layout(wl)) * 0.999
-        for ratio in (2, 4, 8):
-            layout = forest.make_layout(wl, bucket_ratio=ratio)
-            t = time_epochs(forest, layout, target, epochs, device)
-            print(
-                f"| fused | {str(dtype)[6:]} | {ratio} | {len(layout.buckets)} | "
-                f"{layout.n_pairs:,} | {t * 1e3:.2f} |"
-            )
-        if device.type == "cuda":
-            for ratio in (2, 8):
+        for kernel in kernels:
+            sparse.PSEUDO_VOIGT_KERNEL = kernel
+            label = "fused" if kernel == "torch" else "fused Triton"
+            for ratio in (2, 4, 8):
                 layout = forest.make_layout(wl, bucket_ratio=ratio)
-                try:
-                    t = time_epochs_graphed(forest, layout, target, epochs, device)
-                    print(
-                        f"| fused, CUDA graph (prototype) | {str(dtype)[6:]} | {ratio} | "
-                        f"{len(layout.buckets)} | {layout.n_pairs:,} | {t * 1e3:.3f} |"
-                    )
-                except Exception as err:  # noqa: BLE001 - report and carry on
-                    print(
-                        f"| fused, CUDA graph (prototype) | {str(dtype)[6:]} | {ratio} | "
-                        f"failed: {type(err).__name__}: {str(err)[:80]} | | |"
-                    )
+                t = time_epochs(forest, layout, target, epochs, device)
+                print(
+                    f"| {label} | {str(dtype)[6:]} | {ratio} | {len(layout.buckets)} | "
+                    f"{layout.n_pairs:,} | {t * 1e3:.2f} |"
+                )
+            if device.type == "cuda":
+                for ratio in (2, 8):
+                    layout = forest.make_layout(wl, bucket_ratio=ratio)
+                    try:
+                        t = time_epochs_graphed(forest, layout, target, epochs, device)
+                        print(
+                            f"| {label}, CUDA graph | {str(dtype)[6:]} | {ratio} | "
+                            f"{len(layout.buckets)} | {layout.n_pairs:,} | {t * 1e3:.3f} |"
+                        )
+                    except Exception as err:  # noqa: BLE001 - report and carry on
+                        print(
+                            f"| {label}, CUDA graph | {str(dtype)[6:]} | {ratio} | "
+                            f"failed: {type(err).__name__}: {str(err)[:80]} | | |"
+                        )
+        sparse.PSEUDO_VOIGT_KERNEL = "torch"
         layout = forest.make_layout(wl, bucket_ratio=2)
         t = time_epochs(forest, layout, target, max(3, epochs // 4), device, fused=False)
         print(
@@ -151,6 +161,22 @@ def section_check(device):
     for name, ga, gb in zip(("center", "ln_a", "ln_sigma", "ln_gamma"), a[1], b[1]):
         rel = float((ga - gb).abs().max() / ga.abs().max().clamp(min=1e-300))
         print(f"max relative Δgrad[{name}] = {rel:.2e}")
+    if device.type == "cuda" and triton_kernels.available(device):
+        print("\nTriton kernel against the PyTorch kernel on the device (float64):")
+        outputs = {}
+        for kernel in ("torch", "triton"):
+            sparse.PSEUDO_VOIGT_KERNEL = kernel
+            forest, wl = synthetic_forest(200, 20_000, device, torch.float64, seed=4)
+            forest.set_trainable(("center", "amplitude", "sigma", "gamma"))
+            flux = forest(forest.make_layout(wl, bucket_ratio=2), 7.5)
+            flux.sum().backward()
+            outputs[kernel] = (flux.detach(), [p.grad.detach() for p in forest.parameters()])
+        sparse.PSEUDO_VOIGT_KERNEL = "torch"
+        a, b = outputs["torch"], outputs["triton"]
+        print(f"max |Δflux| = {float((a[0] - b[0]).abs().max()):.2e}")
+        for name, ga, gb in zip(("center", "ln_a", "ln_sigma", "ln_gamma"), a[1], b[1]):
+            rel = float((ga - gb).abs().max() / ga.abs().max().clamp(min=1e-300))
+            print(f"max relative Δgrad[{name}] = {rel:.2e}")
 
 
 def section_fit(device, epochs):

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (see README): install carried wheels (astropy for the workflows),
-# then the epoch benchmark, the clone benchmark against the paper's layout, the Voigt cost.
+# then the epoch benchmark (PyTorch and, where triton imports, the fused Triton kernels,
+# eager and as CUDA graphs, plus their agreement on the device), the clone benchmark
+# against the paper's layout, the Voigt cost.
 set -u
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \

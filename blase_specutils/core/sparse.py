@@ -28,6 +28,8 @@ Two evaluation paths share one layout:
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -507,9 +509,55 @@ def pseudo_voigt_log_transmission(
     h2 = half * half
     B = amplitude * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
     C = -0.5 / (s * s)
-    return _PseudoVoigtLogTransmission.apply(
-        A, h2, B, C, shift, sign, layout, linear, clip, emission
-    )
+    args = (A, h2, B, C, shift, sign, layout, linear, clip, emission)
+    if _use_triton(A.device):
+        try:
+            from .triton_kernels import pseudo_voigt_log_transmission_triton
+
+            return pseudo_voigt_log_transmission_triton(*args)
+        except Exception as error:  # a compiler or driver problem: keep going in PyTorch
+            if _kernel_setting() == "triton":
+                raise
+            _TRITON_FAILED.append(repr(error))
+            warnings.warn(
+                f"the Triton kernel failed ({error!r}); using the PyTorch kernel from now on",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    return _PseudoVoigtLogTransmission.apply(*args)
+
+
+#: Which pseudo-Voigt kernel to run: "torch" (default), "triton" (the fused kernels of
+#: :mod:`~blase_specutils.core.triton_kernels`; on the CPU only under Triton's
+#: interpreter) or "auto" (Triton on a CUDA device when triton imports, else PyTorch). The
+#: environment variable ``BLASE_SPECUTILS_KERNEL`` overrides it. The Triton kernels agree
+#: with the PyTorch kernel to rounding under the interpreter; they become the CUDA default
+#: once timed and checked on a GPU (``benchmarks/gpu_run.sh``).
+PSEUDO_VOIGT_KERNEL = "torch"
+_TRITON_FAILED: list[str] = []
+
+
+def _kernel_setting() -> str:
+    setting = os.environ.get("BLASE_SPECUTILS_KERNEL", PSEUDO_VOIGT_KERNEL).lower()
+    if setting not in ("auto", "torch", "triton"):
+        raise ValueError(
+            f"BLASE_SPECUTILS_KERNEL / PSEUDO_VOIGT_KERNEL must be 'auto', 'torch' or "
+            f"'triton', not {setting!r}"
+        )
+    return setting
+
+
+def _use_triton(device: torch.device) -> bool:
+    setting = _kernel_setting()
+    if setting == "torch":
+        return False
+    if setting == "triton":
+        return True
+    if device.type != "cuda" or _TRITON_FAILED:
+        return False
+    from .triton_kernels import available
+
+    return available(device)
 
 
 # ---------------------------------------------------------------------------

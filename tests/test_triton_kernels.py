@@ -1,0 +1,96 @@
+"""The fused Triton pseudo-Voigt kernels against the PyTorch kernel.
+
+On a machine without a GPU they run under Triton's interpreter (``TRITON_INTERPRET=1``,
+set in the repository's ``conftest.py`` before triton is imported), so the arithmetic,
+masks, windows hanging off the grid, core columns, saturation guard and emission lines
+are all checked on the CPU; only their speed needs a GPU (``benchmarks/bench_epoch.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from blase_specutils.core import sparse, triton_kernels
+from blase_specutils.core.lineforest import LineForest
+from blase_specutils.core.profiles import tch_fwhm_and_eta
+
+# In the test extras on Linux x86-64, so CI always runs these; skipped only elsewhere.
+triton = pytest.importorskip("triton", reason="the Triton kernels need `pip install triton`")
+
+
+def _kernel_inputs(dtype, linear, emission, seed=0):
+    rng = np.random.default_rng(seed)
+    wl = np.arange(8600.0, 8610.0, 0.01)
+    n = 40
+    center = np.sort(rng.uniform(8599.5, 8610.5, n))  # some windows hang off the grid
+    amplitude = rng.uniform(0.002, 0.05, n)
+    amplitude[3] = 0.5  # saturated: exercises the clip in linear mode
+    sigma, gamma = rng.uniform(0.01, 0.05, n), rng.uniform(0.005, 0.03, n)
+    flags = [emission and i % 7 == 0 for i in range(n)]
+    forest = LineForest(
+        center,
+        amplitude,
+        sigma,
+        gamma,
+        dtype=dtype,
+        mode="linear" if linear else "log",
+        emission=flags,
+    )
+    layout = forest.make_layout(wl)
+    fwhm, eta = tch_fwhm_and_eta(torch.tensor(sigma, dtype=dtype), torch.tensor(gamma, dtype=dtype))
+    a = torch.tensor(amplitude, dtype=dtype)
+    half = 0.5 * fwhm
+    s = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    A = a * eta * half / math.pi
+    B = a * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
+    C = -0.5 / (s * s)
+    shift = torch.tensor(rng.normal(0.0, 0.002, n), dtype=dtype)
+    sign = torch.tensor([-1.0 if f else 1.0 for f in flags], dtype=dtype)
+    tensors = [t.clone().requires_grad_() for t in (A, half * half, B, C, shift)]
+    return layout, tensors, sign
+
+
+@pytest.mark.parametrize("emission", [False, True])
+@pytest.mark.parametrize("linear", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-13), (torch.float32, 2e-6)])
+def test_triton_kernel_matches_the_pytorch_kernel(dtype, tol, linear, emission):
+    layout, tensors, sign = _kernel_inputs(dtype, linear, emission)
+    assert any(b.valid is not None for b in layout.buckets)  # windows off the grid
+    assert any(b.core != slice(None) for b in layout.buckets)  # Gaussian on core columns only
+    args = (*tensors[:5], sign, layout, linear, 1.0 - 1e-6, emission)
+    reference = sparse._PseudoVoigtLogTransmission.apply(*args)
+    fused = triton_kernels.pseudo_voigt_log_transmission_triton(*args)
+    scale = float(reference.detach().abs().max())
+    assert float((fused - reference).detach().abs().max()) <= tol * scale
+    weights = torch.randn_like(reference)
+    expected = torch.autograd.grad((reference * weights).sum(), tensors)
+    got = torch.autograd.grad((fused * weights).sum(), tensors)
+    for mine, theirs in zip(got, expected):
+        assert float((mine - theirs).abs().max()) <= tol * float(theirs.abs().max())
+
+
+def test_kernel_choice_and_clear_errors(monkeypatch):
+    assert triton_kernels.available("cpu")  # through the interpreter
+    # "torch" (the default) and "auto" keep the CPU on PyTorch; "triton" forces the fused
+    # kernel, to the same numbers
+    forest = LineForest([8605.0], [0.02], [0.03], [0.01], dtype=torch.float64)
+    grid = np.arange(8600.0, 8610.0, 0.01)
+    flux_layout = forest.make_layout(grid)
+    assert not sparse._use_triton(torch.device("cpu"))
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "auto")
+    assert not sparse._use_triton(torch.device("cpu"))
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "torch")
+    torch_flux = forest(flux_layout).detach()
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "triton")
+    triton_flux = forest(flux_layout).detach()
+    torch.testing.assert_close(triton_flux, torch_flux, rtol=1e-13, atol=0)
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "cuda-please")
+    with pytest.raises(ValueError, match="'auto', 'torch' or 'triton'"):
+        forest(flux_layout)
+    monkeypatch.delenv("TRITON_INTERPRET")
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "auto")
+    assert not triton_kernels.available("cpu")
