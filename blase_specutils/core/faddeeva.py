@@ -506,6 +506,13 @@ def _chunks(n: int, chunk_bytes: int | None, itemsize: int):
 
 
 def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, gradients, chunk_bytes):
+    """:func:`voigt_with_gradients` by gathering: regions found and evaluated chunk-wise.
+
+    Chunk by chunk, the far-wing series runs on every element (or, where the core and ring
+    hold most elements, on the far ones only) and the ring and core indices are collected;
+    then the ring and core are gathered and evaluated in chunks of their own. ``chunk_bytes``
+    None: one chunk.
+    """
     n = dx.numel()
     need_dx = need_dx and gradients
     wanted = (True, need_dx, gradients, gradients)
