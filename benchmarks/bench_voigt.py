@@ -5,7 +5,7 @@ band lines with ``profile="pseudo_voigt"`` and ``profile="voigt"`` (both fused k
 over the same sparse windows), on the same layout, once with the default trainable set
 (amplitude, σ, γ) and once with the line centres trained too (as ``clone`` does).
 
-    python benchmarks/bench_voigt.py [--device cpu|cuda] [--threads 1]
+    python benchmarks/bench_voigt.py [--device cpu|cuda] [--threads 1] [--clones]
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument(
+        "--clones",
+        action="store_true",
+        help="also run full default clones of the Z and Y bands with both profiles (~1 min)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -96,6 +101,23 @@ def main(argv=None):
     print("|---|---|---|---|---|")
     for label, profile, pairs, t, ratio in rows:
         print(f"| {label} | {profile} | {pairs:,} | {t * 1e3:.1f} | {ratio:.2f} |")
+    if args.clones:
+        _full_clones(device)
+
+
+def _full_clones(device):
+    """Default clones (600 epochs, centres trained) of the Z and Y bands, both profiles."""
+    print("\nFull clones, `bs.clone(wl, flux, teff=3900, profile=...)`:\n")
+    print("| band | profile | lines | wall time (s) | RMS (target − model) |")
+    print("|---|---|---|---|---|")
+    for band in ("Z", "Y"):
+        wl, fl = read_phoenix_dat(datasets.phoenix_path(band))
+        for profile in ("pseudo_voigt", "voigt"):
+            start = time.perf_counter()
+            result = bs.clone(wl, fl, teff=3900, profile=profile, device=device, progress=False)
+            wall = time.perf_counter() - start
+            rms = float((result.residual**2).mean() ** 0.5)
+            print(f"| {band} | {profile} | {result.n_lines:,} | {wall:.1f} | {100 * rms:.3f} % |")
 
 
 if __name__ == "__main__":
