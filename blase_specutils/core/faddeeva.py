@@ -462,6 +462,12 @@ def voigt_with_gradients(
     values, d_dx, d_sigma, d_gamma : torch.Tensor
         V and ∂V/∂dx (None unless ``need_dx``), ∂V/∂σ, ∂V/∂γ (None unless ``gradients``),
         dtype of ``dx``.
+
+    Notes
+    -----
+    Like :func:`voigt_profile`, inputs are not validated (a check would synchronise the
+    device on every call): the callers, :class:`~blase_specutils.core.lineforest.LineForest`
+    and the fit, keep σ > 0 and γ ≥ 0 through their log-parameters.
     """
     if dx.device.type != "cpu":
         return _voigt_with_gradients_masked(dx, sigma, gamma, need_dx, gradients)
@@ -473,6 +479,17 @@ def _voigt_with_gradients_flat(dx, sigma, gamma, need_dx=True, gradients=True):
     return _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, gradients, None)
 
 
+def _regions(dx, sigma, gamma):
+    """``dx²``, ``γ²``, ``r² = dx² + γ²`` and the masks of the core and the far wings."""
+    x2 = dx * dx
+    g2 = gamma * gamma
+    r2 = x2 + g2
+    ratio = r2 / (sigma * sigma)  # 2 |z|²
+    core = ratio < 2.0 * CORE_RADIUS * CORE_RADIUS
+    far = ratio >= 2.0 * FAR_RADIUS * FAR_RADIUS
+    return x2, g2, r2, core, far
+
+
 def _voigt_with_gradients_masked(dx, sigma, gamma, need_dx=True, gradients=True):
     """:func:`voigt_with_gradients` by selection: each region's formula on every element.
 
@@ -481,12 +498,7 @@ def _voigt_with_gradients_masked(dx, sigma, gamma, need_dx=True, gradients=True)
     """
     need_dx = need_dx and gradients
     flags = {"need_dx": need_dx, "gradients": gradients}
-    x2 = dx * dx
-    g2 = gamma * gamma
-    r2 = x2 + g2
-    ratio = r2 / (sigma * sigma)  # 2 |z|²
-    core = ratio < 2.0 * CORE_RADIUS * CORE_RADIUS
-    far = ratio >= 2.0 * FAR_RADIUS * FAR_RADIUS
+    x2, g2, r2, core, far = _regions(dx, sigma, gamma)
     far_part = _far_wing_with_gradients(dx, sigma, gamma, x2=x2, g2=g2, r2=r2, **flags)
     ring_part = _ring_with_gradients(dx, sigma, gamma, **flags)
     core_part = _core_with_gradients(dx, sigma, gamma, **flags)
@@ -522,12 +534,7 @@ def _voigt_with_gradients_chunked(dx, sigma, gamma, need_dx, gradients, chunk_by
     for start, stop in _chunks(n, chunk_bytes, dx.element_size()):
         part = slice(start, stop)
         d, s, g = dx[part], sigma[part], gamma[part]
-        x2 = d * d
-        g2 = g * g
-        r2 = x2 + g2
-        ratio = r2 / (s * s)  # 2 |z|²
-        core_mask = ratio < 2.0 * CORE_RADIUS * CORE_RADIUS
-        far_mask = ratio >= 2.0 * FAR_RADIUS * FAR_RADIUS
+        x2, g2, r2, core_mask, far_mask = _regions(d, s, g)
         core_index = torch.nonzero(core_mask).reshape(-1)
         ring_index = torch.nonzero(core_mask.logical_or_(far_mask).logical_not_()).reshape(-1)
         views = [None if t is None else t[part] for t in out]

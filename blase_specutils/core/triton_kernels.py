@@ -19,6 +19,8 @@ import os
 
 import torch
 
+from .sparse import _unbucket
+
 __all__ = ["available", "pseudo_voigt_log_transmission_triton"]
 
 try:  # pragma: no cover - exercised only where triton is installed
@@ -51,6 +53,17 @@ if triton is not None:
         u = 1.0 + x
         safe = tl.where(u == 1.0, 2.0, u)
         return tl.where(u == 1.0, x, tl.log(safe) * x / (safe - 1.0))
+
+    @triton.jit
+    def _row_parameters(r, row_ok, shift_ptr, a_ptr, h2_ptr, b_ptr, c_ptr, sign_ptr):
+        # Rows past the end get harmless values (h2 = 1 keeps 1/(x² + h2) finite).
+        shift = tl.load(shift_ptr + r, mask=row_ok, other=0.0)
+        a = tl.load(a_ptr + r, mask=row_ok, other=0.0)
+        h2 = tl.load(h2_ptr + r, mask=row_ok, other=1.0)
+        b = tl.load(b_ptr + r, mask=row_ok, other=0.0)
+        c = tl.load(c_ptr + r, mask=row_ok, other=0.0)
+        sign = tl.load(sign_ptr + r, mask=row_ok, other=1.0)
+        return shift, a, h2, b, c, sign
 
     @triton.jit
     def _profile(off, shift, a, h2, b, c, core):
@@ -91,15 +104,13 @@ if triton is not None:
         mask = row_ok[:, None] & (col < width)[None, :]
         index = r[:, None] * width + col[None, :]
         off = tl.load(offset_ptr + index, mask=mask, other=0.0)
-        shift = tl.load(shift_ptr + r, mask=row_ok, other=0.0)
-        a = tl.load(a_ptr + r, mask=row_ok, other=0.0)
-        h2 = tl.load(h2_ptr + r, mask=row_ok, other=1.0)
-        b = tl.load(b_ptr + r, mask=row_ok, other=0.0)
-        c = tl.load(c_ptr + r, mask=row_ok, other=0.0)
+        shift, a, h2, b, c, sign = _row_parameters(
+            r, row_ok, shift_ptr, a_ptr, h2_ptr, b_ptr, c_ptr, sign_ptr
+        )
         core = (col >= core_lo) & (col < core_hi)
         x, x2, inv, gauss, av = _profile(off, shift, a, h2, b, c, core)
         if EMISSION:
-            av = av * tl.load(sign_ptr + r, mask=row_ok, other=1.0)[:, None]
+            av = av * sign[:, None]
         if LINEAR:
             value = _log1p(-tl.minimum(av, clip))
         else:
@@ -139,12 +150,9 @@ if triton is not None:
     ):
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         row_ok = r < rows
-        shift = tl.load(shift_ptr + r, mask=row_ok, other=0.0)
-        a = tl.load(a_ptr + r, mask=row_ok, other=0.0)
-        h2 = tl.load(h2_ptr + r, mask=row_ok, other=1.0)
-        b = tl.load(b_ptr + r, mask=row_ok, other=0.0)
-        c = tl.load(c_ptr + r, mask=row_ok, other=0.0)
-        sign = tl.load(sign_ptr + r, mask=row_ok, other=1.0)
+        shift, a, h2, b, c, sign = _row_parameters(
+            r, row_ok, shift_ptr, a_ptr, h2_ptr, b_ptr, c_ptr, sign_ptr
+        )
         zero = shift * 0.0
         sum_inv = zero
         sum_lorentz = zero
@@ -194,11 +202,29 @@ BLOCK_ROWS = 16
 BLOCK_COLUMNS = 64
 
 
-def _core_columns(bucket) -> tuple[int, int]:
-    core = bucket.core
-    lo = 0 if core.start is None else int(core.start)
-    hi = bucket.width if core.stop is None else int(core.stop)
-    return lo, hi
+def _bucket_arguments(layout, per_line):
+    """What the kernels take for each non-empty bucket, in their argument order.
+
+    Yields ``(bucket, lines, tensors, scalars)``: ``lines`` are the bucket's slices of the
+    bucket-ordered ``per_line`` tensors, ``tensors`` = offset, pixel, valid (the offsets
+    stand in when there is no mask; never read then) and ``scalars`` = rows, width, first
+    and last-plus-one core column.
+    """
+    for bucket in layout.buckets:
+        rows = bucket.rows.stop - bucket.rows.start
+        if rows == 0:
+            continue
+        core = bucket.core
+        core_lo = 0 if core.start is None else int(core.start)
+        core_hi = bucket.width if core.stop is None else int(core.stop)
+        valid = bucket.valid if bucket.valid is not None else bucket.offset
+        lines = [t[bucket.rows] for t in per_line]
+        yield (
+            bucket,
+            lines,
+            (bucket.offset, bucket.pixel, valid),
+            (rows, bucket.width, core_lo, core_hi),
+        )
 
 
 class _TritonPseudoVoigtLogTransmission(torch.autograd.Function):
@@ -207,33 +233,18 @@ class _TritonPseudoVoigtLogTransmission(torch.autograd.Function):
     @staticmethod
     def forward(ctx, A, h2, B, C, shift, sign, layout, linear, clip, emission):
         order = layout.order
-        per_line = [t[order].contiguous() for t in (A, h2, B, C, shift, sign)]
+        # bucket order, in the kernels' argument order
+        per_line = [t[order].contiguous() for t in (shift, A, h2, B, C, sign)]
         out = torch.zeros(layout.n_pixels, dtype=A.dtype, device=A.device)
-        for bucket in layout.buckets:
-            rows = bucket.rows.stop - bucket.rows.start
-            if rows == 0:
-                continue
-            a, h, b, c, s, sg = (t[bucket.rows] for t in per_line)
-            lo, hi = _core_columns(bucket)
-            valid = bucket.valid
-            grid = (triton.cdiv(rows, BLOCK_ROWS), triton.cdiv(bucket.width, BLOCK_COLUMNS))
-            _forward_kernel[grid](
-                bucket.offset,
-                bucket.pixel,
-                valid if valid is not None else bucket.offset,
-                s,
-                a,
-                h,
-                b,
-                c,
-                sg,
+        for bucket, lines, tensors, scalars in _bucket_arguments(layout, per_line):
+            rows, width = scalars[:2]
+            _forward_kernel[(triton.cdiv(rows, BLOCK_ROWS), triton.cdiv(width, BLOCK_COLUMNS))](
+                *tensors,
+                *lines,
                 out,
-                rows,
-                bucket.width,
-                lo,
-                hi,
+                *scalars,
                 float(clip),
-                HAS_VALID=valid is not None,
+                HAS_VALID=bucket.valid is not None,
                 LINEAR=bool(linear),
                 EMISSION=bool(emission),
                 BLOCK_R=BLOCK_ROWS,
@@ -248,43 +259,23 @@ class _TritonPseudoVoigtLogTransmission(torch.autograd.Function):
         per_line = ctx.saved_tensors
         layout = ctx.layout
         grad_out = grad_out.contiguous()
+        # A, h2, B, C, shift (the forward's input order), in bucket order
         grads = [torch.empty_like(per_line[0]) for _ in range(5)]
-        for bucket in layout.buckets:
-            rows = bucket.rows.stop - bucket.rows.start
-            if rows == 0:
-                continue
-            a, h, b, c, s, sg = (t[bucket.rows] for t in per_line)
-            lo, hi = _core_columns(bucket)
-            valid = bucket.valid
-            _backward_kernel[(triton.cdiv(rows, BLOCK_ROWS),)](
-                bucket.offset,
-                bucket.pixel,
-                valid if valid is not None else bucket.offset,
+        for bucket, lines, tensors, scalars in _bucket_arguments(layout, per_line):
+            _backward_kernel[(triton.cdiv(scalars[0], BLOCK_ROWS),)](
+                *tensors,
                 grad_out,
-                s,
-                a,
-                h,
-                b,
-                c,
-                sg,
+                *lines,
                 *(g[bucket.rows] for g in grads),
-                rows,
-                bucket.width,
-                lo,
-                hi,
+                *scalars,
                 float(ctx.clip),
-                HAS_VALID=valid is not None,
+                HAS_VALID=bucket.valid is not None,
                 LINEAR=bool(ctx.linear),
                 EMISSION=bool(ctx.emission),
                 BLOCK_R=BLOCK_ROWS,
                 BLOCK_W=BLOCK_COLUMNS,
             )
-        order = layout.order
-        line_grads = []
-        for g in grads:
-            unordered = torch.empty_like(g)
-            unordered[order] = g
-            line_grads.append(unordered)
+        line_grads = _unbucket(grads, [[g] for g in grads], layout.order)
         return (*line_grads, None, None, None, None, None)
 
 
