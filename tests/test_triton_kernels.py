@@ -80,9 +80,9 @@ def test_kernel_choice_and_clear_errors(monkeypatch):
     forest = LineForest([8605.0], [0.02], [0.03], [0.01], dtype=torch.float64)
     grid = np.arange(8600.0, 8610.0, 0.01)
     flux_layout = forest.make_layout(grid)
-    assert not sparse._use_triton(torch.device("cpu"))
+    assert not sparse.use_triton(torch.device("cpu"))
     monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "auto")
-    assert not sparse._use_triton(torch.device("cpu"))
+    assert not sparse.use_triton(torch.device("cpu"))
     monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "torch")
     torch_flux = forest(flux_layout).detach()
     monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "triton")
@@ -94,3 +94,76 @@ def test_kernel_choice_and_clear_errors(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "auto")
     assert not triton_kernels.available("cpu")
+
+
+def _forest_inputs(dtype, linear, emission, seed=1):
+    rng = np.random.default_rng(seed)
+    wl = np.arange(8600.0, 8610.0, 0.01)
+    n = 40
+    center = np.sort(rng.uniform(8599.5, 8610.5, n))  # some windows hang off the grid
+    amplitude = rng.uniform(0.002, 0.05, n)
+    amplitude[5] = 0.5  # saturated in linear mode
+    sigma = rng.uniform(0.01, 0.05, n)
+    gamma = rng.uniform(0.005, 0.03, n)
+    gamma[7], sigma[8] = 1e-5, 1e-5  # nearly pure Gaussian and nearly pure Lorentzian lines
+    forest = LineForest(
+        center,
+        amplitude,
+        sigma,
+        gamma,
+        dtype=dtype,
+        mode="linear" if linear else "log",
+        emission=[emission and i % 7 == 0 for i in range(n)],
+        trainable=("center", "amplitude", "sigma", "gamma"),
+    )
+    with torch.no_grad():
+        forest.center_shift.copy_(torch.tensor(rng.normal(0.0, 0.004, n), dtype=dtype))
+    return forest, forest.make_layout(wl)
+
+
+@pytest.mark.parametrize("emission", [False, True])
+@pytest.mark.parametrize("linear", [True, False])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 3e-6)])
+def test_triton_forest_path_matches_the_pytorch_path(monkeypatch, dtype, tol, linear, emission):
+    """Parameters → coefficients, window placement and the chain rule, all in Triton."""
+    forest, layout = _forest_inputs(dtype, linear, emission)
+    velocity = torch.tensor(7.5, dtype=dtype, requires_grad=True)  # moves windows by pixels
+    inputs = [*forest.parameters(), velocity]
+    calls = []
+    fused = triton_kernels.forest_log_transmission_triton
+    monkeypatch.setattr(
+        triton_kernels,
+        "forest_log_transmission_triton",
+        lambda *args, **kwargs: calls.append(1) or fused(*args, **kwargs),
+    )
+    results = {}
+    for kernel in ("torch", "triton"):
+        monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", kernel)
+        log_t = forest.log_transmission(layout, velocity)
+        weights = torch.linspace(-1.0, 2.0, log_t.numel(), dtype=dtype)
+        results[kernel] = (log_t.detach(), torch.autograd.grad((log_t * weights).sum(), inputs))
+    assert len(calls) == 1  # the Triton run went through the forest kernels
+    (ref, ref_grads), (got, got_grads) = results["torch"], results["triton"]
+    assert float((got - ref).abs().max()) <= tol * float(ref.abs().max())
+    names = ["center_shift", "ln_amplitude", "ln_sigma", "ln_gamma", "velocity"]
+    for name, mine, theirs in zip(names, got_grads, ref_grads):
+        scale = float(theirs.abs().max())
+        assert scale > 0, name
+        assert float((mine - theirs).abs().max()) <= 10 * tol * scale, name
+
+
+def test_triton_forest_path_leaves_the_layout_alone_and_skips_frozen_gradients(monkeypatch):
+    forest, layout = _forest_inputs(torch.float64, True, False)
+    forest.set_trainable(["amplitude"])
+    starts = [b.start.clone() for b in layout.buckets]
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "triton")
+    log_t = forest.log_transmission(layout, 30.0)  # ~1 Å: every window moves
+    log_t.sum().backward()
+    assert all(torch.equal(b.start, s) for b, s in zip(layout.buckets, starts))
+    assert forest.ln_amplitude.grad is not None
+    assert forest.ln_sigma.grad is None and forest.center_shift.grad is None
+    # the windows moved with the lines: same flux as the PyTorch path re-centred on them
+    monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", "torch")
+    torch.testing.assert_close(
+        log_t.detach(), forest.log_transmission(layout, 30.0).detach(), rtol=1e-12, atol=1e-15
+    )

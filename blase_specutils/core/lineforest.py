@@ -25,6 +25,8 @@ from .profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
 from .sparse import (
     SparseLayout,
     pseudo_voigt_log_transmission,
+    run_triton,
+    use_triton,
     voigt_log_transmission,
     window_half_widths,
 )
@@ -287,11 +289,27 @@ class LineForest(nn.Module):
             Use the fused kernel of the profile (False: plain autograd, the reference).
         """
         shift = self.shift(velocity_kms)
+        linear = self.mode == "linear"
+        if self.profile == "pseudo_voigt" and fused and use_triton(shift.device):
+            # Every per-line step in Triton kernels, windows placed from the current shift.
+            out = run_triton(
+                "forest_log_transmission_triton",
+                layout,
+                self.ln_amplitude,
+                self.ln_sigma,
+                self.ln_gamma,
+                shift,
+                self.sign,
+                linear=linear,
+                clip=1.0 - 1e-6,
+                emission=self._has_emission,
+            )
+            if out is not None:
+                return out
         layout.refresh(shift)
         amplitude = torch.exp(self.ln_amplitude)
         sigma = torch.exp(self.ln_sigma)
         gamma = torch.exp(self.ln_gamma)
-        linear = self.mode == "linear"
         if self.profile == "pseudo_voigt" and fused:
             fwhm, eta = tch_fwhm_and_eta(sigma, gamma)
             return pseudo_voigt_log_transmission(

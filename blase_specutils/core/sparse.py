@@ -261,7 +261,13 @@ class SparseLayout:
             row += members.size
         #: Line indices in bucket order: ``tensor[order][bucket.rows]`` are a bucket's lines.
         self.order = torch.as_tensor(np.concatenate(order), dtype=torch.long, device=self.device)
-        self._shift_cache: torch.Tensor | None = None
+        #: Reference centre (float64) and half the window length of each row, bucket order.
+        self.row_center = self.center_ref[self.order]
+        self.row_half_width = torch.as_tensor(
+            np.concatenate([np.full(b.lines.numel(), b.width // 2) for b in self.buckets]),
+            dtype=torch.long,
+            device=self.device,
+        )
         self.refresh(torch.zeros(self.n_lines, dtype=torch.float64, device=self.device))
 
     # ------------------------------------------------------------------ layout
@@ -510,20 +516,10 @@ def pseudo_voigt_log_transmission(
     B = amplitude * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
     C = -0.5 / (s * s)
     args = (A, h2, B, C, shift, sign, layout, linear, clip, emission)
-    if _use_triton(A.device):
-        try:
-            from .triton_kernels import pseudo_voigt_log_transmission_triton
-
-            return pseudo_voigt_log_transmission_triton(*args)
-        except Exception as error:  # a compiler or driver problem: keep going in PyTorch
-            if _kernel_setting() == "triton":
-                raise
-            _TRITON_FAILED.append(repr(error))
-            warnings.warn(
-                f"the Triton kernel failed ({error!r}); using the PyTorch kernel from now on",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+    if use_triton(A.device):
+        out = run_triton("pseudo_voigt_log_transmission_triton", *args)
+        if out is not None:
+            return out
     return _PseudoVoigtLogTransmission.apply(*args)
 
 
@@ -537,6 +533,28 @@ PSEUDO_VOIGT_KERNEL = "torch"
 _TRITON_FAILED: list[str] = []
 
 
+def run_triton(name: str, *args, **kwargs) -> torch.Tensor | None:
+    """Call ``triton_kernels.<name>``; ``None`` if it fails when the setting is "auto".
+
+    A compiler or driver problem then costs one warning and the PyTorch kernel from
+    there on; with the setting "triton" the error is raised.
+    """
+    try:
+        from . import triton_kernels
+
+        return getattr(triton_kernels, name)(*args, **kwargs)
+    except Exception as error:
+        if _kernel_setting() == "triton":
+            raise
+        _TRITON_FAILED.append(repr(error))
+        warnings.warn(
+            f"the Triton kernel failed ({error!r}); using the PyTorch kernel from now on",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
 def _kernel_setting() -> str:
     setting = os.environ.get("BLASE_SPECUTILS_KERNEL", PSEUDO_VOIGT_KERNEL).lower()
     if setting not in ("auto", "torch", "triton"):
@@ -547,7 +565,11 @@ def _kernel_setting() -> str:
     return setting
 
 
-def _use_triton(device: torch.device) -> bool:
+def use_triton(device: torch.device) -> bool:
+    """Whether pseudo-Voigt forests on ``device`` run the Triton kernels.
+
+    See ``PSEUDO_VOIGT_KERNEL`` and the environment variable ``BLASE_SPECUTILS_KERNEL``.
+    """
     setting = _kernel_setting()
     if setting == "torch":
         return False

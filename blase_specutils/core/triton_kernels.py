@@ -21,7 +21,11 @@ import torch
 
 from .sparse import _unbucket
 
-__all__ = ["available", "pseudo_voigt_log_transmission_triton"]
+__all__ = [
+    "available",
+    "forest_log_transmission_triton",
+    "pseudo_voigt_log_transmission_triton",
+]
 
 try:  # pragma: no cover - exercised only where triton is installed
     import triton
@@ -66,6 +70,21 @@ if triton is not None:
         return shift, a, h2, b, c, sign
 
     @triton.jit
+    def _window(r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift):
+        # The window of each row, formed here instead of read from memory: pixel indices
+        # start + col clamped into the grid, whether they were inside it, and the offsets
+        # λ − λc_ref in float64, rounded once to the working dtype (that of ``shift``).
+        mask = row_ok[:, None] & (col < width)[None, :]
+        start = tl.load(start_ptr + r, mask=row_ok, other=0)
+        raw = start[:, None] + col[None, :]
+        inside = mask & (raw >= 0) & (raw < n_pixels)
+        pixel = tl.minimum(tl.maximum(raw, 0), n_pixels - 1)
+        center = tl.load(center_ptr + r, mask=row_ok, other=0.0)
+        wavelength = tl.load(wavelength_ptr + pixel, mask=mask, other=0.0)
+        offset = (wavelength - center[:, None]).to(shift.dtype)
+        return inside, pixel, offset
+
+    @triton.jit
     def _profile(off, shift, a, h2, b, c, core):
         x = off - shift[:, None]
         x2 = x * x
@@ -77,9 +96,9 @@ if triton is not None:
 
     @triton.jit
     def _forward_kernel(
-        offset_ptr,
-        pixel_ptr,
-        valid_ptr,
+        wavelength_ptr,
+        center_ptr,
+        start_ptr,
         shift_ptr,
         a_ptr,
         h2_ptr,
@@ -87,12 +106,12 @@ if triton is not None:
         c_ptr,
         sign_ptr,
         out_ptr,
+        n_pixels,
         rows,
         width,
         core_lo,
         core_hi,
         clip,
-        HAS_VALID: tl.constexpr,
         LINEAR: tl.constexpr,
         EMISSION: tl.constexpr,
         BLOCK_R: tl.constexpr,
@@ -101,11 +120,11 @@ if triton is not None:
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         col = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
         row_ok = r < rows
-        mask = row_ok[:, None] & (col < width)[None, :]
-        index = r[:, None] * width + col[None, :]
-        off = tl.load(offset_ptr + index, mask=mask, other=0.0)
         shift, a, h2, b, c, sign = _row_parameters(
             r, row_ok, shift_ptr, a_ptr, h2_ptr, b_ptr, c_ptr, sign_ptr
+        )
+        inside, pixel, off = _window(
+            r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift
         )
         core = (col >= core_lo) & (col < core_hi)
         x, x2, inv, gauss, av = _profile(off, shift, a, h2, b, c, core)
@@ -115,16 +134,13 @@ if triton is not None:
             value = _log1p(-tl.minimum(av, clip))
         else:
             value = -av
-        if HAS_VALID:
-            value = value * tl.load(valid_ptr + index, mask=mask, other=0.0)
-        pixel = tl.load(pixel_ptr + index, mask=mask, other=0)
-        tl.atomic_add(out_ptr + pixel, value, mask=mask)
+        tl.atomic_add(out_ptr + pixel, value, mask=inside)
 
     @triton.jit
     def _backward_kernel(
-        offset_ptr,
-        pixel_ptr,
-        valid_ptr,
+        wavelength_ptr,
+        center_ptr,
+        start_ptr,
         grad_ptr,
         shift_ptr,
         a_ptr,
@@ -137,12 +153,12 @@ if triton is not None:
         grad_b_ptr,
         grad_c_ptr,
         grad_shift_ptr,
+        n_pixels,
         rows,
         width,
         core_lo,
         core_hi,
         clip,
-        HAS_VALID: tl.constexpr,
         LINEAR: tl.constexpr,
         EMISSION: tl.constexpr,
         BLOCK_R: tl.constexpr,
@@ -162,15 +178,12 @@ if triton is not None:
         sum_gauss_x = zero
         for start in range(0, width, BLOCK_W):
             col = start + tl.arange(0, BLOCK_W)
-            mask = row_ok[:, None] & (col < width)[None, :]
-            index = r[:, None] * width + col[None, :]
-            off = tl.load(offset_ptr + index, mask=mask, other=0.0)
+            inside, pixel, off = _window(
+                r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift
+            )
             core = (col >= core_lo) & (col < core_hi)
             x, x2, inv, gauss, av = _profile(off, shift, a, h2, b, c, core)
-            pixel = tl.load(pixel_ptr + index, mask=mask, other=0)
-            w = tl.load(grad_ptr + pixel, mask=mask, other=0.0)
-            if HAS_VALID:
-                w = w * tl.load(valid_ptr + index, mask=mask, other=0.0)
+            w = tl.load(grad_ptr + pixel, mask=inside, other=0.0)
             if EMISSION:
                 w = w * sign[:, None]
                 av = av * sign[:, None]
@@ -196,19 +209,162 @@ if triton is not None:
         # d(aV)/d(shift) = −d(aV)/d(dx) = 2 dx (A/(x²+h2)² − C·B·exp(C x²))
         tl.store(grad_shift_ptr + r, 2.0 * (sum_lorentz_x - c * sum_gauss_x), mask=row_ok)
 
+    @triton.jit
+    def _tch(ln_sigma, ln_gamma):
+        # Thompson–Cox–Hastings total FWHM f and Lorentzian fraction η (as in
+        # profiles.tch_fwhm_and_eta), with the quintic P(fG, fL) = f⁵ kept for the backward.
+        fg = 2.3548200450309493 * tl.exp(ln_sigma)
+        fl = 2.0 * tl.exp(ln_gamma)
+        fg2 = fg * fg
+        fg4 = fg2 * fg2
+        inner = 4.47163 * fg2 + fl * (0.07842 * fg + fl)
+        quintic = fg4 * fg + fl * (2.69269 * fg4 + fl * (2.42843 * fg2 * fg + fl * inner))
+        fwhm = tl.exp(0.2 * tl.log(quintic))
+        ratio = fl / fwhm
+        eta = ratio * (1.36603 + ratio * (-0.47719 + ratio * 0.11116))
+        return fg, fl, quintic, fwhm, ratio, eta
+
+    @triton.jit
+    def _coefficients_kernel(
+        order_ptr,
+        half_width_ptr,
+        center_ptr,
+        wavelength_ptr,
+        line_shift_ptr,
+        ln_a_ptr,
+        ln_sigma_ptr,
+        ln_gamma_ptr,
+        line_sign_ptr,
+        start_ptr,
+        shift_ptr,
+        a_ptr,
+        h2_ptr,
+        b_ptr,
+        c_ptr,
+        sign_ptr,
+        n_rows,
+        n_pixels,
+        search_steps,
+        BLOCK: tl.constexpr,
+    ):
+        # Per line, in bucket order: the pseudo-Voigt coefficients aV = A/(x² + h2) +
+        # B exp(C x²) from ln a, ln σ, ln γ, and the first pixel of the window centred on
+        # the line's current position (a binary search, as torch.searchsorted).
+        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = r < n_rows
+        line = tl.load(order_ptr + r, mask=ok, other=0)
+        shift = tl.load(line_shift_ptr + line, mask=ok, other=0.0)
+        fg, fl, quintic, fwhm, ratio, eta = _tch(
+            tl.load(ln_sigma_ptr + line, mask=ok, other=0.0),
+            tl.load(ln_gamma_ptr + line, mask=ok, other=0.0),
+        )
+        amplitude = tl.exp(tl.load(ln_a_ptr + line, mask=ok, other=0.0))
+        half = 0.5 * fwhm
+        s = fwhm / 2.3548200450309493
+        tl.store(a_ptr + r, amplitude * eta * half / 3.141592653589793, mask=ok)
+        tl.store(h2_ptr + r, half * half, mask=ok)
+        tl.store(b_ptr + r, amplitude * (1.0 - eta) / (s * 2.5066282746310002), mask=ok)
+        tl.store(c_ptr + r, -0.5 / (s * s), mask=ok)
+        tl.store(shift_ptr + r, shift, mask=ok)
+        tl.store(sign_ptr + r, tl.load(line_sign_ptr + line, mask=ok, other=1.0), mask=ok)
+        center = tl.load(center_ptr + r, mask=ok, other=0.0) + shift.to(tl.float64)
+        lo = tl.zeros([BLOCK], dtype=tl.int64)
+        hi = lo + n_pixels
+        for _ in range(search_steps):
+            active = lo < hi
+            mid = (lo + hi) // 2
+            value = tl.load(wavelength_ptr + mid, mask=ok & active, other=0.0)
+            right = active & (value < center)
+            lo = tl.where(right, mid + 1, lo)
+            hi = tl.where(active & (value >= center), mid, hi)
+        tl.store(start_ptr + r, lo - tl.load(half_width_ptr + r, mask=ok, other=0), mask=ok)
+
+    @triton.jit
+    def _coefficients_backward_kernel(
+        order_ptr,
+        ln_a_ptr,
+        ln_sigma_ptr,
+        ln_gamma_ptr,
+        grad_a_ptr,
+        grad_h2_ptr,
+        grad_b_ptr,
+        grad_c_ptr,
+        grad_shift_ptr,
+        out_ln_a_ptr,
+        out_ln_sigma_ptr,
+        out_ln_gamma_ptr,
+        out_shift_ptr,
+        n_rows,
+        BLOCK: tl.constexpr,
+    ):
+        # Chain rule from the gradients of (A, h2, B, C) per row to ln a, ln σ, ln γ per
+        # line (written in line order). With K = 2√(2 ln 2): A = a η f/(2π), h2 = f²/4,
+        # B = a (1 − η) K/(f √(2π)), C = −K²/(2 f²), f = P^(1/5), η = η(fL/f).
+        r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        ok = r < n_rows
+        line = tl.load(order_ptr + r, mask=ok, other=0)
+        fg, fl, quintic, fwhm, ratio, eta = _tch(
+            tl.load(ln_sigma_ptr + line, mask=ok, other=0.0),
+            tl.load(ln_gamma_ptr + line, mask=ok, other=0.0),
+        )
+        amplitude = tl.exp(tl.load(ln_a_ptr + line, mask=ok, other=0.0))
+        half = 0.5 * fwhm
+        s = fwhm / 2.3548200450309493
+        coef_a = amplitude * eta * half / 3.141592653589793
+        coef_b = amplitude * (1.0 - eta) / (s * 2.5066282746310002)
+        coef_c = -0.5 / (s * s)
+        g_a = tl.load(grad_a_ptr + r, mask=ok, other=0.0)
+        g_h2 = tl.load(grad_h2_ptr + r, mask=ok, other=0.0)
+        g_b = tl.load(grad_b_ptr + r, mask=ok, other=0.0)
+        g_c = tl.load(grad_c_ptr + r, mask=ok, other=0.0)
+        g_fwhm = (g_a * coef_a - g_b * coef_b - 2.0 * g_c * coef_c) / fwhm + g_h2 * half
+        g_eta = g_a * amplitude * half / 3.141592653589793 - g_b * amplitude / (
+            s * 2.5066282746310002
+        )
+        # fG ∂P/∂fG and fL ∂P/∂fL: the derivatives of P with respect to ln σ and ln γ.
+        fg2 = fg * fg
+        fg3 = fg2 * fg
+        fg4 = fg2 * fg2
+        fl2 = fl * fl
+        fl3 = fl2 * fl
+        fl4 = fl2 * fl2
+        dp_sigma = (
+            5.0 * fg4 * fg
+            + 4.0 * 2.69269 * fg4 * fl
+            + 3.0 * 2.42843 * fg3 * fl2
+            + 2.0 * 4.47163 * fg2 * fl3
+            + 0.07842 * fg * fl4
+        )
+        dp_gamma = (
+            2.69269 * fg4 * fl
+            + 2.0 * 2.42843 * fg3 * fl2
+            + 3.0 * 4.47163 * fg2 * fl3
+            + 4.0 * 0.07842 * fg * fl4
+            + 5.0 * fl4 * fl
+        )
+        df_sigma = 0.2 * fwhm * dp_sigma / quintic
+        df_gamma = 0.2 * fwhm * dp_gamma / quintic
+        deta = 1.36603 + ratio * (2.0 * -0.47719 + ratio * 3.0 * 0.11116)
+        dratio_sigma = -ratio * df_sigma / fwhm
+        dratio_gamma = ratio - ratio * df_gamma / fwhm
+        tl.store(out_ln_a_ptr + line, g_a * coef_a + g_b * coef_b, mask=ok)
+        tl.store(out_ln_sigma_ptr + line, g_fwhm * df_sigma + g_eta * deta * dratio_sigma, mask=ok)
+        tl.store(out_ln_gamma_ptr + line, g_fwhm * df_gamma + g_eta * deta * dratio_gamma, mask=ok)
+        tl.store(out_shift_ptr + line, tl.load(grad_shift_ptr + r, mask=ok, other=0.0), mask=ok)
+
 
 #: Rows and columns per program of the forward kernel, rows per program backward.
 BLOCK_ROWS = 16
 BLOCK_COLUMNS = 64
+#: Lines per program of the per-line coefficient kernels.
+BLOCK_LINES = 128
 
 
-def _bucket_arguments(layout, per_line):
-    """What the kernels take for each non-empty bucket, in their argument order.
+def _bucket_arguments(layout):
+    """Each non-empty bucket with its row slice and the kernels' integer arguments.
 
-    Yields ``(bucket, lines, tensors, scalars)``: ``lines`` are the bucket's slices of the
-    bucket-ordered ``per_line`` tensors, ``tensors`` = offset, pixel, valid (the offsets
-    stand in when there is no mask; never read then) and ``scalars`` = rows, width, first
-    and last-plus-one core column.
+    Yields ``(bucket, rows_slice, scalars)`` with ``scalars`` = pixels in the grid, rows,
+    width, first and last-plus-one core column.
     """
     for bucket in layout.buckets:
         rows = bucket.rows.stop - bucket.rows.start
@@ -217,66 +373,142 @@ def _bucket_arguments(layout, per_line):
         core = bucket.core
         core_lo = 0 if core.start is None else int(core.start)
         core_hi = bucket.width if core.stop is None else int(core.stop)
-        valid = bucket.valid if bucket.valid is not None else bucket.offset
-        lines = [t[bucket.rows] for t in per_line]
-        yield (
-            bucket,
-            lines,
-            (bucket.offset, bucket.pixel, valid),
-            (rows, bucket.width, core_lo, core_hi),
+        yield bucket, bucket.rows, (layout.n_pixels, rows, bucket.width, core_lo, core_hi)
+
+
+def _launch_forward(layout, start, per_line, linear, clip, emission, dtype):
+    """Per-bucket forward kernels; ``per_line`` = shift, A, h2, B, C, sign in bucket order."""
+    out = torch.zeros(layout.n_pixels, dtype=dtype, device=layout.device)
+    for _, rows, scalars in _bucket_arguments(layout):
+        n_rows, width = scalars[1:3]
+        _forward_kernel[(triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(width, BLOCK_COLUMNS))](
+            layout.wavelength,
+            layout.row_center[rows],
+            start[rows],
+            *(t[rows] for t in per_line),
+            out,
+            *scalars,
+            float(clip),
+            LINEAR=bool(linear),
+            EMISSION=bool(emission),
+            BLOCK_R=BLOCK_ROWS,
+            BLOCK_W=BLOCK_COLUMNS,
         )
+    return out
+
+
+def _launch_backward(layout, start, per_line, grad_out, linear, clip, emission):
+    """Per-bucket backward kernels: gradients of A, h2, B, C, shift in bucket order."""
+    grad_out = grad_out.contiguous()
+    grads = [torch.empty_like(per_line[0]) for _ in range(5)]
+    for _, rows, scalars in _bucket_arguments(layout):
+        _backward_kernel[(triton.cdiv(scalars[1], BLOCK_ROWS),)](
+            layout.wavelength,
+            layout.row_center[rows],
+            start[rows],
+            grad_out,
+            *(t[rows] for t in per_line),
+            *(g[rows] for g in grads),
+            *scalars,
+            float(clip),
+            LINEAR=bool(linear),
+            EMISSION=bool(emission),
+            BLOCK_R=BLOCK_ROWS,
+            BLOCK_W=BLOCK_COLUMNS,
+        )
+    return grads
 
 
 class _TritonPseudoVoigtLogTransmission(torch.autograd.Function):
-    """Same contract as :class:`~blase_specutils.core.sparse._PseudoVoigtLogTransmission`."""
+    """Same contract as :class:`~blase_specutils.core.sparse._PseudoVoigtLogTransmission`.
+
+    The windows start where the layout's last ``refresh`` put them.
+    """
 
     @staticmethod
     def forward(ctx, A, h2, B, C, shift, sign, layout, linear, clip, emission):
         order = layout.order
         # bucket order, in the kernels' argument order
         per_line = [t[order].contiguous() for t in (shift, A, h2, B, C, sign)]
-        out = torch.zeros(layout.n_pixels, dtype=A.dtype, device=A.device)
-        for bucket, lines, tensors, scalars in _bucket_arguments(layout, per_line):
-            rows, width = scalars[:2]
-            _forward_kernel[(triton.cdiv(rows, BLOCK_ROWS), triton.cdiv(width, BLOCK_COLUMNS))](
-                *tensors,
-                *lines,
-                out,
-                *scalars,
-                float(clip),
-                HAS_VALID=bucket.valid is not None,
-                LINEAR=bool(linear),
-                EMISSION=bool(emission),
-                BLOCK_R=BLOCK_ROWS,
-                BLOCK_W=BLOCK_COLUMNS,
-            )
+        start = torch.cat([b.start for b in layout.buckets])
+        out = _launch_forward(layout, start, per_line, linear, clip, emission, A.dtype)
         ctx.layout, ctx.linear, ctx.clip, ctx.emission = layout, linear, clip, emission
-        ctx.save_for_backward(*per_line)
+        ctx.save_for_backward(start, *per_line)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        per_line = ctx.saved_tensors
-        layout = ctx.layout
-        grad_out = grad_out.contiguous()
-        # A, h2, B, C, shift (the forward's input order), in bucket order
-        grads = [torch.empty_like(per_line[0]) for _ in range(5)]
-        for bucket, lines, tensors, scalars in _bucket_arguments(layout, per_line):
-            _backward_kernel[(triton.cdiv(scalars[0], BLOCK_ROWS),)](
-                *tensors,
-                grad_out,
-                *lines,
-                *(g[bucket.rows] for g in grads),
-                *scalars,
-                float(ctx.clip),
-                HAS_VALID=bucket.valid is not None,
-                LINEAR=bool(ctx.linear),
-                EMISSION=bool(ctx.emission),
-                BLOCK_R=BLOCK_ROWS,
-                BLOCK_W=BLOCK_COLUMNS,
-            )
-        line_grads = _unbucket(grads, [[g] for g in grads], layout.order)
+        start, *per_line = ctx.saved_tensors
+        grads = _launch_backward(
+            ctx.layout, start, per_line, grad_out, ctx.linear, ctx.clip, ctx.emission
+        )
+        line_grads = _unbucket(grads, [[g] for g in grads], ctx.layout.order)
         return (*line_grads, None, None, None, None, None)
+
+
+class _TritonForestLogTransmission(torch.autograd.Function):
+    """ln transmission of a pseudo-Voigt forest straight from its parameters.
+
+    One kernel turns ln a, ln σ, ln γ and the shifts into the per-line coefficients and
+    window starts (no layout refresh, no per-line PyTorch arithmetic), one kernel per
+    bucket evaluates and scatters; backward, one kernel per bucket sums the gradients
+    and one kernel chains them to the parameters. An epoch is then a few dozen kernel
+    launches whatever the number of lines.
+    """
+
+    @staticmethod
+    def forward(ctx, ln_amplitude, ln_sigma, ln_gamma, shift, sign, layout, linear, clip, emission):
+        n = layout.n_lines
+        dtype = ln_amplitude.dtype
+        inputs = [t.contiguous() for t in (ln_amplitude, ln_sigma, ln_gamma, shift, sign)]
+        start = torch.empty(n, dtype=torch.long, device=layout.device)
+        per_line = [torch.empty(n, dtype=dtype, device=layout.device) for _ in range(6)]
+        _coefficients_kernel[(triton.cdiv(n, BLOCK_LINES),)](
+            layout.order,
+            layout.row_half_width,
+            layout.row_center,
+            layout.wavelength,
+            inputs[3],
+            inputs[0],
+            inputs[1],
+            inputs[2],
+            inputs[4],
+            start,
+            *per_line,
+            n,
+            layout.n_pixels,
+            layout.n_pixels.bit_length() + 1,
+            BLOCK=BLOCK_LINES,
+        )
+        out = _launch_forward(layout, start, per_line, linear, clip, emission, dtype)
+        ctx.layout, ctx.linear, ctx.clip, ctx.emission = layout, linear, clip, emission
+        ctx.save_for_backward(start, *per_line, *inputs[:3])
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        start, *rest = ctx.saved_tensors
+        per_line, parameters = rest[:6], rest[6:]
+        layout = ctx.layout
+        grads = _launch_backward(
+            layout, start, per_line, grad_out, ctx.linear, ctx.clip, ctx.emission
+        )
+        n = layout.n_lines
+        out = [torch.empty_like(parameters[0]) for _ in range(4)]
+        _coefficients_backward_kernel[(triton.cdiv(n, BLOCK_LINES),)](
+            layout.order, *parameters, *grads, *out, n, BLOCK=BLOCK_LINES
+        )
+        needed = ctx.needs_input_grad
+        grads_in = (g if needed[i] else None for i, g in enumerate(out))
+        return (*grads_in, None, None, None, None, None)
+
+
+def _require(device):
+    if not available(device):
+        raise RuntimeError(
+            f"the Triton kernels cannot run on {device}: they need triton and a CUDA device "
+            "(or TRITON_INTERPRET=1 on the CPU)"
+        )
 
 
 def pseudo_voigt_log_transmission_triton(A, h2, B, C, shift, sign, layout, linear, clip, emission):
@@ -287,11 +519,41 @@ def pseudo_voigt_log_transmission_triton(A, h2, B, C, shift, sign, layout, linea
     RuntimeError
         If Triton cannot run on the tensors' device (see :func:`available`).
     """
-    if not available(A.device):
-        raise RuntimeError(
-            f"the Triton kernels cannot run on {A.device}: they need triton and a CUDA device "
-            "(or TRITON_INTERPRET=1 on the CPU)"
-        )
+    _require(A.device)
     return _TritonPseudoVoigtLogTransmission.apply(
         A, h2, B, C, shift, sign, layout, linear, clip, emission
+    )
+
+
+def forest_log_transmission_triton(
+    layout, ln_amplitude, ln_sigma, ln_gamma, shift, sign, *, linear, clip, emission
+):
+    """ln transmission per pixel of pseudo-Voigt lines given by their log parameters.
+
+    The same numbers as ``pseudo_voigt_log_transmission`` after ``tch_fwhm_and_eta``
+    and ``layout.refresh(shift)``, up to rounding, with every per-line step inside
+    Triton kernels: the windows are placed in a kernel from the current centres and
+    the layout itself is left as it was.
+
+    Parameters
+    ----------
+    layout : SparseLayout
+        Bucket structure of the windows (their positions follow ``shift``).
+    ln_amplitude, ln_sigma, ln_gamma : torch.Tensor
+        ln a, ln σ, ln γ per line (a, σ, γ in Å), working dtype.
+    shift : torch.Tensor
+        Per-line centre shift from ``layout.center_ref``, Å.
+    sign : torch.Tensor
+        +1 for absorption, −1 for emission, per line.
+    linear, clip, emission
+        As for ``pseudo_voigt_log_transmission``.
+
+    Raises
+    ------
+    RuntimeError
+        If Triton cannot run on the tensors' device (see :func:`available`).
+    """
+    _require(ln_amplitude.device)
+    return _TritonForestLogTransmission.apply(
+        ln_amplitude, ln_sigma, ln_gamma, shift, sign, layout, linear, clip, emission
     )
