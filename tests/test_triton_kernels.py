@@ -167,3 +167,29 @@ def test_triton_forest_path_leaves_the_layout_alone_and_skips_frozen_gradients(m
     torch.testing.assert_close(
         log_t.detach(), forest.log_transmission(layout, 30.0).detach(), rtol=1e-12, atol=1e-15
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch, dtype):
+    assert triton_kernels.self_check("cpu", dtype) is None
+    fused = triton_kernels.forest_log_transmission_triton
+    monkeypatch.setattr(
+        triton_kernels,
+        "forest_log_transmission_triton",
+        lambda *args, **kwargs: fused(*args, **kwargs) * (1.0 + 1e-3),
+    )
+    problem = triton_kernels.self_check("cpu", dtype)
+    assert problem is not None and problem.startswith("log transmission")
+
+
+def test_auto_mode_falls_back_with_a_warning_when_the_self_check_fails(monkeypatch):
+    monkeypatch.setattr(sparse, "_TRITON_FAILED", [])
+    monkeypatch.setattr(sparse, "_TRITON_CHECKED", set())
+    device = torch.device("cpu")  # the check itself is device-agnostic
+    assert sparse._passes_self_check(device)
+    assert "cpu" in sparse._TRITON_CHECKED
+    monkeypatch.setattr(sparse, "_TRITON_CHECKED", set())
+    monkeypatch.setattr(triton_kernels, "self_check", lambda device: "ln_sigma: off by 1")
+    with pytest.warns(RuntimeWarning, match="disagree with PyTorch on cpu.*ln_sigma"):
+        assert not sparse._passes_self_check(device)
+    assert sparse._TRITON_FAILED == ["ln_sigma: off by 1"]

@@ -470,6 +470,31 @@ def _bucket_profile(b: Bucket, dx, A, h2, B, C, keep: bool = False):
     return av, inv, eg, x2k
 
 
+def pseudo_voigt_coefficients(
+    amplitude: torch.Tensor, fwhm: torch.Tensor, eta: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coefficients of ``aV(x) = A/(x² + h2) + B·exp(C·x²)`` for pseudo-Voigt lines.
+
+    Parameters
+    ----------
+    amplitude, fwhm, eta : torch.Tensor
+        Amplitude (area, Å), total FWHM (Å) and Lorentzian fraction per line.
+
+    Returns
+    -------
+    A, h2, B, C : torch.Tensor
+        Lorentzian numerator (Å²) and squared half width (Å²), Gaussian peak height and
+        exponent factor (1/Å²).
+    """
+    half = 0.5 * fwhm
+    s = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    A = amplitude * eta * half / math.pi
+    h2 = half * half
+    B = amplitude * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
+    C = -0.5 / (s * s)
+    return A, h2, B, C
+
+
 def pseudo_voigt_log_transmission(
     layout: SparseLayout,
     amplitude: torch.Tensor,
@@ -509,12 +534,7 @@ def pseudo_voigt_log_transmission(
     torch.Tensor
         Per-pixel log transmission, shape ``(layout.n_pixels,)``.
     """
-    half = 0.5 * fwhm
-    s = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    A = amplitude * eta * half / math.pi
-    h2 = half * half
-    B = amplitude * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
-    C = -0.5 / (s * s)
+    A, h2, B, C = pseudo_voigt_coefficients(amplitude, fwhm, eta)
     args = (A, h2, B, C, shift, sign, layout, linear, clip, emission)
     if use_triton(A.device):
         out = run_triton("pseudo_voigt_log_transmission_triton", *args)
@@ -525,12 +545,15 @@ def pseudo_voigt_log_transmission(
 
 #: Which pseudo-Voigt kernel to run: "torch" (default), "triton" (the fused kernels of
 #: :mod:`~blase_specutils.core.triton_kernels`; on the CPU only under Triton's
-#: interpreter) or "auto" (Triton on a CUDA device when triton imports, else PyTorch). The
+#: interpreter) or "auto" (Triton on a CUDA device when triton imports and the kernels
+#: pass :func:`~blase_specutils.core.triton_kernels.self_check` there, else PyTorch). The
 #: environment variable ``BLASE_SPECUTILS_KERNEL`` overrides it. The Triton kernels agree
 #: with the PyTorch kernel to rounding under the interpreter; they become the CUDA default
-#: once timed and checked on a GPU (``benchmarks/gpu_run.sh``).
+#: once timed on a GPU (``benchmarks/gpu_run.sh``).
 PSEUDO_VOIGT_KERNEL = "torch"
 _TRITON_FAILED: list[str] = []
+#: Devices on which the Triton kernels passed their self-check ("auto" only).
+_TRITON_CHECKED: set[str] = set()
 
 
 def run_triton(name: str, *args, **kwargs) -> torch.Tensor | None:
@@ -579,7 +602,33 @@ def use_triton(device: torch.device) -> bool:
         return False
     from .triton_kernels import available
 
-    return available(device)
+    return available(device) and _passes_self_check(device)
+
+
+def _passes_self_check(device: torch.device) -> bool:
+    """Once per device: do the Triton kernels agree with PyTorch there? (warns if not)."""
+    key = str(device)
+    if key in _TRITON_CHECKED:
+        return True
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False  # no checks inside a CUDA graph capture; the next eager call runs it
+    from .triton_kernels import self_check
+
+    try:
+        problem = self_check(device)
+    except Exception as error:  # a compiler or driver problem
+        problem = repr(error)
+    if problem is None:
+        _TRITON_CHECKED.add(key)
+        return True
+    _TRITON_FAILED.append(problem)
+    warnings.warn(
+        f"the Triton kernels disagree with PyTorch on {device} ({problem}); "
+        "using the PyTorch kernel",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return False
 
 
 # ---------------------------------------------------------------------------
