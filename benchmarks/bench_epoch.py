@@ -162,6 +162,9 @@ def section_check(device):
         rel = float((ga - gb).abs().max() / ga.abs().max().clamp(min=1e-300))
         print(f"max relative Δgrad[{name}] = {rel:.2e}")
     if device.type == "cuda" and triton_kernels.available(device):
+        for dtype in (torch.float64, torch.float32):
+            problem = triton_kernels.self_check(device, dtype)
+            print(f"Triton self-check ({str(dtype)[6:]}): {problem or 'agrees'}")
         print("\nTriton kernel against the PyTorch kernel on the device (float64):")
         outputs = {}
         for kernel in ("torch", "triton"):
