@@ -193,3 +193,32 @@ def test_auto_mode_falls_back_with_a_warning_when_the_self_check_fails(monkeypat
     with pytest.warns(RuntimeWarning, match="disagree with PyTorch on cpu.*ln_sigma"):
         assert not sparse._passes_self_check(device)
     assert sparse._TRITON_FAILED == ["ln_sigma: off by 1"]
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 3e-6)])
+def test_triton_forest_path_on_narrow_windows(monkeypatch, dtype, tol):
+    """Windows of 16 and 32 pixels: narrow column blocks, many rows per program."""
+    rng = np.random.default_rng(3)
+    n = 300
+    forest = LineForest(
+        np.sort(rng.uniform(8599.8, 8700.2, n)),
+        rng.uniform(2e-5, 2e-3, n),
+        rng.uniform(0.01, 0.04, n),
+        rng.uniform(0.001, 0.01, n),
+        dtype=dtype,
+        trainable=("center", "amplitude", "sigma", "gamma"),
+    )
+    layout = forest.make_layout(np.arange(8600.0, 8700.0, 0.05))
+    assert [w for w, _ in layout.bucket_table()] == [16, 32]
+    assert layout.bucket_table()[0][1] > triton_kernels._blocks(16)[0]  # several programs
+    results = {}
+    for kernel in ("torch", "triton"):
+        monkeypatch.setenv("BLASE_SPECUTILS_KERNEL", kernel)
+        log_t = forest.log_transmission(layout, -3.0)
+        weights = torch.linspace(-1.0, 2.0, log_t.numel(), dtype=dtype)
+        grads = torch.autograd.grad((log_t * weights).sum(), list(forest.parameters()))
+        results[kernel] = (log_t.detach(), grads)
+    (ref, ref_grads), (got, got_grads) = results["torch"], results["triton"]
+    assert float((got - ref).abs().max()) <= tol * float(ref.abs().max())
+    for mine, theirs in zip(got_grads, ref_grads):
+        assert float((mine - theirs).abs().max()) <= 10 * tol * float(theirs.abs().max())

@@ -353,8 +353,9 @@ if triton is not None:
         tl.store(out_shift_ptr + line, tl.load(grad_shift_ptr + r, mask=ok, other=0.0), mask=ok)
 
 
-#: Rows and columns per program of the forward kernel, rows per program backward.
-BLOCK_ROWS = 16
+#: Window elements per program (rows × columns) and the widest column block: narrow
+#: windows get narrower column blocks and more rows, so no lanes idle on padding.
+BLOCK_ELEMENTS = 1024
 BLOCK_COLUMNS = 64
 #: Lines per program of the per-line coefficient kernels.
 BLOCK_LINES = 128
@@ -376,12 +377,19 @@ def _bucket_arguments(layout):
         yield bucket, bucket.rows, (layout.n_pixels, rows, bucket.width, core_lo, core_hi)
 
 
+def _blocks(width: int) -> tuple[int, int]:
+    """Rows and columns per program for windows of ``width`` pixels (powers of two)."""
+    columns = min(BLOCK_COLUMNS, triton.next_power_of_2(width))
+    return BLOCK_ELEMENTS // columns, columns
+
+
 def _launch_forward(layout, start, per_line, linear, clip, emission, dtype):
     """Per-bucket forward kernels; ``per_line`` = shift, A, h2, B, C, sign in bucket order."""
     out = torch.zeros(layout.n_pixels, dtype=dtype, device=layout.device)
     for _, rows, scalars in _bucket_arguments(layout):
         n_rows, width = scalars[1:3]
-        _forward_kernel[(triton.cdiv(n_rows, BLOCK_ROWS), triton.cdiv(width, BLOCK_COLUMNS))](
+        block_rows, block_columns = _blocks(width)
+        _forward_kernel[(triton.cdiv(n_rows, block_rows), triton.cdiv(width, block_columns))](
             layout.wavelength,
             layout.row_center[rows],
             start[rows],
@@ -391,8 +399,8 @@ def _launch_forward(layout, start, per_line, linear, clip, emission, dtype):
             float(clip),
             LINEAR=bool(linear),
             EMISSION=bool(emission),
-            BLOCK_R=BLOCK_ROWS,
-            BLOCK_W=BLOCK_COLUMNS,
+            BLOCK_R=block_rows,
+            BLOCK_W=block_columns,
         )
     return out
 
@@ -402,7 +410,8 @@ def _launch_backward(layout, start, per_line, grad_out, linear, clip, emission):
     grad_out = grad_out.contiguous()
     grads = [torch.empty_like(per_line[0]) for _ in range(5)]
     for _, rows, scalars in _bucket_arguments(layout):
-        _backward_kernel[(triton.cdiv(scalars[1], BLOCK_ROWS),)](
+        block_rows, block_columns = _blocks(scalars[2])
+        _backward_kernel[(triton.cdiv(scalars[1], block_rows),)](
             layout.wavelength,
             layout.row_center[rows],
             start[rows],
@@ -413,8 +422,8 @@ def _launch_backward(layout, start, per_line, grad_out, linear, clip, emission):
             float(clip),
             LINEAR=bool(linear),
             EMISSION=bool(emission),
-            BLOCK_R=BLOCK_ROWS,
-            BLOCK_W=BLOCK_COLUMNS,
+            BLOCK_R=block_rows,
+            BLOCK_W=block_columns,
         )
     return grads
 
