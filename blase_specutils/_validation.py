@@ -5,7 +5,13 @@ from __future__ import annotations
 import astropy.units as u
 import numpy as np
 
-__all__ = ["as_angstrom", "as_flux_array", "check_grid", "unpack_spectra"]
+__all__ = [
+    "as_angstrom",
+    "ascending_angstrom",
+    "as_flux_array",
+    "check_grid",
+    "unpack_spectra",
+]
 
 
 def _looks_like_spectra(obj) -> bool:
@@ -94,6 +100,27 @@ def as_angstrom(value, name: str = "wavelength") -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains {int(np.sum(~np.isfinite(arr)))} NaN or infinite values")
     return arr
+
+
+def ascending_angstrom(value, name: str = "wavelength") -> tuple[np.ndarray, bool]:
+    """:func:`as_angstrom`, turned round when a frequency or wavenumber axis ran upwards.
+
+    Converting an increasing frequency or wavenumber axis to wavelength gives a decreasing
+    one; it is reversed here so that it increases, and the caller reverses the arrays that
+    go with it (flux, uncertainty, mask).
+
+    Returns
+    -------
+    wavelength : numpy.ndarray
+        Å, increasing when the input was monotonic.
+    reversed : bool
+        Whether the samples were reversed.
+    """
+    wavelength = as_angstrom(value, name)
+    inverse_axis = isinstance(value, u.Quantity) and value.unit.physical_type != "length"
+    if inverse_axis and wavelength.size > 1 and np.all(np.diff(wavelength) < 0):
+        return wavelength[::-1].copy(), True
+    return wavelength, False
 
 
 def as_flux_array(value, name: str = "flux", *, size: int | None = None) -> np.ndarray:

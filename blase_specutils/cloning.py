@@ -9,10 +9,11 @@ optionally centres) by gradient descent on the mean squared residual.
 
 from __future__ import annotations
 
+import astropy.units as u
 import numpy as np
 import torch
 
-from ._validation import as_angstrom, as_flux_array, check_grid, unpack_spectra
+from ._validation import as_flux_array, ascending_angstrom, check_grid, unpack_spectra
 from .astro.clones import CloneResult, forest_from_table, forest_to_table, load_clone
 from .astro.templates import Template
 from .core.lineforest import LineForest
@@ -65,6 +66,27 @@ def initial_line_parameters(depth, fwhm, *, mode: str = "linear"):
 
 
 @thread_limited
+def _check_teff(teff, wavelength: np.ndarray) -> float | None:
+    """``teff`` as a float, or a ValueError that says what is wrong with it."""
+    if teff is None:
+        return None
+    if isinstance(teff, u.Quantity):
+        teff = teff.to_value(u.K, equivalencies=u.temperature())
+    if isinstance(teff, (bool, np.bool_)) or not isinstance(teff, (int, float, np.number)):
+        raise ValueError(f"teff must be a temperature in K (a number), got {teff!r}")
+    teff = float(teff)
+    if not (np.isfinite(teff) and teff > 0):
+        raise ValueError(f"teff must be a positive temperature in K, got {teff}")
+    # x = hc/(λkT) at the bluest pixel: beyond ~700 the black body underflows to zero.
+    x_max = 1.4387769e8 / (float(wavelength[0]) * teff)
+    if x_max > 700.0:
+        raise ValueError(
+            f"teff = {teff:g} K is too cold for a black body at {wavelength[0]:.0f} Å "
+            "(it underflows to zero there); give the model's temperature, or leave teff out"
+        )
+    return teff
+
+
 def clone(
     wavelength,
     flux=None,
@@ -168,8 +190,10 @@ def clone(
             )
         (wavelength,), (flux,), _, (good,), _ = orders
         wavelength, flux = wavelength[good], flux[good]
-    wl = as_angstrom(wavelength, "wavelength")
+    wl, reversed_axis = ascending_angstrom(wavelength, "wavelength")
     fl = as_flux_array(flux, "flux", size=wl.size)
+    if reversed_axis:  # an increasing frequency or wavenumber axis
+        fl = fl[::-1].copy()
     check_grid(wl, min_size=16)
     if np.any(fl < 0):
         raise ValueError(
@@ -178,8 +202,11 @@ def clone(
         )
     if not 0 < prominence < 1:
         raise ValueError(f"prominence must be in (0, 1), got {prominence}")
-    if teff is not None and not (np.isfinite(teff) and teff > 0):
-        raise ValueError(f"teff must be a positive temperature in K, got {teff}")
+    teff = _check_teff(teff, wl)
+    if not (isinstance(tolerance, (int, float, np.floating)) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be in (0, 1) (continuum units), got {tolerance!r}")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if mode not in ("linear", "log"):
         raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
     torch.manual_seed(seed)

@@ -232,6 +232,71 @@ def test_clone_rejects_bad_teff(small_slice, teff):
         clone(wavelength, flux, teff=teff, progress=False)
 
 
+@pytest.mark.parametrize(
+    "teff, match",
+    [
+        ("3900", "a temperature in K"),
+        (True, "a temperature in K"),
+        (1.0, "too cold for a black body"),
+    ],
+)
+def test_clone_says_what_is_wrong_with_teff(small_slice, teff, match):
+    wavelength, flux = small_slice
+    with pytest.raises(ValueError, match=match):
+        clone(wavelength, flux, teff=teff, progress=False)
+
+
+def test_clone_takes_teff_as_a_quantity(small_slice):
+    wavelength, flux = small_slice
+    kwargs = {"epochs": 0, "progress": False}
+    plain = clone(wavelength, flux, teff=3900, **kwargs)
+    quantity = clone(wavelength, flux, teff=3900 * u.K, **kwargs)
+    np.testing.assert_array_equal(quantity.continuum, plain.continuum)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"tolerance": 0.0}, "tolerance must be in"),
+        ({"tolerance": -1.0}, "tolerance must be in"),
+        ({"epochs": -1}, "epochs must be a non-negative integer"),
+        ({"epochs": 10.5}, "epochs must be a non-negative integer"),
+    ],
+)
+def test_clone_rejects_bad_tolerance_and_epochs(small_slice, kwargs, match):
+    wavelength, flux = small_slice
+    with pytest.raises(ValueError, match=match):
+        clone(wavelength, flux, progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("unit", [u.THz, u.kayser])
+def test_clone_takes_an_increasing_frequency_or_wavenumber_axis(small_slice, unit):
+    wavelength, flux = small_slice
+    kwargs = {"teff": 3900, "epochs": 5, "progress": False}
+    in_angstrom = clone(wavelength, flux, **kwargs)
+    axis = (wavelength * u.AA).to(unit, equivalencies=u.spectral())[::-1]  # increasing
+    assert np.all(np.diff(axis.value) > 0)
+    inverse = clone(axis, flux[::-1], **kwargs)
+    np.testing.assert_allclose(inverse.wavelength, in_angstrom.wavelength, rtol=1e-13)
+    assert inverse.n_lines == in_angstrom.n_lines
+    np.testing.assert_allclose(inverse.model_flux, in_angstrom.model_flux, atol=1e-5)
+    # evaluate answers in the order of the grid it is given
+    np.testing.assert_allclose(
+        inverse.evaluate(axis), inverse.evaluate(wavelength)[::-1], rtol=1e-12
+    )
+
+
+def test_clone_loaded_without_its_spectrum_explains_itself(z_clone, tmp_path):
+    path = z_clone.save(tmp_path / "lines_only.ecsv", include_spectrum=False)
+    loaded = load_clone(path)
+    assert loaded.lines_per_100_angstrom() == pytest.approx(z_clone.lines_per_100_angstrom())
+    for attribute in ("model_flux", "residual", "rms"):
+        with pytest.raises(ValueError, match="include_spectrum=False"):
+            getattr(loaded, attribute)
+    grid = z_clone.wavelength[:500]
+    np.testing.assert_array_equal(loaded.evaluate(grid), z_clone.evaluate(grid))
+
+
 def test_clone_accepts_nanometre_quantity(small_slice):
     wavelength, flux = small_slice
     kwargs = {"teff": 3900, "epochs": 20, "progress": False}

@@ -126,9 +126,22 @@ def test_short_range_uses_fewer_anchors_and_low_order():
     wavelength, continuum, lines = _injected_spectrum(seed=3, n_lines=600)
     keep = (wavelength > 8800.0) & (wavelength < 8840.0)  # 40 Å
     fit = flatten_continuum(wavelength[keep], (continuum * lines)[keep])
-    assert fit.poly_order == 1 and fit.window_angstrom < 8.0
+    assert fit.poly_order == 3 and fit.window_angstrom < 8.0
     # measured: 8e-5
     assert np.max(np.abs(fit.continuum / continuum[keep] - 1.0)) < 0.005
+
+
+def test_strongly_curved_short_range_is_followed():
+    """A 100 Å slice whose continuum is a steep parabola (0.5 to 1.1): a straight
+    line was the old default there and missed it by 30 % at the ends."""
+    wavelength, _, lines = _injected_spectrum(seed=4, n_lines=300)
+    keep = (wavelength > 8600.0) & (wavelength < 8700.0)
+    x = (wavelength[keep] - 8650.0) / 50.0
+    continuum = 1.0 + 0.3 * x - 0.2 * x**2
+    fit = flatten_continuum(wavelength[keep], continuum * lines[keep])
+    assert fit.poly_order == 3
+    # measured: 2e-14 (Gaussian lines, no wings: the anchors reach the continuum)
+    assert np.max(np.abs(fit.continuum / continuum - 1.0)) < 1e-6
 
 
 def test_method_none_returns_ones_for_flat_spectra():

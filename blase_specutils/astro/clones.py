@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from astropy.table import QTable
 
-from .._validation import as_angstrom, check_grid
+from .._validation import ascending_angstrom, check_grid
 from ..core.lineforest import LineForest
 from ..core.profiles import pseudo_voigt_peak
 from ..core.train import TrainingHistory
@@ -177,16 +177,26 @@ class CloneResult:
         """Number of lines in the clone."""
         return self.forest.n_lines
 
+    def _require_spectrum(self, what: str) -> None:
+        if self.wavelength.size == 0:
+            raise ValueError(
+                f"{what} needs the cloned spectrum, and this clone was loaded without it "
+                "(saved with include_spectrum=False, or its .spectrum.ecsv file is missing); "
+                "evaluate the lines on a grid of your own with clone.evaluate(wavelength)"
+            )
+
     @property
     def model_flux(self) -> np.ndarray:
         """The emulator evaluated on :attr:`wavelength` (flattened units)."""
         if self._model_flux is None:
+            self._require_spectrum("model_flux")
             self._model_flux = self.evaluate(self.wavelength)
         return self._model_flux
 
     @property
     def residual(self) -> np.ndarray:
         """``target_flux − model_flux``."""
+        self._require_spectrum("residual")
         return self.target_flux - self.model_flux
 
     @property
@@ -229,17 +239,28 @@ class CloneResult:
 
     def lines_per_100_angstrom(self) -> float:
         """Mean line density over the cloned range, lines per 100 Å."""
-        span = float(self.wavelength[-1] - self.wavelength[0])
+        if self.wavelength.size:
+            span = float(self.wavelength[-1] - self.wavelength[0])
+        elif "wavelength_min" in self.meta and "wavelength_max" in self.meta:
+            span = float(self.meta["wavelength_max"]) - float(self.meta["wavelength_min"])
+        else:
+            self._require_spectrum("lines_per_100_angstrom")
         return 100.0 * self.n_lines / span
 
     def evaluate(self, wavelength, velocity_kms: float = 0.0) -> np.ndarray:
-        """Evaluate the clone on any grid (Å or Quantity), optionally Doppler shifted."""
-        wl = as_angstrom(wavelength, "wavelength")
+        """Evaluate the clone on any grid (Å or Quantity), optionally Doppler shifted.
+
+        The grid may be a frequency or wavenumber Quantity in either order; the flux comes
+        back in the order of the grid given.
+        """
+        wl, reversed_axis = ascending_angstrom(wavelength, "wavelength")
         check_grid(wl)
         with torch.no_grad():
             layout = self.forest.make_layout(wl)
             v = None if velocity_kms == 0 else float(velocity_kms)
-            return self.forest(layout, v).double().cpu().numpy()
+            flux = self.forest(layout, v).double().cpu().numpy()
+        # on a frequency or wavenumber grid, in the order of the grid given
+        return flux[::-1].copy() if reversed_axis else flux
 
     def save(self, path, *, overwrite: bool = False, include_spectrum: bool = True) -> Path:
         """Write the clone as an ECSV line table (plus the spectrum beside it).

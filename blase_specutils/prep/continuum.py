@@ -102,7 +102,13 @@ def auto_window_angstrom(bandwidth_angstrom: float) -> float:
 
 
 def auto_poly_order(bandwidth_angstrom: float) -> int:
-    """Default Chebyshev order: one per 100 Å of bandwidth, between 1 and 15.
+    """Default Chebyshev order: one per 100 Å of bandwidth, between 3 and 15.
+
+    At least a cubic: a continuum curved within a short slice (an échelle order's worth,
+    or the residual of a black body at the wrong temperature) is not a straight line, and
+    the low-anchor rejection keeps a cubic out of line-blanketed troughs. Slices shorter
+    than 20 Å get a straight line: their anchor windows (1/12 of the span) are then so
+    narrow that a single broad line covers several, and a cubic would follow it.
 
     Parameters
     ----------
@@ -114,7 +120,9 @@ def auto_poly_order(bandwidth_angstrom: float) -> int:
     int
         Polynomial order (dimensionless).
     """
-    return int(np.clip(np.ceil(bandwidth_angstrom / 100.0), 1, 15))
+    if bandwidth_angstrom < 20.0:
+        return 1
+    return int(np.clip(np.ceil(bandwidth_angstrom / 100.0), 3, 15))
 
 
 @dataclass(frozen=True)
@@ -291,7 +299,7 @@ def flatten_continuum(
     3. Fit a smooth function through the anchors (least squares): a
        Chebyshev polynomial of ``poly_order`` in ``x = (2λ - λmin - λmax) /
        (λmax - λmin)`` (``method="peaks"``, order from
-       :func:`auto_poly_order`: one per 100 Å, 1 to 15), or a cubic
+       :func:`auto_poly_order`: one per 100 Å, 3 to 15; 1 below 20 Å), or a cubic
        least-squares spline with knots every ``knot_spacing_angstrom``
        (``method="spline"``, for very wide ranges).
     4. Robust iteration: anchors more than ``reject_sigma`` × MAD (scaled to
