@@ -49,6 +49,10 @@ class _Order:
     flux: np.ndarray
     sigma: np.ndarray
     good: np.ndarray
+    #: The order's flux level in the caller's units: ``flux`` and ``sigma`` are divided by
+    #: it for the fit (so that continuum steps and tolerances mean the same for data in
+    #: erg/s/cm²/Å, counts or normalised units); results are multiplied back.
+    scale: float = 1.0
 
     @property
     def edges(self) -> np.ndarray:
@@ -100,6 +104,14 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
         if s is None:
             sig = np.full_like(fl, np.nan)
         else:
+            if isinstance(s, u.Quantity) and isinstance(f, u.Quantity):
+                try:
+                    s = s.to(f.unit)
+                except u.UnitConversionError as err:
+                    raise u.UnitConversionError(
+                        f"order {k}: the uncertainty's unit {s.unit} is not that of the flux "
+                        f"({f.unit})"
+                    ) from err
             sig = np.array(s.value if isinstance(s, u.Quantity) else s, dtype=np.float64)
             if sig.shape != wl.shape:
                 raise ValueError(
@@ -139,8 +151,20 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
             BadPixelWarning,
             stacklevel=3,
         )
-    for o in orders:
+    for k, o in enumerate(orders):
         o.sigma = np.where(o.good, o.sigma, 1.0)
+        if not o.good.any():
+            continue
+        level = float(np.median(o.flux[o.good]))
+        if not level > 0:
+            raise ValueError(
+                f"order {k}: the median flux is {level:.3g} (<= 0); the model multiplies a "
+                "positive continuum by line transmissions, so the data must be mostly positive "
+                "(sky-subtracted flux with an offset, or a mask that keeps only bad pixels?)"
+            )
+        o.scale = level
+        o.flux = o.flux / level
+        o.sigma = o.sigma / level
     return orders
 
 
@@ -319,6 +343,10 @@ class FitResult:
         parts = np.split(values, np.cumsum([len(o.wavelength) for o in self.orders])[:-1])
         return parts[0] if len(parts) == 1 else parts
 
+    def _flux_scale(self) -> np.ndarray:
+        """Per pixel: the order's flux level, to turn fitted units back into the data's."""
+        return np.concatenate([np.full(len(o.wavelength), o.scale) for o in self.orders])
+
     @property
     def rv_uncertainty(self) -> float:
         return self.uncertainties.get("rv", float("nan"))
@@ -338,12 +366,14 @@ class FitResult:
 
     @property
     def flux(self):
-        """Observed flux (masked pixels hold 0)."""
-        return self._per_order(np.concatenate([o.flux for o in self.orders]))
+        """Observed flux (masked pixels hold 0), in the units given."""
+        return self._per_order(np.concatenate([o.flux for o in self.orders]) * self._flux_scale())
 
     @property
     def uncertainty(self):
-        return self._per_order(np.concatenate([o.sigma for o in self.orders]))
+        """1-σ uncertainty of the flux (given, or estimated from the scatter)."""
+        sigma = np.concatenate([o.sigma for o in self.orders])
+        return self._per_order(sigma * self._flux_scale())
 
     @property
     def good(self):
@@ -351,15 +381,17 @@ class FitResult:
 
     @property
     def model_flux(self):
-        """Forward model at the data pixels (array, or list per order)."""
+        """Forward model at the data pixels (array, or list per order), in the data's units."""
         with torch.no_grad():
-            return self._per_order(self.forward_model().double().cpu().numpy())
+            model = self.forward_model().double().cpu().numpy()
+        return self._per_order(model * self._flux_scale())
 
     @property
     def continuum_flux(self):
-        """Fitted per-order continuum at the data pixels."""
+        """Fitted per-order continuum at the data pixels, in the data's units."""
         with torch.no_grad():
-            return self._per_order(self.forward_model.continuum().double().cpu().numpy())
+            continuum = self.forward_model.continuum().double().cpu().numpy()
+        return self._per_order(continuum * self._flux_scale())
 
     @property
     def telluric_flux(self):
@@ -376,7 +408,7 @@ class FitResult:
     @property
     def telluric_corrected_flux(self):
         """Data divided by the observed telluric transmission and the continuum."""
-        flux = np.concatenate([o.flux for o in self.orders])
+        flux = np.concatenate([o.flux for o in self.orders]) * self._flux_scale()
         tell = self.telluric_flux
         tell = np.concatenate(tell) if isinstance(tell, list) else tell
         cont = self.continuum_flux
@@ -387,18 +419,18 @@ class FitResult:
 
     @property
     def residual(self):
-        """Data − model (NaN at masked pixels)."""
+        """Data − model (NaN at masked pixels), in the data's units."""
         data = np.concatenate([o.flux for o in self.orders])
         good = np.concatenate([o.good for o in self.orders])
         with torch.no_grad():
             model = self.forward_model().double().cpu().numpy()
-        return self._per_order(np.where(good, data - model, np.nan))
+        return self._per_order(np.where(good, (data - model) * self._flux_scale(), np.nan))
 
     def residual_rms_over_noise(self) -> float:
         """RMS of (data − model)/σ over good pixels (≈ 1 at photon noise)."""
         r = self.residual
         r = np.concatenate(r) if isinstance(r, list) else r
-        s = np.concatenate([o.sigma for o in self.orders])
+        s = np.concatenate([o.sigma for o in self.orders]) * self._flux_scale()
         good = np.concatenate([o.good for o in self.orders])
         return float(np.sqrt(np.mean((r[good] / s[good]) ** 2)))
 
@@ -431,6 +463,10 @@ def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> float:
     m = shape * (basis * cont.double()[model.order_index]).sum(1)
     r = (m - d) * w
     return float(torch.sum(r * r))
+
+
+#: Smallest starting v sin i (km/s) when it is fitted (zero is a stationary point).
+MIN_START_VSINI = 0.5
 
 
 @thread_limited
@@ -504,7 +540,9 @@ def fit(
     rv : float
         Initial radial velocity, km/s.
     vsini : float, optional
-        Initial v sin i, km/s (default 5 km/s).
+        Initial v sin i, km/s (default 5 km/s). When v sin i is fitted, starts below
+        0.5 km/s begin at 0.5 km/s: the rotation kernel is flat in v sin i at 0, so a fit
+        started there would never move.
     resolving_power : float, optional
         Initial (or, with ``fit_resolving_power=False``, fixed) resolving power R. Default:
         the nominal R of the instrument the spectrum names (HPF 55,000, IGRINS 45,000, …;
@@ -610,6 +648,10 @@ def fit(
         raise ValueError(
             f"continuum_degree must be 'auto' or an integer >= 0, not {continuum_degree!r}"
         )
+    # one name alone is a common way to write a single trainable property
+    trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
+    if isinstance(telluric_trainable, str):
+        telluric_trainable = (telluric_trainable,)
     star0, star_clone = _as_forest(stellar, "stellar")
     if star0 is None:
         raise ValueError("a stellar clone is required")
@@ -624,6 +666,8 @@ def fit(
     vsini = 5.0 if vsini is None else float(vsini)
     if not (np.isfinite(vsini) and vsini >= 0):
         raise ValueError(f"vsini must be >= 0 km/s, got {vsini}")
+    if fit_vsini:
+        vsini = max(vsini, MIN_START_VSINI)
     if not (np.isfinite(resolving_power) and resolving_power > 0):
         raise ValueError(f"resolving_power must be positive, got {resolving_power}")
     if clip_sigma is not None and not (np.isfinite(clip_sigma) and clip_sigma > 0):
@@ -698,6 +742,15 @@ def fit(
     if empty is not None:
         good = good & ~torch.as_tensor(empty, device=dev)
     n_good = int(good.sum())
+    n_continuum = int(model.continuum_coefficients.numel())
+    if n_good < 10 * (n_continuum + 4):
+        warnings.warn(
+            f"only {n_good} good pixels to constrain {n_continuum} continuum coefficients, RV, "
+            "v sin i and the line amplitudes: the fit and its uncertainties are unreliable "
+            "(check the mask)",
+            BadPixelWarning,
+            stacklevel=3,
+        )
 
     def chi2():
         return _chi2(model, data, inv_sigma, good)
@@ -927,6 +980,7 @@ def fit(
             "resolving_power_source": resolving_power_source,
             "n_clipped": n_clipped,
             "order_indices": order_indices,
+            "flux_scale": [float(o.scale) for o in orders],
         },
     )
 

@@ -8,6 +8,7 @@ import os
 import warnings
 import weakref
 from pathlib import Path
+from types import SimpleNamespace
 
 import astropy.units as u
 import numpy as np
@@ -253,9 +254,12 @@ def test_clone_forwards_to_package_function(monkeypatch):
 def test_fit_forwards_lists_per_order(monkeypatch, hpf_list):
     calls = []
     monkeypatch.setattr(
-        blase_specutils, "fit", lambda *args, **kwargs: calls.append((args, kwargs)) or "fitted"
+        blase_specutils,
+        "fit",
+        lambda *args, **kwargs: calls.append((args, kwargs)) or SimpleNamespace(meta={}),
     )
-    assert hpf_list.blase.fit("star-clone", telluric="sky-clone", n_epochs=3) == "fitted"
+    fitted = hpf_list.blase.fit("star-clone", telluric="sky-clone", n_epochs=3)
+    assert fitted.meta == {"resolving_power_source": "nominal for HPF"}
     ((args, kwargs),) = calls
     assert args == ()
     assert kwargs["stellar"] == "star-clone" and kwargs["telluric"] == "sky-clone"
@@ -284,13 +288,23 @@ def test_fit_starts_from_the_instruments_resolving_power(monkeypatch):
 
     calls = []
     monkeypatch.setattr(
-        blase_specutils, "fit", lambda *args, **kwargs: calls.append(kwargs) or "fitted"
+        blase_specutils,
+        "fit",
+        lambda *args, **kwargs: calls.append(kwargs) or SimpleNamespace(meta={}),
     )
     igrins = make_spectrum(meta={"instrument": "IGRINS"})
-    igrins.blase.fit("star-clone")
-    igrins.blase.fit("star-clone", resolving_power=40_000)
-    make_spectrum(meta={"instrument": "unknown-spectrograph"}).blase.fit("star-clone")
+    sources = [
+        igrins.blase.fit("star-clone").meta,
+        igrins.blase.fit("star-clone", resolving_power=40_000).meta,
+        make_spectrum(meta={"instrument": "unknown-spectrograph"}).blase.fit("star-clone").meta,
+    ]
     assert [kwargs["resolving_power"] for kwargs in calls] == [45_000.0, 40_000, 55_000.0]
+    # what fit would record had it chosen R itself; a given R is left to fit ("given")
+    assert sources == [
+        {"resolving_power_source": "nominal for IGRINS"},
+        {},
+        {"resolving_power_source": "default"},
+    ]
     assert nominal_resolving_power(" harps_n ") == 115_000.0
     assert nominal_resolving_power("CRIRES+") == 100_000.0
     assert nominal_resolving_power(None) is None

@@ -432,3 +432,79 @@ def test_rv_beyond_the_search_range_warns(y_clone, observation):
             epochs=0,
             global_epochs=0,
         )
+
+
+def test_fit_does_not_depend_on_the_flux_units(y_clone, observation):
+    """Physical flux densities (~1e-15) and counts (~1e5) fit exactly like a normalised
+    spectrum: each order is divided by its median flux, results come back in its units."""
+    kwargs = {"stellar": y_clone, "progress": False, "epochs": 40, "rv_search": 0, "rv": 12.0}
+    flux, sigma = observation.flux, observation.uncertainty
+    reference = bs.fit(observation.wavelength, flux, sigma, **kwargs)
+    for scale in (1e-15, 1e5):
+        scaled = bs.fit(observation.wavelength, flux * scale, sigma * scale, **kwargs)
+        assert scaled.rv == pytest.approx(reference.rv, abs=1e-6)  # km/s
+        assert scaled.vsini == pytest.approx(reference.vsini, rel=1e-5)
+        assert scaled.chi2_reduced == pytest.approx(reference.chi2_reduced, rel=1e-5)
+        np.testing.assert_allclose(scaled.flux, flux * scale, rtol=1e-12)
+        np.testing.assert_allclose(scaled.model_flux, reference.model_flux * scale, rtol=1e-5)
+        np.testing.assert_allclose(scaled.uncertainty, sigma * scale, rtol=1e-12)
+        assert scaled.residual_rms_over_noise() == pytest.approx(
+            reference.residual_rms_over_noise(), rel=1e-5
+        )
+        assert scaled.meta["flux_scale"][0] == pytest.approx(
+            reference.meta["flux_scale"][0] * scale, rel=1e-12
+        )
+
+
+def test_uncertainty_in_other_units_is_converted(y_clone, observation):
+    kwargs = {"stellar": y_clone, "progress": False, "epochs": 0, "rv_search": 0, "rv": 12.0}
+    flux, sigma = observation.flux * u.Jy, observation.uncertainty * u.Jy
+    same = bs.fit(observation.wavelength, flux, sigma, **kwargs)
+    milli = bs.fit(observation.wavelength, flux, sigma.to(u.mJy), **kwargs)
+    assert milli.chi2_reduced == pytest.approx(same.chi2_reduced, rel=1e-12)
+    with pytest.raises(u.UnitConversionError, match="uncertainty's unit"):
+        bs.fit(observation.wavelength, flux, observation.uncertainty * u.s, **kwargs)
+
+
+def test_mostly_negative_flux_is_an_error(y_clone, observation):
+    with pytest.raises(ValueError, match=r"median flux is -0\.5\d+ \(<= 0\)"):
+        bs.fit(
+            observation.wavelength,
+            observation.flux - 1.5,
+            observation.uncertainty,
+            stellar=y_clone,
+            progress=False,
+        )
+
+
+def test_vsini_started_at_zero_still_moves(y_clone, observation):
+    r = bs.fit(
+        observation.wavelength,
+        observation.flux,
+        observation.uncertainty,
+        stellar=y_clone,
+        progress=False,
+        vsini=0.0,
+        epochs=150,
+        rv_search=0,
+        rv=12.3,
+    )
+    assert abs(r.vsini - 6.0) < 0.5  # injected 6 km/s; a start at exactly 0 never moved
+
+
+def test_too_few_good_pixels_warn(y_clone, observation):
+    mask = np.zeros(observation.wavelength.size, bool)
+    mask[400:420] = True
+    with pytest.warns(BadPixelWarning, match="only 20 good pixels"):
+        bs.fit(
+            observation.wavelength,
+            observation.flux,
+            observation.uncertainty,
+            mask=mask,
+            stellar=y_clone,
+            progress=False,
+            epochs=0,
+            global_epochs=2,
+            rv_search=0,
+            rv=12.3,
+        )

@@ -123,6 +123,14 @@ def test_set_trainable_sets_requires_grad_and_gradients(names):
             assert grad is None
 
 
+def test_one_trainable_name_may_be_a_string():
+    forest = _make()
+    forest.set_trainable("amplitude")  # not the letters a, m, p, …
+    assert forest.trainable == ("amplitude",)
+    with pytest.raises(ValueError, match=r"unknown trainable parameter\(s\) \['width'\]"):
+        forest.set_trainable("width")
+
+
 def test_default_trainable_is_amplitude_sigma_gamma():
     assert set(_make().trainable) == {"amplitude", "sigma", "gamma"}
 

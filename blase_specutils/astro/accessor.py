@@ -347,10 +347,11 @@ class BlaseAccessor:
 
         orders = self._orders(kwargs.pop("medium", None))
         has_sigma = all(arrays.uncertainty is not None for arrays in orders)
+        source = None
         if kwargs.get("resolving_power") is None:
             instrument = orders[0].meta.get("instrument")
-            kwargs["resolving_power"] = _initial_resolving_power(None, instrument)[0]
-        return blase_specutils.fit(
+            kwargs["resolving_power"], source = _initial_resolving_power(None, instrument)
+        result = blase_specutils.fit(
             wavelength=[arrays.wavelength for arrays in orders],
             flux=[arrays.flux for arrays in orders],
             uncertainty=[arrays.uncertainty for arrays in orders] if has_sigma else None,
@@ -359,3 +360,6 @@ class BlaseAccessor:
             telluric=telluric,
             **kwargs,
         )
+        if source is not None:  # chosen here, not given by the caller
+            result.meta["resolving_power_source"] = source
+        return result

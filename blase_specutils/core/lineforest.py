@@ -154,8 +154,12 @@ class LineForest(nn.Module):
         return self.ln_amplitude.dtype
 
     def set_trainable(self, names: Iterable[str]) -> None:
-        """Choose which line properties train (others are frozen)."""
-        names = set(names)
+        """Choose which line properties train (others are frozen).
+
+        ``names``: an iterable of ``"center"``, ``"amplitude"``, ``"sigma"``, ``"gamma"``,
+        or one of them as a string.
+        """
+        names = {names} if isinstance(names, str) else set(names)
         unknown = names - set(PARAMETER_NAMES)
         if unknown:
             raise ValueError(
