@@ -233,15 +233,20 @@ def clone(
     fwhm = np.asarray(found.fwhm)
     is_emission = np.zeros(center.size, dtype=bool)
     if emission:
+        # Emission lines are measured against the continuum alone: with the absorption
+        # lines cut off at 1, the stretches of continuum between them are no longer peaks
+        # (prominent against the troughs beside them) and an emission line's width is
+        # taken at half its height above the continuum, not half the depth of a trough.
         try:
-            up = find_lines(wl, 2.0 - target, prominence=prominence)
+            up = find_lines(wl, 2.0 - np.maximum(target, 1.0), prominence=prominence)
         except ValueError:
             up = None
         if up is not None:
-            center = np.concatenate([center, up.center])
-            depth = np.concatenate([depth, up.depth])
-            fwhm = np.concatenate([fwhm, up.fwhm])
-            is_emission = np.concatenate([is_emission, np.ones(len(up.center), bool)])
+            rises = np.asarray(up.depth) >= prominence
+            center = np.concatenate([center, np.asarray(up.center)[rises]])
+            depth = np.concatenate([depth, np.asarray(up.depth)[rises]])
+            fwhm = np.concatenate([fwhm, np.asarray(up.fwhm)[rises]])
+            is_emission = np.concatenate([is_emission, np.ones(int(rises.sum()), bool)])
             order = np.argsort(center)
             center, depth, fwhm, is_emission = (
                 center[order],
