@@ -430,7 +430,7 @@ def test_instrumental_broadening_module():
     assert fixed(flux.float()).dtype == torch.float32
 
     fitted = InstrumentalBroadening(resolving_power=55000.0, step_kms=0.5, fit=True)
-    assert fitted.half_width == gaussian_kernel_half_width(55000.0 / 1.25, 0.5)
+    assert fitted.half_width == gaussian_kernel_half_width(55000.0 / 2.0, 0.5)
     (fitted(flux) - flux).pow(2).sum().backward()
     assert float(fitted.log_resolving_power.grad) < 0  # higher R -> closer to the input
     with pytest.raises(ValueError, match="resolving_power"):

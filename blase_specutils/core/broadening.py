@@ -588,7 +588,7 @@ class InstrumentalBroadening(nn.Module):
     Parameterisation: the module stores ``ln R`` (``log_resolving_power``),
     which keeps R positive and makes steps relative; :attr:`resolving_power`
     returns ``exp(ln R)``. The kernel length is fixed at construction from
-    ``resolving_power_min`` (default ``R / 1.25`` when fitting, else ``R``)
+    ``resolving_power_min`` (default ``R / 2`` when fitting, else ``R``)
     and ``n_sigma``; a fixed kernel (``fit=False``) is cached per
     dtype/device.
 
@@ -622,7 +622,7 @@ class InstrumentalBroadening(nn.Module):
         if not (math.isfinite(resolving_power) and resolving_power > 0):
             raise ValueError(f"resolving_power must be finite and > 0, got {resolving_power}")
         if resolving_power_min is None:
-            resolving_power_min = resolving_power / 1.25 if fit else resolving_power
+            resolving_power_min = resolving_power / 2.0 if fit else resolving_power
         self.step_kms = float(step_kms)
         #: Smallest R the fixed-length kernel holds to ``n_sigma``.
         self.resolving_power_min = float(resolving_power_min)
