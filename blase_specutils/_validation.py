@@ -63,8 +63,8 @@ def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
     has_sigma = all(order.uncertainty is not None for order in orders)
     return (
         [order.wavelength * u.AA for order in orders],
-        [order.flux for order in orders],
-        [order.uncertainty for order in orders] if has_sigma else None,
+        [order.flux * order.flux_unit for order in orders],
+        [order.uncertainty * order.flux_unit for order in orders] if has_sigma else None,
         [order.good for order in orders],
         orders[0].meta.get("instrument"),
     )

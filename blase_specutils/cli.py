@@ -139,11 +139,15 @@ def read_observation(path) -> list:
                 )
             from muler.hpf import HPFSpectrumList
 
-            spectra = HPFSpectrumList.read(str(path))
+            spectra = _read_with_muler(HPFSpectrumList, path, "an HPF Goldilocks spectrum")
         elif instrument == "IGRINS" or re.match(r"SDC[HK]_.*\.spec\.fits$", name):
             from muler.igrins import IGRINSSpectrumList
 
-            spectra = IGRINSSpectrumList.read(str(path))
+            spectra = _read_with_muler(
+                IGRINSSpectrumList,
+                path,
+                "an IGRINS .spec.fits spectrum (with its .variance.fits beside it)",
+            )
         elif has_table:
             spectra = read_table_spectrum(path)
         else:
@@ -153,6 +157,17 @@ def read_observation(path) -> list:
                 "file, or a FITS binary table (extension 1) with wavelength and flux columns"
             )
         return spectra_to_arrays(spectra)
+
+
+def _read_with_muler(reader, path: Path, what: str):
+    """``reader.read(path)``, with muler's bare assertion errors turned into a clear one."""
+    try:
+        return reader.read(str(path))
+    except (AssertionError, KeyError, IndexError, TypeError, OSError) as error:
+        raise ValueError(
+            f"muler could not read {path} as {what} ({type(error).__name__}: {error}); "
+            "check that it is the pipeline's spectrum file, not a variance or calibration file"
+        ) from error
 
 
 def _clone_range(clone_result) -> tuple[float, float]:
@@ -189,8 +204,8 @@ def _crop_to_clones(orders: list, clones: list, err) -> list:
         )
     if n_dropped or n_cropped:
         print(
-            f"{PROG}: using {len(kept)} of {len(orders)} order(s) inside the clone range "
-            f"{lo:.2f}–{hi:.2f} Å ({n_cropped} cropped)",
+            f"{PROG}: fitting {len(kept)} of {len(orders)} order(s): {n_dropped} left out "
+            f"(outside the clone range {lo:.2f}–{hi:.2f} Å), {n_cropped} trimmed at its edge",
             file=err,
         )
     return kept
@@ -267,6 +282,8 @@ def _cmd_clone(args, out, err) -> int:
     from .cloning import clone
 
     source, description = _template_source(args.template)
+    # check the output's folder before a long clone, not after it
+    Path(args.output).expanduser().parent.mkdir(parents=True, exist_ok=True)
     wavelength_range = None if args.range is None else tuple(sorted(args.range))
     template = read_template(source, wavelength_range=wavelength_range)
     if len(template) < 3:

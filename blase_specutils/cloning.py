@@ -191,6 +191,7 @@ def clone(
         (wavelength,), (flux,), _, (good,), _ = orders
         wavelength, flux = wavelength[good], flux[good]
     wl, reversed_axis = ascending_angstrom(wavelength, "wavelength")
+    flux_unit = flux.unit.to_string() if isinstance(flux, u.Quantity) else ""
     fl = as_flux_array(flux, "flux", size=wl.size)
     if reversed_axis:  # an increasing frequency or wavenumber axis
         fl = fl[::-1].copy()
@@ -322,6 +323,8 @@ def clone(
         "n_pixels": int(wl.size),
         "tolerance": float(tolerance),
         "seed": int(seed),
+        # the unit of the input flux (and of `continuum`); "" when none was given
+        "flux_unit": flux_unit,
     }
     result = CloneResult(forest, wl, target, continuum, history, initial, meta)
     with torch.no_grad():

@@ -77,9 +77,11 @@ def _as_list(value, n=None):
     return [value]
 
 
-def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
+def _prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[_Order], u.UnitBase | None]:
+    """Per-order arrays in Å and one flux unit (that of the first flux Quantity, if any)."""
     wls = _as_list(wavelength)
     fls = _as_list(flux)
+    flux_unit = next((f.unit for f in fls if isinstance(f, u.Quantity)), None)
     if len(fls) != len(wls):
         raise ValueError(f"got {len(wls)} wavelength arrays but {len(fls)} flux arrays")
     uns = _as_list(uncertainty, len(wls))
@@ -92,6 +94,14 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
         if not isinstance(w, u.Quantity) and isinstance(f, u.Quantity) is False and w is None:
             raise ValueError(f"order {k}: wavelength is missing")
         wl = as_angstrom(w, f"wavelength of order {k}")
+        if isinstance(f, u.Quantity):
+            try:
+                f = f.to(flux_unit)
+            except u.UnitConversionError as err:
+                raise u.UnitConversionError(
+                    f"order {k}: flux in {f.unit} does not convert to {flux_unit}, the unit of "
+                    "the first order"
+                ) from err
         fl = np.array(f.value if isinstance(f, u.Quantity) else f, dtype=np.float64)
         if fl.shape != wl.shape:
             raise ValueError(f"order {k}: flux has shape {fl.shape} but wavelength has {wl.shape}")
@@ -106,13 +116,13 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
         if s is None:
             sig = np.full_like(fl, np.nan)
         else:
-            if isinstance(s, u.Quantity) and isinstance(f, u.Quantity):
+            if isinstance(s, u.Quantity) and flux_unit is not None:
                 try:
-                    s = s.to(f.unit)
+                    s = s.to(flux_unit)
                 except u.UnitConversionError as err:
                     raise u.UnitConversionError(
                         f"order {k}: the uncertainty's unit {s.unit} is not that of the flux "
-                        f"({f.unit})"
+                        f"({flux_unit})"
                     ) from err
             sig = np.array(s.value if isinstance(s, u.Quantity) else s, dtype=np.float64)
             if sig.shape != wl.shape:
@@ -162,7 +172,7 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> list[_Order]:
         o.scale = level
         o.flux = o.flux / level
         o.sigma = o.sigma / level
-    return orders
+    return orders, flux_unit
 
 
 def _pixel_noise(flux: np.ndarray, good: np.ndarray) -> float:
@@ -669,7 +679,7 @@ def fit(
     if star0 is None:
         raise ValueError("a stellar clone is required")
     tell0, tell_clone = _as_forest(telluric, "telluric")
-    orders = _prepare_orders(wavelength, flux, uncertainty, mask)
+    orders, flux_unit = _prepare_orders(wavelength, flux, uncertainty, mask)
     if not prior_scale > 0:
         raise ValueError("prior_scale must be positive")
     if abs(rv) > rv_max:
@@ -1012,6 +1022,8 @@ def fit(
             "n_clipped": n_clipped,
             "order_indices": order_indices,
             "flux_scale": [float(o.scale) for o in orders],
+            # the unit of the data (and of every flux-like result); "" when none was given
+            "flux_unit": "" if flux_unit is None else flux_unit.to_string(),
         },
     )
 

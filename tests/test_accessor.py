@@ -243,7 +243,8 @@ def test_clone_forwards_to_package_function(monkeypatch):
     wavelength, flux = args
     assert wavelength.unit == u.AA
     np.testing.assert_array_equal(wavelength.value, spectrum.spectral_axis.value[~mask])
-    np.testing.assert_array_equal(flux, spectrum.flux.value[~mask])
+    assert flux.unit == spectrum.flux.unit  # the unit travels, for absolute spectra later
+    np.testing.assert_array_equal(flux.value, spectrum.flux.value[~mask])
     assert kwargs == {"prominence": 0.01, "device": "cpu"}
 
     two = SpectrumList([make_spectrum(), make_spectrum(start=11000.0)])
@@ -270,8 +271,9 @@ def test_fit_forwards_lists_per_order(monkeypatch, hpf_list):
     orders = hpf_list.blase.to_arrays()
     for i in (0, 13, 27):
         np.testing.assert_array_equal(kwargs["wavelength"][i], orders[i].wavelength)
-        np.testing.assert_array_equal(kwargs["flux"][i], orders[i].flux)
-        np.testing.assert_array_equal(kwargs["uncertainty"][i], orders[i].uncertainty)
+        assert kwargs["flux"][i].unit == kwargs["uncertainty"][i].unit == orders[i].flux_unit
+        np.testing.assert_array_equal(kwargs["flux"][i].value, orders[i].flux)
+        np.testing.assert_array_equal(kwargs["uncertainty"][i].value, orders[i].uncertainty)
         assert kwargs["mask"][i].dtype == bool
         np.testing.assert_array_equal(kwargs["mask"][i], orders[i].good)  # True = good
 
@@ -308,3 +310,16 @@ def test_fit_starts_from_the_instruments_resolving_power(monkeypatch):
     assert nominal_resolving_power(" harps_n ") == 115_000.0
     assert nominal_resolving_power("CRIRES+") == 100_000.0
     assert nominal_resolving_power(None) is None
+
+
+def test_clone_of_a_telluric_template_spectrum_is_not_flattened(monkeypatch):
+    from blase_specutils.astro.templates import Template
+
+    calls = []
+    monkeypatch.setattr(blase_specutils, "clone", lambda *a, **k: calls.append(k) or "cloned")
+    wavelength = np.linspace(9000.0, 9010.0, 200)
+    sky = Template(wavelength, np.ones_like(wavelength), kind="telluric").to_spectrum()
+    sky.blase.clone()
+    sky.blase.clone(flatten=True)  # the caller's choice stands
+    Template(wavelength, np.ones_like(wavelength), kind="stellar").to_spectrum().blase.clone()
+    assert calls == [{"flatten": False}, {"flatten": True}, {}]

@@ -69,6 +69,14 @@ def test_demo_quick_end_to_end(tmp_path, capsys, data_dir):
     assert load_clone(tmp_path / "clone.ecsv").n_lines == loaded.template.n_lines
 
 
+def test_clone_command_makes_the_output_folder_first(tmp_path, capsys):
+    path = tmp_path / "new" / "folder" / "star.ecsv"
+    args = ["clone", "phoenix:Z", "--range", "8700", "8720", "--epochs", "0", "-q"]
+    assert main([*args, "-o", str(path)]) == 0
+    assert path.exists()
+    capsys.readouterr()
+
+
 def test_clone_command_writes_a_loadable_clone(stellar_clone_path, capsys):
     result = load_clone(stellar_clone_path)
     assert result.n_lines > 300
@@ -161,6 +169,10 @@ def test_error_paths(tmp_path, capsys, stellar_clone_path, data_dir):
             "-o",
             str(tmp_path / "x.ecsv"),
         ],
+    )
+    variance = data_dir / "igrins" / "SDCH_20201202_0059.variance.fits"  # not a spectrum
+    assert "muler could not read" in _error(
+        capsys, ["fit", str(variance), "--stellar", str(stellar_clone_path)]
     )
     assert "invalid choice" in _error(capsys, ["bogus"])
     assert "required" in _error(capsys, ["fit", str(image)])  # --stellar missing

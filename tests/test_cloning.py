@@ -399,3 +399,22 @@ def test_emission_lines_are_found_and_continuum_peaks_are_not():
     np.testing.assert_allclose(found, emission, atol=0.002)
     areas = props["amplitude"][props["emission"]]
     np.testing.assert_allclose(areas, np.array([0.3, 0.2]) * 0.05 * np.sqrt(2 * np.pi), rtol=0.2)
+
+
+def test_absolute_clone_spectrum_keeps_the_input_flux_unit(small_slice):
+    wavelength, flux = small_slice
+    unit = u.erg / u.s / u.cm**2 / u.AA
+    c = clone(wavelength * u.AA, flux * unit, teff=3900, epochs=0, progress=False)
+    assert c.to_spectrum(absolute=True).flux.unit == unit
+    assert c.to_spectrum().flux.unit == u.dimensionless_unscaled
+
+
+def test_evaluate_at_one_or_two_wavelengths(z_clone):
+    grid = z_clone.wavelength[1000:1200]
+    with torch.no_grad():
+        every_line = z_clone.forest.dense_flux(grid).double().numpy()  # no wing truncated
+    assert z_clone.evaluate(grid[57]) == pytest.approx(every_line[57], rel=1e-6)
+    assert z_clone.evaluate(grid[57] / 10 * u.nm) == pytest.approx(every_line[57], rel=1e-6)
+    np.testing.assert_allclose(z_clone.evaluate(grid[[3, 150]]), every_line[[3, 150]], rtol=1e-6)
+    # on a grid the sparse windows cut each line's wings below 1e-4: measured 8e-4 in sum
+    np.testing.assert_allclose(z_clone.evaluate(grid), every_line, atol=2e-3)

@@ -553,3 +553,53 @@ def test_resolving_power_is_recovered_from_the_default_start(y_clone, injected_r
     assert abs(r.resolving_power / injected_r - 1.0) < 0.1
     assert abs(r.vsini - vsini) < 1.0
     assert abs(r.rv - 12.3) < 0.05
+
+
+def test_results_carry_the_data_flux_unit(y_clone, observation, tmp_path):
+    unit = u.erg / u.s / u.cm**2 / u.AA
+    r = bs.fit(
+        observation.wavelength,
+        observation.flux * 3e-15 * unit,
+        observation.uncertainty * 3e-15 * unit,
+        stellar=y_clone,
+        progress=False,
+        epochs=0,
+        rv_search=0,
+        rv=12.3,
+    )
+    assert u.Unit(r.meta["flux_unit"]) == unit
+    spectra = r.spectra
+    for name in ("data", "model", "residual", "continuum"):
+        assert spectra[name].flux.unit == unit, name
+    assert spectra["telluric"].flux.unit == u.dimensionless_unscaled
+    np.testing.assert_allclose(spectra["data"].flux.value, observation.flux * 3e-15, rtol=1e-12)
+    loaded = bs.read_fit(r.write(tmp_path / "fit.asdf"))
+    assert loaded.spectra["model"].flux.unit == unit
+    figure = r.plot()
+    assert "erg" in figure.axes[0].get_ylabel()
+
+
+def test_flux_units_of_several_orders_are_made_one(y_clone, observation):
+    half = observation.wavelength.size // 2
+    sl = [slice(None, half), slice(half, None)]
+    flux = [observation.flux[s] * u.Jy for s in sl]
+    flux[1] = flux[1].to(u.mJy)
+    r = bs.fit(
+        [observation.wavelength[s] for s in sl],
+        flux,
+        [observation.uncertainty[s] * u.Jy for s in sl],
+        stellar=y_clone,
+        progress=False,
+        epochs=0,
+        rv_search=0,
+        rv=12.3,
+    )
+    assert r.meta["flux_unit"] == "Jy"
+    np.testing.assert_allclose(r.flux[1], observation.flux[half:], rtol=1e-12)
+    with pytest.raises(u.UnitConversionError, match="order 1: flux in s"):
+        bs.fit(
+            [observation.wavelength[s] for s in sl],
+            [flux[0], observation.flux[half:] * u.s],
+            stellar=y_clone,
+            progress=False,
+        )

@@ -322,6 +322,12 @@ def test_fit_line_table_has_data_uncertainties(two_order_fit):
     )
     sigma_ew = table["equivalent_width_uncertainty"].to_value(u.AA)
     assert np.all(np.isfinite(sigma_ew[in_data])) and in_data.sum() > 10
+    # lines in the gap between the orders or beyond them are flagged (the good pixels
+    # span a pixel less than the nominal ranges: compare away from the edges)
+    edges = np.min(np.abs(observed[:, None] - [8505.0, 8528.0, 8530.0, 8553.0]), axis=1) > 0.05
+    assert np.array_equal(np.asarray(table["in_data"])[edges], in_data[edges])
+    assert (~in_data).sum() > 0
+    assert "in_data" not in R.line_table(two_order_fit.template).colnames  # clones: no data
     assert np.all(np.isnan(sigma_ew[~in_data]))
     # SNR ≈ 1/0.004 = 250 and pixel ≈ 23 Å / 699 in these data.
     fwhm_obs = np.hypot(

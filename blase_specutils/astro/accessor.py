@@ -313,8 +313,15 @@ class BlaseAccessor:
                 "(clone a synthetic spectrum, or one order)"
             )
         (arrays,) = orders
+        # a telluric transmission is not flattened, as for a telluric Template
+        first = self._obj[0] if isinstance(self._obj, (list, tuple)) else self._obj
+        meta = getattr(first, "meta", None)
+        if "flatten" not in kwargs and isinstance(meta, dict) and meta.get("kind") == "telluric":
+            kwargs["flatten"] = False
         return blase_specutils.clone(
-            arrays.wavelength[arrays.good] * u.AA, arrays.flux[arrays.good], **kwargs
+            arrays.wavelength[arrays.good] * u.AA,
+            arrays.flux[arrays.good] * arrays.flux_unit,
+            **kwargs,
         )
 
     def fit(self, stellar: Any, telluric: Any = None, **kwargs: Any) -> Any:
@@ -353,8 +360,10 @@ class BlaseAccessor:
             kwargs["resolving_power"], source = _initial_resolving_power(None, instrument)
         result = blase_specutils.fit(
             wavelength=[arrays.wavelength for arrays in orders],
-            flux=[arrays.flux for arrays in orders],
-            uncertainty=[arrays.uncertainty for arrays in orders] if has_sigma else None,
+            flux=[arrays.flux * arrays.flux_unit for arrays in orders],
+            uncertainty=(
+                [arrays.uncertainty * arrays.flux_unit for arrays in orders] if has_sigma else None
+            ),
             mask=[arrays.good for arrays in orders],
             stellar=stellar,
             telluric=telluric,

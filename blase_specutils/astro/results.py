@@ -334,22 +334,25 @@ def cayrel_equivalent_width_uncertainty(fwhm_observed, pixel_size, snr) -> np.nd
 
 
 def _data_noise_at_lines(result: Any, centers_rest: np.ndarray, rv_kms: float):
-    """Continuum SNR and pixel size of the data at each (Doppler-shifted) line centre."""
+    """Continuum SNR and pixel size of the data at each (Doppler-shifted) line centre, and
+    whether the centre lies inside an order's good data at all."""
     observed = centers_rest * (1.0 + rv_kms / SPEED_OF_LIGHT_KMS)
     snr = np.full(centers_rest.size, np.nan)
     pixel = np.full(centers_rest.size, np.nan)
+    covered = np.zeros(centers_rest.size, dtype=bool)
     for order in _orders_of(result):
         wl = order["wavelength"]
         good = order["good"] & np.isfinite(order["uncertainty"]) & (order["uncertainty"] > 0)
         if good.sum() < 2:
             continue
+        covered |= (observed >= wl[good][0]) & (observed <= wl[good][-1])
         inside = (observed >= wl[good][0]) & (observed <= wl[good][-1]) & np.isnan(snr)
         if not inside.any():
             continue
         snr_pixels = np.abs(order["continuum"][good]) / order["uncertainty"][good]
         snr[inside] = np.interp(observed[inside], wl[good], snr_pixels)
         pixel[inside] = np.interp(observed[inside], wl, np.gradient(wl))
-    return snr, pixel
+    return snr, pixel, covered
 
 
 def _initial_dict(initial: Any, n_lines: int) -> dict | None:
@@ -416,7 +419,9 @@ def line_table(
         One row per line: ``center``, ``amplitude``, ``sigma``, ``gamma``, ``fwhm`` [Å],
         ``lorentz_fraction``, ``depth``, ``equivalent_width`` and
         ``equivalent_width_uncertainty`` [Å], flags ``emission``, ``saturated``
-        (depth > 0.95), ``blended`` (another line closer than this line's FWHM), the
+        (depth > 0.95), ``blended`` (another line closer than this line's FWHM), for fits
+        ``in_data`` (the observed centre lies inside the fitted data; other lines keep
+        their cloned values, unconstrained), the
         raw parameters (``center_ref``, ``center_shift``, ``ln_*``; enough for
         :func:`~blase_specutils.cloning.forest_from_table` to rebuild the forest
         bit-exactly) and ``*_init`` columns. ``meta`` holds the package version, mode,
@@ -433,6 +438,7 @@ def line_table(
     source_meta: dict = {}
     fit_meta: dict = {}
     derived_noise = None
+    in_data = None  # known for fits only
     if isinstance(forest_or_result, LineForest):
         forest = forest_or_result
         source = "forest"
@@ -457,7 +463,9 @@ def line_table(
         }
         if data_snr is None:
             centers = forest.line_properties()["center"]
-            snr, pix = _data_noise_at_lines(forest_or_result, centers, float(forest_or_result.rv))
+            snr, pix, in_data = _data_noise_at_lines(
+                forest_or_result, centers, float(forest_or_result.rv)
+            )
             derived_noise = (snr, pix, centers / float(forest_or_result.resolving_power))
     else:
         raise TypeError(
@@ -516,6 +524,9 @@ def line_table(
     depth = np.asarray(table["depth"], dtype=np.float64)
     table["saturated"] = depth > SATURATION_DEPTH
     table["blended"] = _blended(table["center"].to_value(u.AA), fwhm)
+    if in_data is not None:
+        # lines of the clone the data never covered keep their cloned values
+        table["in_data"] = in_data
 
     descriptions = {
         "center": "line centre (vacuum, rest frame)",
@@ -528,9 +539,11 @@ def line_table(
         "equivalent_width_uncertainty": "Cayrel (1988) 1.5 sqrt(FWHM_obs dλ)/SNR; NaN without data",
         "saturated": f"depth > {SATURATION_DEPTH}",
         "blended": "another line closer than this line's FWHM",
+        "in_data": "the line's observed centre lies inside the fitted data (else unconstrained)",
     }
     for name, text in descriptions.items():
-        table[name].info.description = text
+        if name in table.colnames:
+            table[name].info.description = text
     order = [
         "center",
         "amplitude",
@@ -545,6 +558,7 @@ def line_table(
         "saturated",
         "blended",
     ]
+    order += ["in_data"] if "in_data" in table.colnames else []
     table = table[order + [c for c in table.colnames if c not in order]]
     table.meta.update(
         {
@@ -654,13 +668,14 @@ def template_spectrum(
         Where to evaluate (a spectral Quantity, or Å). Default: the clone's native
         grid (or, when the clone carries none, a 0.3 km/s log-uniform grid over its lines).
     absolute : bool
-        Multiply by the stored continuum (the template's own flux units, recorded as
-        dimensionless), instead of the flattened flux.
+        Multiply by the stored continuum (in the cloned input's flux unit), instead of the
+        flattened flux.
 
     Returns
     -------
     specutils.Spectrum
-        Spectral axis in Å, dimensionless flux, ``meta`` with the clone's settings.
+        Spectral axis in Å; flux dimensionless, or with ``absolute=True`` in the unit of
+        the cloned input (``meta["flux_unit"]``); ``meta`` with the clone's settings.
 
     Raises
     ------
@@ -708,7 +723,8 @@ def template_spectrum(
             "absolute": bool(absolute),
         }
     )
-    return arrays_to_spectrum(grid, flux, meta=meta)
+    unit = _flux_unit(clone_result) if absolute else u.dimensionless_unscaled
+    return arrays_to_spectrum(grid, flux, meta=meta, flux_unit=unit)
 
 
 def _spectrum_or_list(spectra: list[Spectrum]) -> Spectrum | SpectrumList:
@@ -734,6 +750,7 @@ def fit_spectra(fit_result: Any) -> dict[str, Spectrum | SpectrumList]:
         and ``mask`` True at pixels the fit did not use.
     """
     orders = _orders_of(fit_result)
+    unit = _flux_unit(fit_result)
     out: dict[str, list[Spectrum]] = {
         k: [] for k in ("data", "model", "residual", "continuum", "telluric", "telluric_corrected")
     }
@@ -743,14 +760,11 @@ def fit_spectra(fit_result: Any) -> dict[str, Spectrum | SpectrumList]:
         scale = o["telluric"] * o["continuum"]
         with np.errstate(divide="ignore", invalid="ignore"):
             corrected_sigma = np.where(good, sigma / np.abs(scale), np.nan)
-        out["data"].append(
-            arrays_to_spectrum(wl, o["flux"], uncertainty=sigma, good=good, meta=meta)
-        )
-        out["model"].append(arrays_to_spectrum(wl, o["model"], good=good, meta=meta))
-        out["residual"].append(
-            arrays_to_spectrum(wl, o["residual"], uncertainty=sigma, good=good, meta=meta)
-        )
-        out["continuum"].append(arrays_to_spectrum(wl, o["continuum"], good=good, meta=meta))
+        in_units = {"good": good, "meta": meta, "flux_unit": unit}
+        out["data"].append(arrays_to_spectrum(wl, o["flux"], uncertainty=sigma, **in_units))
+        out["model"].append(arrays_to_spectrum(wl, o["model"], **in_units))
+        out["residual"].append(arrays_to_spectrum(wl, o["residual"], uncertainty=sigma, **in_units))
+        out["continuum"].append(arrays_to_spectrum(wl, o["continuum"], **in_units))
         out["telluric"].append(arrays_to_spectrum(wl, o["telluric"], good=good, meta=meta))
         out["telluric_corrected"].append(
             arrays_to_spectrum(
@@ -758,6 +772,15 @@ def fit_spectra(fit_result: Any) -> dict[str, Spectrum | SpectrumList]:
             )
         )
     return {k: _spectrum_or_list(v) for k, v in out.items()}
+
+
+def _flux_unit(result: Any) -> u.UnitBase:
+    """The unit the data of a fit (or the input of a clone) came in; dimensionless if none."""
+    text = (getattr(result, "meta", None) or {}).get("flux_unit") or ""
+    try:
+        return u.Unit(text) if text else u.dimensionless_unscaled
+    except ValueError:  # a unit string astropy cannot parse back: keep the numbers
+        return u.dimensionless_unscaled
 
 
 def fit_parameters(fit_result: Any) -> QTable:
@@ -892,7 +915,8 @@ def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int 
         )
     if bounds is not None:
         top.set_xlim(*bounds)
-    top.set_ylabel("Flux")
+    unit = _flux_unit(fit_result)
+    top.set_ylabel("Flux" if unit == u.dimensionless_unscaled else f"Flux [{unit:latex_inline}]")
     top.legend(loc="lower left", fontsize="small")
     unc = dict(fit_result.uncertainties)
     top.set_title(
