@@ -247,6 +247,12 @@ class LineForestModel(Fittable1DModel):
     (a lone point gets every line's full wings). The layout for the last
     ``x`` is cached and rebuilt when ``x`` or the lines change.
 
+    Local fitters (``LevMarLSQFitter``, ``TRFLSQFitter``) need a starting ``rv`` within
+    about a line width (a few km/s at high resolution) of the answer: further out, χ²
+    has other minima where lines line up with their neighbours, and the fitter settles
+    in one without a warning. :func:`blase_specutils.fit` starts with a grid search over
+    the RV for this reason.
+
     Examples
     --------
     >>> import astropy.units as u
