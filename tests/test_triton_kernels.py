@@ -28,7 +28,7 @@ def _kernel_inputs(dtype, linear, emission, seed=0):
     n = 40
     center = np.sort(rng.uniform(8599.5, 8610.5, n))  # some windows hang off the grid
     amplitude = rng.uniform(0.002, 0.05, n)
-    amplitude[3] = 0.5  # saturated: exercises the clip in linear mode
+    amplitude[np.argmin(np.abs(center - 8605.0))] = 0.5  # saturated: the clip in linear mode
     sigma, gamma = rng.uniform(0.01, 0.05, n), rng.uniform(0.005, 0.03, n)
     flags = [emission and i % 7 == 0 for i in range(n)]
     forest = LineForest(
@@ -64,6 +64,8 @@ def test_triton_kernel_matches_the_pytorch_kernel(dtype, tol, linear, emission):
     args = (*tensors[:5], sign, layout, linear, 1.0 - 1e-6, emission)
     reference = sparse._PseudoVoigtLogTransmission.apply(*args)
     fused = triton_kernels.pseudo_voigt_log_transmission_triton(*args)
+    if linear:  # the saturation guard is reached: ln(1 − clip) = ln(1e-6)
+        assert float(reference.detach().min()) < math.log(2e-6)
     scale = float(reference.detach().abs().max())
     assert float((fused - reference).detach().abs().max()) <= tol * scale
     weights = torch.randn_like(reference)
@@ -102,7 +104,7 @@ def _forest_inputs(dtype, linear, emission, seed=1):
     n = 40
     center = np.sort(rng.uniform(8599.5, 8610.5, n))  # some windows hang off the grid
     amplitude = rng.uniform(0.002, 0.05, n)
-    amplitude[5] = 0.5  # saturated in linear mode
+    amplitude[np.argmin(np.abs(center - 8605.0))] = 0.5  # saturated in linear mode
     sigma = rng.uniform(0.01, 0.05, n)
     gamma = rng.uniform(0.005, 0.03, n)
     gamma[7], sigma[8] = 1e-5, 1e-5  # nearly pure Gaussian and nearly pure Lorentzian lines
@@ -144,6 +146,8 @@ def test_triton_forest_path_matches_the_pytorch_path(monkeypatch, dtype, tol, li
         results[kernel] = (log_t.detach(), torch.autograd.grad((log_t * weights).sum(), inputs))
     assert len(calls) == 1  # the Triton run went through the forest kernels
     (ref, ref_grads), (got, got_grads) = results["torch"], results["triton"]
+    if linear:  # the saturation guard is reached: ln(1 − clip) = ln(1e-6)
+        assert float(ref.min()) < math.log(2e-6)
     assert float((got - ref).abs().max()) <= tol * float(ref.abs().max())
     names = ["center_shift", "ln_amplitude", "ln_sigma", "ln_gamma", "velocity"]
     for name, mine, theirs in zip(names, got_grads, ref_grads):

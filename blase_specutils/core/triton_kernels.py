@@ -94,7 +94,7 @@ if triton is not None:
         av = a[:, None] * inv + b[:, None] * gauss
         return x, x2, inv, gauss, av
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows", "core_lo", "core_hi"])
     def _forward_kernel(
         wavelength_ptr,
         center_ptr,
@@ -111,7 +111,7 @@ if triton is not None:
         width,
         core_lo,
         core_hi,
-        clip,
+        CLIP: tl.constexpr,
         LINEAR: tl.constexpr,
         EMISSION: tl.constexpr,
         BLOCK_R: tl.constexpr,
@@ -131,12 +131,13 @@ if triton is not None:
         if EMISSION:
             av = av * sign[:, None]
         if LINEAR:
-            value = _log1p(-tl.minimum(av, clip))
+            value = _log1p(-tl.minimum(av, CLIP))
         else:
             value = -av
-        tl.atomic_add(out_ptr + pixel, value, mask=inside)
+        # relaxed: the additions commute (their order was never fixed), no fences needed
+        tl.atomic_add(out_ptr + pixel, value, mask=inside, sem="relaxed")
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows", "core_lo", "core_hi"])
     def _backward_kernel(
         wavelength_ptr,
         center_ptr,
@@ -158,7 +159,7 @@ if triton is not None:
         width,
         core_lo,
         core_hi,
-        clip,
+        CLIP: tl.constexpr,
         LINEAR: tl.constexpr,
         EMISSION: tl.constexpr,
         BLOCK_R: tl.constexpr,
@@ -189,7 +190,7 @@ if triton is not None:
                 av = av * sign[:, None]
             if LINEAR:
                 # d ln(1 − s·aV)/d(aV) = s/(s·aV − 1); zero where the guard clipped it.
-                w = tl.where(av > clip, 0.0, w / (av - 1.0))
+                w = tl.where(av > CLIP, 0.0, w / (av - 1.0))
             else:
                 w = -w
             w_inv = w * inv
@@ -224,7 +225,7 @@ if triton is not None:
         eta = ratio * (1.36603 + ratio * (-0.47719 + ratio * 0.11116))
         return fg, fl, quintic, fwhm, ratio, eta
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_rows", "search_steps"])
     def _coefficients_kernel(
         order_ptr,
         half_width_ptr,
@@ -279,7 +280,7 @@ if triton is not None:
             hi = tl.where(active & (value >= center), mid, hi)
         tl.store(start_ptr + r, lo - tl.load(half_width_ptr + r, mask=ok, other=0), mask=ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_rows"])
     def _coefficients_backward_kernel(
         order_ptr,
         ln_a_ptr,
@@ -353,9 +354,13 @@ if triton is not None:
         tl.store(out_shift_ptr + line, tl.load(grad_shift_ptr + r, mask=ok, other=0.0), mask=ok)
 
 
-#: Window elements per program (rows × columns) and the widest column block: narrow
-#: windows get narrower column blocks and more rows, so no lanes idle on padding.
+#: Window elements per program (rows × columns) forward and backward, and the widest
+#: column block: narrow windows get narrower column blocks and more rows, so no lanes idle
+#: on padding. The backward keeps six running sums per row and more temporaries: with
+#: 1,024 elements it needed 255 registers and spilled in float64 (sm_90, compiled
+#: offline); 256 fit in 128.
 BLOCK_ELEMENTS = 1024
+BACKWARD_BLOCK_ELEMENTS = 256
 BLOCK_COLUMNS = 64
 #: Lines per program of the per-line coefficient kernels.
 BLOCK_LINES = 128
@@ -377,10 +382,10 @@ def _bucket_arguments(layout):
         yield bucket, bucket.rows, (layout.n_pixels, rows, bucket.width, core_lo, core_hi)
 
 
-def _blocks(width: int) -> tuple[int, int]:
+def _blocks(width: int, elements: int = BLOCK_ELEMENTS) -> tuple[int, int]:
     """Rows and columns per program for windows of ``width`` pixels (powers of two)."""
     columns = min(BLOCK_COLUMNS, triton.next_power_of_2(width))
-    return BLOCK_ELEMENTS // columns, columns
+    return max(elements // columns, 1), columns
 
 
 def _launch_forward(layout, start, per_line, linear, clip, emission, dtype):
@@ -396,7 +401,7 @@ def _launch_forward(layout, start, per_line, linear, clip, emission, dtype):
             *(t[rows] for t in per_line),
             out,
             *scalars,
-            float(clip),
+            CLIP=float(clip),
             LINEAR=bool(linear),
             EMISSION=bool(emission),
             BLOCK_R=block_rows,
@@ -410,7 +415,7 @@ def _launch_backward(layout, start, per_line, grad_out, linear, clip, emission):
     grad_out = grad_out.contiguous()
     grads = [torch.empty_like(per_line[0]) for _ in range(5)]
     for _, rows, scalars in _bucket_arguments(layout):
-        block_rows, block_columns = _blocks(scalars[2])
+        block_rows, block_columns = _blocks(scalars[2], BACKWARD_BLOCK_ELEMENTS)
         _backward_kernel[(triton.cdiv(scalars[1], block_rows),)](
             layout.wavelength,
             layout.row_center[rows],
@@ -419,7 +424,7 @@ def _launch_backward(layout, start, per_line, grad_out, linear, clip, emission):
             *(t[rows] for t in per_line),
             *(g[rows] for g in grads),
             *scalars,
-            float(clip),
+            CLIP=float(clip),
             LINEAR=bool(linear),
             EMISSION=bool(emission),
             BLOCK_R=block_rows,
