@@ -163,6 +163,9 @@ class ForwardModel(nn.Module):
             "continuum_basis",
             chebyshev_design(torch.as_tensor(x, dtype=dtype, device=device), continuum_degree),
         )
+        # every term up to the degree built with, for set_continuum_degree
+        self._full_continuum_basis = self.continuum_basis
+        self._max_continuum_degree = int(continuum_degree)
         self.continuum_coefficients = nn.Parameter(
             torch.zeros(self.n_orders, continuum_degree + 1, dtype=dtype, device=device)
         )
@@ -170,6 +173,24 @@ class ForwardModel(nn.Module):
             self.continuum_coefficients[:, 0] = 1.0
         self.order_sizes = [len(e) for e in edges]
         self.relayout()
+
+    @torch.no_grad()
+    def set_continuum_degree(self, degree: int) -> None:
+        """Use the continuum's Chebyshev terms up to ``degree`` (at most the degree the
+        model was built with).
+
+        The basis is hierarchical: columns are dropped or restored, coefficients kept
+        where they exist and zero for new terms. Refit them afterwards (the continuum
+        solver of :func:`blase_specutils.fit` does).
+        """
+        if not 0 <= degree <= self._max_continuum_degree:
+            raise ValueError(f"degree must be in [0, {self._max_continuum_degree}], got {degree}")
+        self.continuum_basis = self._full_continuum_basis[:, : degree + 1].contiguous()
+        old = self.continuum_coefficients
+        new = torch.zeros(old.shape[0], degree + 1, dtype=old.dtype, device=old.device)
+        keep = min(degree + 1, old.shape[1])
+        new[:, :keep] = old[:, :keep]
+        self.continuum_coefficients = nn.Parameter(new, requires_grad=old.requires_grad)
 
     # ---------------------------------------------------------------- layouts
     @torch.no_grad()
