@@ -476,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resolving-power", type=float, default=55000.0, help="instrumental resolving power R"
     )
     p.add_argument(
-        "--rv-search", type=float, default=100.0, help="half-width of the RV grid search, km/s"
+        "--rv-search", type=float, default=300.0, help="half-width of the RV grid search, km/s"
     )
     p.add_argument("--epochs", type=_positive_int, default=300, help="epochs of the line stage")
     p.add_argument(

@@ -33,7 +33,7 @@ import torch
 from ._validation import as_angstrom, unpack_spectra
 from .cloning import CloneResult, load_clone
 from .core.forward import ForwardModel
-from .core.lineforest import LineForest
+from .core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
 
 __all__ = ["fit", "FitResult", "BadPixelWarning"]
@@ -221,6 +221,58 @@ def _envelope_degree(
         if rms(degree) <= limit:
             return degree
     return max_degree
+
+
+#: Step of the RV grid search within ±``RV_FINE_SEARCH`` km/s of the start, km/s; beyond,
+#: the step is half the instrument's resolution element (c/2R), then refined at this step.
+RV_FINE_STEP = 1.0
+RV_FINE_SEARCH = 100.0
+
+
+def _rv_grid_search(model: ForwardModel, chi2_at_current_rv, rv: float, half_width: float):
+    """The RV of least χ² over ``rv ± half_width`` (grid, then a parabola through the minimum).
+
+    ``chi2_at_current_rv()`` returns χ² (continuum solved) at ``model.rv``. Searches wider
+    than ±100 km/s start on a grid of c/(2R) and refine at 1 km/s around its minimum.
+    Warns when the minimum sits at the edge of the range.
+    """
+
+    def scan(grid):
+        values = []
+        for v in grid:
+            model.rv.fill_(float(v))
+            values.append(chi2_at_current_rv())
+        return np.asarray(values)
+
+    lo, hi = rv - half_width, rv + half_width
+    resolution_kms = SPEED_OF_LIGHT_KMS / float(model.instrument.resolving_power)
+    step = RV_FINE_STEP if half_width <= RV_FINE_SEARCH else max(RV_FINE_STEP, 0.5 * resolution_kms)
+    grid = np.arange(lo, hi + 1e-9, step)
+    values = scan(grid)
+    best = int(np.argmin(values))
+    if best in (0, len(grid) - 1) and len(grid) > 2:
+        warnings.warn(
+            f"the RV grid search ({lo:g} to {hi:g} km/s) found its best fit at the edge, "
+            f"{grid[best]:g} km/s: the star's RV may lie beyond; pass a closer rv= or a "
+            "larger rv_search",
+            UserWarning,
+            stacklevel=4,
+        )
+    if step > RV_FINE_STEP:  # refine around the coarse minimum
+        centre = grid[best]
+        grid = np.arange(
+            max(lo, centre - 2 * step), min(hi, centre + 2 * step) + 1e-9, RV_FINE_STEP
+        )
+        values = scan(grid)
+        best = int(np.argmin(values))
+    # Parabola through the minimum and its neighbours.
+    v0 = grid[best]
+    if 0 < best < len(grid) - 1:
+        y0, y1, y2 = values[best - 1], values[best], values[best + 1]
+        den = y0 - 2 * y1 + y2
+        if den > 0:
+            v0 = grid[best] + 0.5 * RV_FINE_STEP * (y0 - y2) / den
+    return v0
 
 
 #: Highest continuum degree ``continuum_degree="auto"`` may choose.
@@ -542,7 +594,7 @@ def fit(
     fit_telluric_scale: bool = True,
     fit_telluric_shift: bool = False,
     vsini_max: float | None = None,
-    rv_search: float = 100.0,
+    rv_search: float = 300.0,
     rv_max: float = 500.0,
     clip_sigma: float | None = 8.0,
     outside: str = "error",
@@ -614,6 +666,8 @@ def fit(
         ``max(3 vsini, vsini + 50)``); it fixes the kernel length.
     rv_search : float
         Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
+        Within ±100 km/s the grid step is 1 km/s; a wider search steps by half the
+        instrument's resolution element (c/2R) and refines its minimum at 1 km/s.
     rv_max : float
         Absolute RV beyond which a warning is issued, km/s.
     clip_sigma : float or None
@@ -818,27 +872,9 @@ def fit(
     _solve_continuum(model, data, inv_sigma, good)
     if fit_rv and rv_search > 0:
         with torch.no_grad():
-            grid = np.arange(rv - rv_search, rv + rv_search + 1e-9, 1.0)
-            values = []
-            for v in grid:
-                model.rv.fill_(float(v))
-                values.append(_solve_continuum(model, data, inv_sigma, good))
-            best = int(np.argmin(values))
-            if best in (0, len(grid) - 1) and len(grid) > 2:
-                warnings.warn(
-                    f"the RV grid search ({rv - rv_search:g} to {rv + rv_search:g} km/s) found "
-                    f"its best fit at the edge, {grid[best]:g} km/s: the star's RV may lie "
-                    "beyond; pass a closer rv= or a larger rv_search",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            # Parabola through the minimum and its neighbours.
-            v0 = grid[best]
-            if 0 < best < len(grid) - 1:
-                y0, y1, y2 = values[best - 1], values[best], values[best + 1]
-                den = y0 - 2 * y1 + y2
-                if den > 0:
-                    v0 = grid[best] + 0.5 * (y0 - y2) / den
+            v0 = _rv_grid_search(
+                model, lambda: _solve_continuum(model, data, inv_sigma, good), rv, rv_search
+            )
             model.rv.fill_(float(v0))
             _solve_continuum(model, data, inv_sigma, good)
     if auto_degree:

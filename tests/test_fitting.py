@@ -173,7 +173,9 @@ def test_data_outside_template_names_both_ranges(y_clone, observation):
         bs.fit(shifted, [f[p] for p in parts], [s[p] for p in parts], stellar=y_clone)
     # outside="crop" fits what lies inside: the third order goes, and so do the pixels of
     # the first order below the clone's range.
-    extra = np.arange(10270.0, w[0] - 0.01, 0.05)  # continuum pixels below the clone
+    # continuum pixels below the clone (all of them: flat pixels inside it would be data
+    # the template cannot match)
+    extra = np.arange(10270.0, y_clone.wavelength[0] - 0.5, 0.05)
     shifted[0] = np.concatenate([extra, w[parts[0]]])
     fluxes = [np.concatenate([np.full(extra.size, f[0]), f[parts[0]]]), f[parts[1]], f[parts[2]]]
     sigmas = [np.concatenate([np.full(extra.size, s[0]), s[parts[0]]]), s[parts[1]], s[parts[2]]]
@@ -624,3 +626,22 @@ def test_auto_continuum_degree_sees_a_gentle_blaze_through_the_lines(y_clone, ob
     assert abs(blazed.vsini - flat.vsini) < 0.05  # measured: 0.001 km/s
     # the blaze reweights the pixels (σ follows it), so the RVs differ within ~σ_RV
     assert abs(blazed.rv - flat.rv) < flat.rv_uncertainty
+
+
+def test_default_rv_search_reaches_fast_stars(y_clone):
+    """±300 km/s by default: coarse steps of c/2R beyond ±100, refined at 1 km/s."""
+    pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
+    obs = observe(
+        y_clone.wavelength,
+        y_clone.target_flux,
+        pixels,
+        rv=-183.4,
+        vsini=6.0,
+        resolving_power=55000,
+        snr=200,
+        seed=3,
+    )
+    args = (obs.wavelength, obs.flux, obs.uncertainty)
+    r = bs.fit(*args, stellar=y_clone, progress=False, epochs=50)
+    # (a ±100 km/s search, the old default, ended on a spurious minimum inside its range)
+    assert abs(r.rv + 183.4) < 3 * r.rv_uncertainty
