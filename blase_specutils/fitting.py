@@ -925,6 +925,8 @@ def fit(
             tell.clamp_()
         if epoch % 100 == 0:
             model.relayout()
+            return True  # new windows, new loss: the convergence test starts afresh
+        return False
 
     history = TrainingHistory()
     # Stage 2: globals only. A free R first waits for v sin i: started together from a
@@ -1031,14 +1033,16 @@ def fit(
     star.set_trainable(())
     if tell is not None:
         tell.set_trainable(())
-    # Stage 4: polish the globals, the RV included, with the lines frozen.
+    # Stage 4: polish the globals, the RV included, with the lines frozen, on windows
+    # sized from the lines as learnt (the layout the result is evaluated on; polishing
+    # first and re-sizing after left χ² computed on a model the polish never saw).
+    model.relayout()
     model.rv.requires_grad_(fit_rv_now)
     groups = global_groups()
     if groups and global_epochs > 0:
         history.loss += _fit_globals(
             model, chi2_per_pixel, groups, global_epochs, progress, "polish", num_threads
         )
-    model.relayout()
 
     n_free = sum(
         p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad

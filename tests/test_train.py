@@ -298,3 +298,40 @@ def test_history_reads_as_the_loss_per_epoch():
     assert history[-1] == history.loss[-1] < history[0]
     np.testing.assert_array_equal(np.asarray(history), np.array(history.loss))
     assert list(history) == history.loss
+
+
+def test_a_relayout_restarts_the_convergence_test():
+    """A loss that jumps up when the model changes under it (as a re-layout of the line
+    windows does) stopped the run at once; an after_step returning True restarts the
+    comparison from there."""
+
+    def run(signal: bool):
+        weight = torch.nn.Parameter(torch.tensor(3.0))
+        module = torch.nn.Module()
+        module.weight = weight
+        state = {"offset": 0.0}
+
+        def loss_fn():
+            return (weight - 1.0) ** 2 + state["offset"]
+
+        def after_step(epoch):
+            if epoch == 20:
+                state["offset"] = 5.0  # the model changed: every later loss is higher
+                return signal
+            return False
+
+        return optimize(
+            module,
+            loss_fn,
+            epochs=400,
+            learning_rate=0.05,
+            rtol=1e-4,
+            patience=10,
+            progress=False,
+            after_step=after_step,
+        )
+
+    assert len(run(False).loss) == 30  # stopped as soon as the jump filled the window
+    restarted = run(True)
+    assert len(restarted.loss) > 60 and restarted.stop_reason == "converged"
+    assert restarted.loss[-1] < 5.0 + 0.01  # close to the new minimum, 5

@@ -113,8 +113,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-def save_checkpoint(path, module: nn.Module, optimizer, epoch: int, history: list[float]) -> None:
-    """Write a checkpoint atomically (temporary file, then rename)."""
+def save_checkpoint(
+    path, module: nn.Module, optimizer, epoch: int, history: list[float], compare_from: int = 0
+) -> None:
+    """Write a checkpoint atomically (temporary file, then rename).
+
+    ``compare_from``: first loss the convergence test compares (after the last re-layout).
+    """
     path = Path(path)
     state = {
         "module": module.state_dict(),
@@ -122,6 +127,7 @@ def save_checkpoint(path, module: nn.Module, optimizer, epoch: int, history: lis
         "epoch": int(epoch),
         "loss": torch.tensor(history, dtype=torch.float64),
         "rng": torch.get_rng_state(),
+        "compare_from": int(compare_from),
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -223,6 +229,8 @@ def optimize(
         Label of the progress bar.
     after_step : callable, optional
         Called with the epoch number after every optimiser step (e.g. clamping, re-layout).
+        A true return value says the model changed under the loss (a re-layout): the
+        convergence test then compares only the losses from there on.
     checkpoint : path-like, optional
         Where to write checkpoints.
     checkpoint_every : int
@@ -280,6 +288,7 @@ def optimize(
     graphed = _GraphedStep(opt, loss_fn, graph_key) if use_graph else None
     history = TrainingHistory()
     start_epoch = 0
+    compare_from = 0  # the convergence test looks at losses from here on
     if resume is not None and Path(resume).exists():
         state = load_checkpoint(resume)
         module.load_state_dict(state["module"])
@@ -287,6 +296,7 @@ def optimize(
         start_epoch = int(state["epoch"])
         history.loss = [float(x) for x in state["loss"]]
         torch.set_rng_state(state["rng"])
+        compare_from = int(state.get("compare_from", 0))
 
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
@@ -336,8 +346,10 @@ def optimize(
                     "lower the learning rate or check the inputs"
                 )
             history.loss.append(value)
-            if after_step is not None:
-                after_step(epoch)
+            if after_step is not None and after_step(epoch):
+                # the caller changed the model (e.g. re-sized line windows): the losses
+                # before are not comparable, so the convergence test starts afresh
+                compare_from = len(history.loss)
             if bar is not None:
                 bar.update(1)
                 if epoch % 10 == 0:
@@ -347,12 +359,12 @@ def optimize(
                 epoch % checkpoint_every == 0
                 or (checkpoint_seconds is not None and now - last_checkpoint > checkpoint_seconds)
             ):
-                save_checkpoint(checkpoint, module, opt, epoch, history.loss)
+                save_checkpoint(checkpoint, module, opt, epoch, history.loss, compare_from)
                 last_checkpoint = now
-            if rtol > 0 and len(history.loss) > patience:
+            if rtol > 0 and len(history.loss) - compare_from > patience:
                 # Best loss of the last `patience` epochs against the best before them:
                 # robust to the small oscillations of Adam.
-                before = min(history.loss[:-patience])
+                before = min(history.loss[compare_from:-patience])
                 recent = min(history.loss[-patience:])
                 if before - recent <= rtol * abs(before):
                     history.stop_reason = "converged"
@@ -365,7 +377,7 @@ def optimize(
             bar.close()
         torch.set_num_threads(previous_threads)
     if checkpoint is not None:
-        save_checkpoint(checkpoint, module, opt, epoch, history.loss)
+        save_checkpoint(checkpoint, module, opt, epoch, history.loss, compare_from)
     history.epochs = epoch
     history.wall_time = time.perf_counter() - t0
     return history
