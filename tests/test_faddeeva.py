@@ -262,15 +262,20 @@ def test_chunked_voigt_with_gradients_equals_one_pass(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=0)
 
 
+def _random_voigt_arguments(seed: int, n: int):
+    """Offsets from 0.01 to 100 widths, σ in [0.01, 1], γ in [0.001, 1] (float64 tensors)."""
+    rng = np.random.default_rng(seed)
+    sigma = torch.tensor(10 ** rng.uniform(-2, 0, n))
+    gamma = torch.tensor(10 ** rng.uniform(-3, 0, n))
+    dx = torch.tensor(rng.uniform(-1, 1, n) * 10 ** rng.uniform(-2, 2, n)) * (sigma + gamma)
+    return dx, sigma, gamma
+
+
 def test_voigt_with_gradients_subsets_match_the_full_evaluation():
     # need_dx=False and gradients=False only drop outputs: what is returned is unchanged.
     from blase_specutils.core.faddeeva import voigt_with_gradients
 
-    rng = np.random.default_rng(11)
-    n = 40_000
-    sigma = torch.tensor(10 ** rng.uniform(-2, 0, n))
-    gamma = torch.tensor(10 ** rng.uniform(-3, 0, n))
-    dx = torch.tensor(rng.uniform(-1, 1, n) * 10 ** rng.uniform(-2, 2, n)) * (sigma + gamma)
+    dx, sigma, gamma = _random_voigt_arguments(seed=11, n=40_000)
     full = voigt_with_gradients(dx, sigma, gamma)
     no_dx = voigt_with_gradients(dx, sigma, gamma, need_dx=False)
     values_only = voigt_with_gradients(dx, sigma, gamma, gradients=False)
@@ -284,11 +289,7 @@ def test_masked_voigt_evaluation_equals_the_gathered_one():
     # The GPU strategy (every formula everywhere, then select) gives the CPU's numbers.
     from blase_specutils.core import faddeeva
 
-    rng = np.random.default_rng(13)
-    n = 30_000
-    sigma = torch.tensor(10 ** rng.uniform(-2, 0, n))
-    gamma = torch.tensor(10 ** rng.uniform(-3, 0, n))
-    dx = torch.tensor(rng.uniform(-1, 1, n) * 10 ** rng.uniform(-2, 2, n)) * (sigma + gamma)
+    dx, sigma, gamma = _random_voigt_arguments(seed=13, n=30_000)
     dx[:10] = 0.0  # the ring and far formulas divide by zero here: never selected
     gamma[:5] = 0.0
     for need_dx, gradients in [(True, True), (False, True), (True, False)]:

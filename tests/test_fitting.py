@@ -26,20 +26,25 @@ def y_clone(data_dir):
     return bs.clone(wl[sel], fl[sel], teff=3900, progress=False, epochs=400)
 
 
-@pytest.fixture(scope="module")
-def observation(y_clone):
-    truth = perturb_line_depths(y_clone.wavelength, y_clone.target_flux)
+def _observe_order(clone, truth, *, rv=12.3, vsini=6.0, resolving_power=55000, snr=200, seed=1):
+    """`truth` on the clone's grid observed by the independent generator on one HPF-like
+    order: 1000 log-uniform pixels of 1.9 km/s from 10300 Å."""
     pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
     return observe(
-        y_clone.wavelength,
+        clone.wavelength,
         truth,
         pixels,
-        rv=12.3,
-        vsini=6.0,
-        resolving_power=55000,
-        snr=200,
-        seed=1,
+        rv=rv,
+        vsini=vsini,
+        resolving_power=resolving_power,
+        snr=snr,
+        seed=seed,
     )
+
+
+@pytest.fixture(scope="module")
+def observation(y_clone):
+    return _observe_order(y_clone, perturb_line_depths(y_clone.wavelength, y_clone.target_flux))
 
 
 @pytest.fixture(scope="module")
@@ -531,13 +536,9 @@ def test_resolving_power_is_recovered_from_the_default_start(y_clone, injected_r
     (before: R traded off against v sin i, e.g. 14,000 with v sin i 3 for 55,000 and 15).
     The lines are the template's own: with depths perturbed as well, R and v sin i are
     degenerate enough on 1000 pixels that either may settle off the truth."""
-    truth = y_clone.target_flux
-    pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
-    obs = observe(
-        y_clone.wavelength,
-        truth,
-        pixels,
-        rv=12.3,
+    obs = _observe_order(
+        y_clone,
+        y_clone.target_flux,
         vsini=vsini,
         resolving_power=injected_r,
         snr=300,
@@ -630,17 +631,7 @@ def test_auto_continuum_degree_sees_a_gentle_blaze_through_the_lines(y_clone, ob
 
 def test_default_rv_search_reaches_fast_stars(y_clone):
     """±300 km/s by default: coarse steps of c/2R beyond ±100, refined at 1 km/s."""
-    pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
-    obs = observe(
-        y_clone.wavelength,
-        y_clone.target_flux,
-        pixels,
-        rv=-183.4,
-        vsini=6.0,
-        resolving_power=55000,
-        snr=200,
-        seed=3,
-    )
+    obs = _observe_order(y_clone, y_clone.target_flux, rv=-183.4, seed=3)
     args = (obs.wavelength, obs.flux, obs.uncertainty)
     r = bs.fit(*args, stellar=y_clone, progress=False, epochs=50)
     # (a ±100 km/s search, the old default, ended on a spurious minimum inside its range)

@@ -42,16 +42,10 @@ def _kernel_inputs(dtype, linear, emission, seed=0):
     )
     layout = forest.make_layout(wl)
     fwhm, eta = tch_fwhm_and_eta(torch.tensor(sigma, dtype=dtype), torch.tensor(gamma, dtype=dtype))
-    a = torch.tensor(amplitude, dtype=dtype)
-    half = 0.5 * fwhm
-    s = fwhm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    A = a * eta * half / math.pi
-    B = a * (1.0 - eta) / (s * math.sqrt(2.0 * math.pi))
-    C = -0.5 / (s * s)
+    A, h2, B, C = sparse.pseudo_voigt_coefficients(torch.tensor(amplitude, dtype=dtype), fwhm, eta)
     shift = torch.tensor(rng.normal(0.0, 0.002, n), dtype=dtype)
-    sign = torch.tensor([-1.0 if f else 1.0 for f in flags], dtype=dtype)
-    tensors = [t.clone().requires_grad_() for t in (A, half * half, B, C, shift)]
-    return layout, tensors, sign
+    tensors = [t.clone().requires_grad_() for t in (A, h2, B, C, shift)]
+    return layout, tensors, forest.sign
 
 
 @pytest.mark.parametrize("emission", [False, True])

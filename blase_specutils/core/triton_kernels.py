@@ -225,6 +225,23 @@ if triton is not None:
         eta = ratio * (1.36603 + ratio * (-0.47719 + ratio * 0.11116))
         return fg, fl, quintic, fwhm, ratio, eta
 
+    @triton.jit
+    def _line_coefficients(r, ok, order_ptr, ln_a_ptr, ln_sigma_ptr, ln_gamma_ptr):
+        # Rows r (bucket order) → their lines, the TCH width terms and the coefficients
+        # A, B, C of aV = A/(x² + h2) + B exp(C x²) (h2 = half²), shared by both kernels.
+        line = tl.load(order_ptr + r, mask=ok, other=0)
+        fg, fl, quintic, fwhm, ratio, eta = _tch(
+            tl.load(ln_sigma_ptr + line, mask=ok, other=0.0),
+            tl.load(ln_gamma_ptr + line, mask=ok, other=0.0),
+        )
+        amplitude = tl.exp(tl.load(ln_a_ptr + line, mask=ok, other=0.0))
+        half = 0.5 * fwhm
+        s = fwhm / 2.3548200450309493
+        coef_a = amplitude * eta * half / 3.141592653589793
+        coef_b = amplitude * (1.0 - eta) / (s * 2.5066282746310002)
+        coef_c = -0.5 / (s * s)
+        return line, fg, fl, quintic, fwhm, ratio, eta, amplitude, half, s, coef_a, coef_b, coef_c
+
     @triton.jit(do_not_specialize=["n_rows", "search_steps"])
     def _coefficients_kernel(
         order_ptr,
@@ -253,19 +270,14 @@ if triton is not None:
         # the line's current position (a binary search, as torch.searchsorted).
         r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = r < n_rows
-        line = tl.load(order_ptr + r, mask=ok, other=0)
-        shift = tl.load(line_shift_ptr + line, mask=ok, other=0.0)
-        fg, fl, quintic, fwhm, ratio, eta = _tch(
-            tl.load(ln_sigma_ptr + line, mask=ok, other=0.0),
-            tl.load(ln_gamma_ptr + line, mask=ok, other=0.0),
+        line, fg, fl, quintic, fwhm, ratio, eta, amplitude, half, s, coef_a, coef_b, coef_c = (
+            _line_coefficients(r, ok, order_ptr, ln_a_ptr, ln_sigma_ptr, ln_gamma_ptr)
         )
-        amplitude = tl.exp(tl.load(ln_a_ptr + line, mask=ok, other=0.0))
-        half = 0.5 * fwhm
-        s = fwhm / 2.3548200450309493
-        tl.store(a_ptr + r, amplitude * eta * half / 3.141592653589793, mask=ok)
+        shift = tl.load(line_shift_ptr + line, mask=ok, other=0.0)
+        tl.store(a_ptr + r, coef_a, mask=ok)
         tl.store(h2_ptr + r, half * half, mask=ok)
-        tl.store(b_ptr + r, amplitude * (1.0 - eta) / (s * 2.5066282746310002), mask=ok)
-        tl.store(c_ptr + r, -0.5 / (s * s), mask=ok)
+        tl.store(b_ptr + r, coef_b, mask=ok)
+        tl.store(c_ptr + r, coef_c, mask=ok)
         tl.store(shift_ptr + r, shift, mask=ok)
         tl.store(sign_ptr + r, tl.load(line_sign_ptr + line, mask=ok, other=1.0), mask=ok)
         center = tl.load(center_ptr + r, mask=ok, other=0.0) + shift.to(tl.float64)
@@ -303,17 +315,9 @@ if triton is not None:
         # B = a (1 − η) K/(f √(2π)), C = −K²/(2 f²), f = P^(1/5), η = η(fL/f).
         r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         ok = r < n_rows
-        line = tl.load(order_ptr + r, mask=ok, other=0)
-        fg, fl, quintic, fwhm, ratio, eta = _tch(
-            tl.load(ln_sigma_ptr + line, mask=ok, other=0.0),
-            tl.load(ln_gamma_ptr + line, mask=ok, other=0.0),
+        line, fg, fl, quintic, fwhm, ratio, eta, amplitude, half, s, coef_a, coef_b, coef_c = (
+            _line_coefficients(r, ok, order_ptr, ln_a_ptr, ln_sigma_ptr, ln_gamma_ptr)
         )
-        amplitude = tl.exp(tl.load(ln_a_ptr + line, mask=ok, other=0.0))
-        half = 0.5 * fwhm
-        s = fwhm / 2.3548200450309493
-        coef_a = amplitude * eta * half / 3.141592653589793
-        coef_b = amplitude * (1.0 - eta) / (s * 2.5066282746310002)
-        coef_c = -0.5 / (s * s)
         g_a = tl.load(grad_a_ptr + r, mask=ok, other=0.0)
         g_h2 = tl.load(grad_h2_ptr + r, mask=ok, other=0.0)
         g_b = tl.load(grad_b_ptr + r, mask=ok, other=0.0)
