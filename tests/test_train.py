@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from blase_specutils.core.lineforest import LineForest
-from blase_specutils.core.train import load_checkpoint, optimize, resolve_device, save_checkpoint
+from blase_specutils.core.train import (
+    adam,
+    load_checkpoint,
+    optimize,
+    resolve_device,
+    save_checkpoint,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -335,3 +341,22 @@ def test_a_relayout_restarts_the_convergence_test():
     restarted = run(True)
     assert len(restarted.loss) > 60 and restarted.stop_reason == "converged"
     assert restarted.loss[-1] < 5.0 + 0.01  # close to the new minimum, 5
+
+
+def test_adam_on_the_cpu_is_torchs_default_adam_step_for_step():
+    """``adam`` fuses only on CUDA: on the CPU each step equals torch's default Adam bit for bit."""
+    rng = np.random.default_rng(3)
+    start = [torch.tensor(rng.normal(size=n)) for n in (5, 3)]
+    mine = [t.clone().requires_grad_() for t in start]
+    theirs = [t.clone().requires_grad_() for t in start]
+    opt_mine = adam([{"params": mine[0], "lr": 0.1}, {"params": [mine[1]]}], 0.03)
+    opt_theirs = torch.optim.Adam([{"params": theirs[0], "lr": 0.1}, {"params": [theirs[1]]}], 0.03)
+    assert opt_mine.defaults["fused"] is None
+    for _ in range(5):
+        for params, opt in ((mine, opt_mine), (theirs, opt_theirs)):
+            opt.zero_grad()
+            (params[0].sin().sum() + (params[1] ** 3).sum()).backward()
+            opt.step()
+    for a, b in zip(mine, theirs):
+        assert torch.equal(a, b)
+    assert not torch.equal(mine[0], start[0])  # it did move

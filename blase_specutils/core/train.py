@@ -26,6 +26,7 @@ from torch import nn
 __all__ = [
     "TrainingHistory",
     "optimize",
+    "adam",
     "resolve_device",
     "save_checkpoint",
     "load_checkpoint",
@@ -137,6 +138,25 @@ def save_checkpoint(
 def load_checkpoint(path) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` (never executes code)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def adam(params, learning_rate: float, *, capturable: bool = False) -> torch.optim.Adam:
+    """Adam over ``params`` (tensors or parameter groups), fused into one kernel on CUDA.
+
+    On CUDA, torch's default (``foreach``) Adam launches about a dozen multi-tensor kernels
+    per parameter group and step; the fused implementation launches two. On an epoch of
+    a few dozen kernels (the Triton engine) that is a third of the launches. The CPU keeps
+    torch's default, so CPU results do not depend on this choice.
+    """
+    groups = list(params)
+    tensors = []
+    for group in groups:
+        members = group["params"] if isinstance(group, dict) else group
+        tensors += [members] if isinstance(members, torch.Tensor) else list(members)
+    fused = bool(tensors) and all(p.is_cuda and p.is_floating_point() for p in tensors)
+    return torch.optim.Adam(
+        groups, lr=learning_rate, capturable=capturable, fused=True if fused else None
+    )
 
 
 class _GraphedStep:
@@ -274,7 +294,7 @@ def optimize(
     on_gpu = any(p.is_cuda for g in groups for p in g["params"])
     use_graph = bool(cuda_graph) and optimizer == "adam" and on_gpu
     if optimizer == "adam":
-        opt = torch.optim.Adam(groups, lr=learning_rate, capturable=use_graph)
+        opt = adam(groups, learning_rate, capturable=use_graph)
     elif optimizer == "lbfgs":
         opt = torch.optim.LBFGS(
             [p for g in groups for p in g["params"]],
