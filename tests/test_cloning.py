@@ -13,7 +13,12 @@ from astropy.table import QTable
 import blase_specutils as bs
 from blase_specutils import CloneResult, clone, load_clone
 from blase_specutils.astro.templates import read_phoenix_dat
-from blase_specutils.cloning import forest_from_table, forest_to_table, initial_line_parameters
+from blase_specutils.cloning import (
+    forest_from_table,
+    forest_to_table,
+    initial_line_parameters,
+    residual_lines,
+)
 from blase_specutils.core.profiles import pseudo_voigt_peak, tch_fwhm_and_eta
 
 Z_BAND = "phoenix/Z_band_test_sample_lte03900-PHOENIX-ACES.dat"
@@ -64,13 +69,15 @@ def small_slice(data_dir):
 
 # ---------------------------------------------------------------------------- accuracy
 def test_clone_of_real_phoenix_slice_is_accurate(z_clone):
-    # measured (default settings: 600 Adam epochs, centres trainable): 457 lines, RMS of
-    # target − model 6.1e-3 of the continuum (untrained initial guess: 3.4e-2).
-    # Bound: 7e-3, a 15 % margin over the measurement (the brief's ceiling was 1.5e-2).
-    assert z_clone.rms <= 0.007
-    assert np.max(np.abs(z_clone.residual)) < 0.5
+    # measured (default settings: 600 Adam epochs, centres trainable, one refinement pass
+    # of 300 epochs): 457 lines found + 118 from the residual, RMS of target − model
+    # 3.1e-3 of the continuum, largest |residual| 0.014 (without refinement 6.2e-3 and
+    # 0.060; untrained initial guess 3.3e-2). Bound: 3.6e-3, a 15 % margin.
+    assert z_clone.rms <= 0.0036
+    assert np.max(np.abs(z_clone.residual)) < 0.03
     # a 3900 K dwarf at prominence 0.01: several hundred lines per 100 Å
     assert 300 <= z_clone.n_lines <= 800
+    assert 50 <= sum(z_clone.meta["lines_added"]) <= 250
     assert z_clone.lines_per_100_angstrom() == pytest.approx(z_clone.n_lines, rel=1e-3)
     # the target is flattened: continuum near 1, lines below it
     assert np.percentile(z_clone.target_flux, 95) == pytest.approx(1.0, abs=0.03)
@@ -91,8 +98,9 @@ def test_clone_training_improves_on_initial_guess(z_clone, z_slice):
     wavelength, flux = z_slice
     untrained = clone(wavelength, flux, teff=3900, epochs=0, progress=False)
     assert untrained.history.epochs == 0 and untrained.history.loss == []
-    assert untrained.n_lines == z_clone.n_lines
-    assert z_clone.rms < 0.25 * untrained.rms  # measured ratio 0.18
+    assert untrained.meta["lines_added"] == []  # no training, no refinement
+    assert untrained.n_lines == z_clone.n_lines - sum(z_clone.meta["lines_added"])
+    assert z_clone.rms < 0.12 * untrained.rms  # measured ratio 0.093 (0.19 unrefined)
 
 
 def test_clone_result_continuum_restores_input(z_clone, z_slice):
@@ -418,3 +426,76 @@ def test_evaluate_at_one_or_two_wavelengths(z_clone):
     np.testing.assert_allclose(z_clone.evaluate(grid[[3, 150]]), every_line[[3, 150]], rtol=1e-6)
     # on a grid the sparse windows cut each line's wings below 1e-4: measured 8e-4 in sum
     np.testing.assert_allclose(z_clone.evaluate(grid), every_line, atol=2e-3)
+
+
+# ------------------------------------------------------------ refinement (shoulder lines)
+#: Four Voigt lines (centre Å, depth, σ Å, γ Å): the 0.25-deep line sits 0.14 Å (about one
+#: FWHM) on the shoulder of the 0.70-deep one and makes no local minimum of its own.
+SHOULDER_BLEND = [
+    (5022.136, 0.061, 0.043, 0.014),
+    (5022.309, 0.247, 0.059, 0.019),
+    (5022.445, 0.699, 0.038, 0.024),
+    (5022.777, 0.220, 0.053, 0.011),
+]
+
+
+def _voigt_lines(wavelength, lines):
+    """∏(1 − d V/V(0)) with scipy's Voigt profile: a truth independent of the engine."""
+    from scipy.special import voigt_profile
+
+    return np.prod(
+        [
+            1 - d * voigt_profile(wavelength - c, s, g) / voigt_profile(0, s, g)
+            for c, d, s, g in lines
+        ],
+        axis=0,
+    )
+
+
+def test_refinement_finds_a_line_on_the_shoulder_of_a_stronger_one():
+    wavelength = np.arange(5020.0, 5025.0, 0.01)
+    flux = _voigt_lines(wavelength, SHOULDER_BLEND)
+    published = clone(wavelength, flux, flatten=False, progress=False, refine=0)
+    refined = clone(wavelength, flux, flatten=False, progress=False)
+    # prominence alone misses the shoulder line; the wide line that covers both leaves a
+    # residual of ~10 % (measured 0.109)
+    assert published.meta["lines_added"] == []
+    assert np.max(np.abs(published.residual)) > 0.05
+    # the refinement pass adds a line at every true centre the first search missed ...
+    centers = refined.lines["center"].to_value(u.AA)
+    for c, *_ in SHOULDER_BLEND:
+        assert np.min(np.abs(centers - c)) < 0.01  # one pixel
+    assert sum(refined.meta["lines_added"]) >= 1
+    assert refined.n_lines == published.n_lines + sum(refined.meta["lines_added"])
+    # ... and the clone then follows the blend to a few tenths of a per cent (measured 0.23 %)
+    assert np.max(np.abs(refined.residual)) < 0.005
+
+
+def test_residual_lines_recovers_a_missing_line_and_nothing_else():
+    wavelength = np.arange(8600.0, 8605.0, 0.01)
+    present = [(8601.0, 0.5, 0.04, 0.01), (8603.5, 0.3, 0.05, 0.01)]
+    missing = (8602.2, 0.08, 0.04, 0.01)
+    model = _voigt_lines(wavelength, present)
+    target = _voigt_lines(wavelength, [*present, missing])
+    centers = [c for c, *_ in present]
+    center, depth, fwhm = residual_lines(wavelength, target, model, centers, prominence=0.01)
+    assert center.size == 1
+    assert center[0] == pytest.approx(missing[0], abs=0.005)
+    assert depth[0] == pytest.approx(missing[1], rel=0.02)
+    fwhm_true = 0.5346 * 2 * missing[3] + np.sqrt(
+        0.2166 * (2 * missing[3]) ** 2 + (2.3548 * missing[2]) ** 2
+    )  # Olivero & Longbothum (1977), ~0.02 %
+    assert fwhm[0] == pytest.approx(fwhm_true, rel=0.05)
+    # a perfect model leaves nothing; a dip below the threshold is not a line
+    assert residual_lines(wavelength, target, target, centers, prominence=0.01)[0].size == 0
+    assert residual_lines(wavelength, target, model, centers, prominence=0.1)[0].size == 0
+    # a dip at an existing centre is that line's own shape, not a new line
+    deeper = _voigt_lines(wavelength, [(8601.0, 0.55, 0.04, 0.01), present[1]])
+    assert residual_lines(wavelength, deeper, model, centers, prominence=0.01)[0].size == 0
+
+
+@pytest.mark.parametrize("refine", [-1, 1.5, True, "1"])
+def test_clone_rejects_a_bad_refine(small_slice, refine):
+    wavelength, flux = small_slice
+    with pytest.raises(ValueError, match="refine must be a non-negative integer"):
+        clone(wavelength, flux, progress=False, refine=refine)
