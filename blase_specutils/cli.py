@@ -243,21 +243,24 @@ def _fit_inputs(orders: list) -> dict:
 # ---------------------------------------------------------------------------
 # Reporting
 # ---------------------------------------------------------------------------
-def _pm(value: float, sigma: float, digits: int) -> str:
+def _pm(value: float, sigma: float, digits: int, note: str | None = None) -> str:
     if not math.isfinite(sigma):
-        return f"{value:.{digits}f} (fixed)"
+        return f"{value:.{digits}f} ({note or 'fixed'})"
     return f"{value:.{digits}f} ± {sigma:.{digits}f}"
 
 
 def _report(result, out, label: str = "") -> None:
     unc = dict(result.uncertainties)
+    notes = dict(result.meta.get("uncertainty_notes", {}))
     prefix = f"{label}: " if label else ""
-    r_sigma = unc.get("resolving_power", float("nan"))
-    print(f"{prefix}RV       = {_pm(result.rv, unc.get('rv', float('nan')), 3)} km/s", file=out)
-    print(
-        f"{prefix}v sin i  = {_pm(result.vsini, unc.get('vsini', float('nan')), 3)} km/s", file=out
-    )
-    print(f"{prefix}R        = {_pm(result.resolving_power, r_sigma, 0)}", file=out)
+
+    def pm(name, value, digits):
+        note = notes.get(name)
+        return _pm(value, unc.get(name, float("nan")), digits, note and f"no uncertainty: {note}")
+
+    print(f"{prefix}RV       = {pm('rv', result.rv, 3)} km/s", file=out)
+    print(f"{prefix}v sin i  = {pm('vsini', result.vsini, 3)} km/s", file=out)
+    print(f"{prefix}R        = {pm('resolving_power', result.resolving_power, 0)}", file=out)
     print(f"{prefix}chi2_red = {result.chi2_reduced:.3f}", file=out)
 
 
@@ -315,24 +318,31 @@ def _cmd_clone(args, out, err) -> int:
 
 def _cmd_fit(args, out, err) -> int:
     from .cloning import load_clone
-    from .fitting import fit
+    from .fitting import _initial_resolving_power, fit
 
     stellar = load_clone(args.stellar)
     telluric = None if args.telluric is None else load_clone(args.telluric)
     orders = read_observation(args.data)
-    orders = _crop_to_clones(orders, [c for c in (stellar, telluric) if c is not None], err)
+    instrument = orders[0].meta.get("instrument") if orders else None
+    if args.outside == "crop":
+        orders = _crop_to_clones(orders, [c for c in (stellar, telluric) if c is not None], err)
+    # the instrument's nominal R unless given (as spectrum.blase.fit does)
+    resolving_power, source = _initial_resolving_power(args.resolving_power, instrument)
     result = fit(
         **_fit_inputs(orders),
         stellar=stellar,
         telluric=telluric,
         rv=args.rv,
         vsini=args.vsini,
-        resolving_power=args.resolving_power,
+        resolving_power=resolving_power,
+        fit_resolving_power=args.fit_resolving_power,
+        outside=args.outside,
         epochs=args.epochs,
         global_epochs=args.global_epochs,
         rv_search=args.rv_search,
         progress=not args.quiet,
     )
+    result.meta["resolving_power_source"] = source
     _report(result, out)
     _write_fit_outputs(result, Path(args.output), out)
     return 0
@@ -473,7 +483,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rv", type=float, default=0.0, help="initial radial velocity, km/s")
     p.add_argument("--vsini", type=float, default=None, help="initial v sin i, km/s")
     p.add_argument(
-        "--resolving-power", type=float, default=55000.0, help="instrumental resolving power R"
+        "--resolving-power",
+        type=float,
+        default=None,
+        help="instrumental resolving power R, the start when fitted (default: the "
+        "instrument's nominal R, else 55000)",
+    )
+    p.add_argument(
+        "--fit-resolving-power",
+        action="store_true",
+        help="fit R too (starting from --resolving-power)",
+    )
+    p.add_argument(
+        "--outside",
+        choices=("crop", "error"),
+        default="crop",
+        help="data beyond the clones' range: crop it (default; orders with too little left "
+        "are left out) or stop with an error that names the orders inside",
     )
     p.add_argument(
         "--rv-search", type=float, default=300.0, help="half-width of the RV grid search, km/s"

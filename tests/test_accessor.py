@@ -323,3 +323,23 @@ def test_clone_of_a_telluric_template_spectrum_is_not_flattened(monkeypatch):
     sky.blase.clone(flatten=True)  # the caller's choice stands
     Template(wavelength, np.ones_like(wavelength), kind="stellar").to_spectrum().blase.clone()
     assert calls == [{"flatten": False}, {"flatten": True}, {}]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rv": np.nan}, "rv must be finite"),
+        ({"epochs": -1}, "epochs must be >= 0"),
+        ({"rv_search": float("inf")}, "rv_search must be finite"),
+    ],
+)
+def test_fit_checks_numbers_before_converting(monkeypatch, kwargs, message):
+    """`.blase.fit` applies fit's own checks up front: a bad value never reaches fit."""
+    calls = []
+    fit = lambda *a, **k: calls.append(k) or SimpleNamespace(meta={})  # noqa: E731
+    monkeypatch.setattr(blase_specutils, "fit", fit)
+    with pytest.raises(ValueError, match=message):
+        make_spectrum().blase.fit("star-clone", **kwargs)
+    assert calls == []
+    make_spectrum().blase.fit("star-clone", rv=3.0 * u.km / u.s)  # a Quantity is converted
+    assert calls[0]["rv"] == pytest.approx(3.0)

@@ -202,3 +202,72 @@ def test_fit_with_a_clone_that_misses_the_data(tmp_path, capsys, data_dir):
         ],
     )
     assert "no order overlaps" in message and "8300" in message
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "blase_specutils", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "usage: blase-specutils fit" in done.stdout
+    for option in ("--fit-resolving-power", "--outside"):
+        assert option in done.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "blase_specutils", "fit"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "--stellar" in bad.stderr
+
+
+def test_fit_command_passes_resolving_power_and_outside(monkeypatch, tmp_path, capsys, data_dir):
+    """--fit-resolving-power and --outside reach fit; R starts at the instrument's nominal
+    value unless given; --outside error lets fit name the ranges instead of cropping."""
+    import blase_specutils.fitting as fitting
+    from blase_specutils.cli import UsageError
+
+    calls = []
+
+    def fake_fit(**kwargs):
+        calls.append(kwargs)
+        raise UsageError("stopped")
+
+    part = tmp_path / "part.ecsv"  # covers only the red part of the WASP 69 order
+    clone_args = ["clone", "phoenix:Z", "--range", "8700", "8795", "--epochs", "0", "-q"]
+    assert main([*clone_args, "-o", str(part)]) == 0
+    monkeypatch.setattr(fitting, "fit", fake_fit)
+    base = ["fit", str(datasets.wasp69_path()), "--stellar", str(part), "-q"]
+    assert main([*base, "--fit-resolving-power", "--resolving-power", "40000"]) == 2
+    assert main(base) == 2
+    assert main([*base, "--outside", "error"]) == 2
+    given, default, strict = calls
+    assert given["fit_resolving_power"] is True and given["resolving_power"] == 40000.0
+    assert default["fit_resolving_power"] is False and default["outside"] == "crop"
+    assert default["resolving_power"] == 55000.0  # the HPF table's nominal R (or the default)
+    assert strict["outside"] == "error"
+    # the cropped data lie inside the clone; uncropped WASP 69 reaches beyond it
+    clone = load_clone(part)
+    lo, hi = clone.meta["wavelength_min"], clone.meta["wavelength_max"]
+    assert all(w.min() >= lo and w.max() <= hi for w in default["wavelength"])
+    assert any(w.min() < lo or w.max() > hi for w in strict["wavelength"])
+    capsys.readouterr()
+    monkeypatch.undo()
+    message = _error(capsys, [*base, "--outside", "error", "-o", str(tmp_path / "x")])
+    assert "clone covers only" in message and "outside='crop'" in message

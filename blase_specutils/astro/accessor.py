@@ -340,8 +340,9 @@ class BlaseAccessor:
         telluric : blase_specutils.CloneResult, optional
             Clone of the telluric transmission.
         **kwargs
-            Passed on unchanged (``medium`` is consumed here, see
-            :meth:`to_arrays`).
+            Passed on (``medium`` is consumed here, see :meth:`to_arrays`); the
+            numeric ones are checked first, as :func:`blase_specutils.fit` checks them
+            (a ValueError names a NaN, infinite or out-of-range value).
 
         Returns
         -------
@@ -350,8 +351,10 @@ class BlaseAccessor:
         """
         import blase_specutils
 
-        from ..fitting import _initial_resolving_power
+        from ..fitting import _check_fit_numbers, _initial_resolving_power
 
+        # the same checks as fit's, before the spectrum is converted
+        kwargs = _check_fit_numbers(kwargs)
         orders = self._orders(kwargs.pop("medium", None))
         has_sigma = all(arrays.uncertainty is not None for arrays in orders)
         source = None

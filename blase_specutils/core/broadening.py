@@ -638,6 +638,25 @@ class InstrumentalBroadening(nn.Module):
         """Current resolving power R, dimensionless (scalar tensor)."""
         return torch.exp(self.log_resolving_power)
 
+    def set_resolving_power_min(self, resolving_power_min: float, n_sigma: float = 6) -> None:
+        """Lengthen the kernel so that it holds R down to ``resolving_power_min`` to
+        ``n_sigma`` (the parameter, and so an optimiser holding it, is kept).
+
+        Raises
+        ------
+        ValueError
+            ``resolving_power_min`` is not finite and > 0.
+        """
+        resolving_power_min = float(resolving_power_min)
+        if not (math.isfinite(resolving_power_min) and resolving_power_min > 0):
+            raise ValueError(
+                f"resolving_power_min must be finite and > 0, got {resolving_power_min}"
+            )
+        self.resolving_power_min = resolving_power_min
+        self.half_width = gaussian_kernel_half_width(resolving_power_min, self.step_kms, n_sigma)
+        self._cached_kernel = None
+        self._cache_key = None
+
     def kernel(self) -> Tensor:
         """Current Gaussian kernel, length ``2 · half_width + 1``, dimensionless."""
         if self.log_resolving_power.requires_grad:

@@ -128,14 +128,10 @@ class ForwardModel(nn.Module):
         )
         self.rotation.to(device)
         self.instrument.to(device)
-        # Buffer: both kernels plus a margin of 8 steps, in velocity.
-        pad_kms = (self.rotation.half_width + self.instrument.half_width + 8) * step_kms
-        grid = log_uniform_grid(
-            lo * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS),
-            hi * math.exp(pad_kms / SPEED_OF_LIGHT_KMS),
-            step_kms,
-            dtype=torch.float64,
-        )
+        self._data_range = (lo, hi)
+        self._all_edges = np.concatenate(edges, axis=0)
+        self._dtype = dtype
+        grid = self._fine_grid()
         self.register_buffer("fine_wavelength", grid.to(device))
         self.rv_max = rv_max
         self.rv = nn.Parameter(
@@ -147,8 +143,9 @@ class ForwardModel(nn.Module):
         self.ln_telluric_scale = nn.Parameter(
             torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_scale
         )
-        all_edges = np.concatenate(edges, axis=0)
-        self.averager = PixelAverager(grid.cpu().numpy(), all_edges, dtype=dtype, device=device)
+        self.averager = PixelAverager(
+            grid.cpu().numpy(), self._all_edges, dtype=dtype, device=device
+        )
         order_index = np.concatenate([np.full(len(e), k) for k, e in enumerate(edges)])
         x = np.concatenate(
             [
@@ -173,6 +170,45 @@ class ForwardModel(nn.Module):
             self.continuum_coefficients[:, 0] = 1.0
         self.order_sizes = [len(e) for e in edges]
         self.relayout()
+
+    def _pad_kms(self) -> float:
+        """Buffer the fine grid needs beyond the data: both kernels plus 8 steps, km/s."""
+        return (self.rotation.half_width + self.instrument.half_width + 8) * self.step_kms
+
+    def _fine_grid(self) -> torch.Tensor:
+        lo, hi = self._data_range
+        pad_kms = self._pad_kms()
+        return log_uniform_grid(
+            lo * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS),
+            hi * math.exp(pad_kms / SPEED_OF_LIGHT_KMS),
+            self.step_kms,
+            dtype=torch.float64,
+        )
+
+    @torch.no_grad()
+    def lower_resolving_power_floor(self, resolving_power_min: float) -> bool:
+        """Let the instrumental kernel hold R down to ``resolving_power_min``.
+
+        The kernel is built for the smallest R it must represent (R₀/2 when R is fitted);
+        an R below that would be truncated. This lengthens the kernel, and, when the
+        fine grid's buffer no longer covers it, rebuilds the grid, the pixel averager and
+        the line layouts (every parameter object stays, so optimisers keep working).
+        Returns whether anything changed (False when the floor is already that low).
+        """
+        if resolving_power_min >= self.instrument.resolving_power_min:
+            return False
+        self.instrument.set_resolving_power_min(resolving_power_min)
+        lo = float(self.fine_wavelength[0])
+        have_kms = SPEED_OF_LIGHT_KMS * math.log(self._data_range[0] / lo)
+        if self._pad_kms() > have_kms:
+            device = self.fine_wavelength.device
+            grid = self._fine_grid()
+            self.fine_wavelength = grid.to(device)
+            self.averager = PixelAverager(
+                grid.cpu().numpy(), self._all_edges, dtype=self._dtype, device=device
+            )
+            self.relayout()
+        return True
 
     @torch.no_grad()
     def set_continuum_degree(self, degree: int) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import os
 import time
 import warnings
@@ -83,6 +84,12 @@ class TrainingHistory:
 @contextlib.contextmanager
 def limit_threads(num_threads: int | None):
     """Temporarily set torch's CPU intra-op threads (``None``: leave unchanged)."""
+    if num_threads is not None and (
+        isinstance(num_threads, bool)
+        or not isinstance(num_threads, numbers.Integral)
+        or num_threads < 1
+    ):
+        raise ValueError(f"num_threads must be an integer >= 1 or None, got {num_threads!r}")
     previous = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
