@@ -53,7 +53,7 @@ class _DemoSettings:
 
 
 _DEMO_FULL = _DemoSettings(
-    clone_epochs=400, rv_search=60.0, global_epochs=150, line_epochs=300, refine_rv_search=3.0
+    clone_epochs=300, rv_search=60.0, global_epochs=150, line_epochs=300, refine_rv_search=3.0
 )
 _DEMO_QUICK = _DemoSettings(
     clone_epochs=15, rv_search=20.0, global_epochs=6, line_epochs=10, refine_rv_search=2.0
@@ -300,6 +300,7 @@ def _cmd_clone(args, out, err) -> int:
         teff=args.teff,
         prominence=args.prominence,
         epochs=args.epochs,
+        refine=args.refine,
         mode=args.mode,
         flatten=False if args.no_flatten else None,  # None: a telluric template stays flat
         progress=not args.quiet,
@@ -427,7 +428,7 @@ def _cmd_demo(args, out, err) -> int:
 # ---------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------
-def _positive_int(text: str) -> int:
+def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
@@ -458,7 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--range", nargs=2, type=float, metavar=("LO", "HI"), help="wavelength range to clone, Å"
     )
-    p.add_argument("--epochs", type=_positive_int, default=400, help="training epochs")
+    p.add_argument("--epochs", type=_non_negative_int, default=300, help="training epochs")
+    p.add_argument(
+        "--refine",
+        type=_non_negative_int,
+        default=1,
+        help="refinement passes adding lines hidden on the shoulders of stronger ones "
+        "(0: the published algorithm)",
+    )
     p.add_argument("--mode", choices=("linear", "log"), default="linear", help="forest mode")
     p.add_argument(
         "--no-flatten",
@@ -504,9 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rv-search", type=float, default=300.0, help="half-width of the RV grid search, km/s"
     )
-    p.add_argument("--epochs", type=_positive_int, default=300, help="epochs of the line stage")
+    p.add_argument("--epochs", type=_non_negative_int, default=300, help="epochs of the line stage")
     p.add_argument(
-        "--global-epochs", type=_positive_int, default=150, help="epochs of each global stage"
+        "--global-epochs", type=_non_negative_int, default=150, help="epochs of each global stage"
     )
     p.add_argument("-o", "--output", default="blase_fit", help="output folder (default blase_fit)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

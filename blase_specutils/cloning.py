@@ -158,7 +158,7 @@ def clone(
     profile: str = "pseudo_voigt",
     trainable=("center", "amplitude", "sigma", "gamma"),
     emission: bool = False,
-    epochs: int = 600,
+    epochs: int = 300,
     learning_rate: float = 0.05,
     optimizer: str = "adam",
     rtol: float = 1e-4,

@@ -271,3 +271,14 @@ def test_fit_command_passes_resolving_power_and_outside(monkeypatch, tmp_path, c
     monkeypatch.undo()
     message = _error(capsys, [*base, "--outside", "error", "-o", str(tmp_path / "x")])
     assert "clone covers only" in message and "outside='crop'" in message
+
+
+def test_clone_command_refines_unless_told_not_to(tmp_path, data_dir):
+    counts = {}
+    for refine in ("1", "0"):
+        path = tmp_path / f"refine{refine}.ecsv"
+        args = ["clone", "phoenix:Z", "--teff", "3900", "--range", "8700", "8720"]
+        assert main([*args, "--epochs", "20", "--refine", refine, "-q", "-o", str(path)]) == 0
+        counts[refine] = load_clone(path).meta["lines_added"]
+    assert counts["0"] == [] and len(counts["1"]) == 1 and counts["1"][0] > 0
+    assert main(["clone", "phoenix:Z", "--refine", "-1"]) == 2  # a usage error
