@@ -1127,6 +1127,9 @@ def fit(
         history.loss += _fit_globals_lowering_r(
             model, chi2_per_pixel, groups, global_epochs, progress, "globals", num_threads
         )
+        history.loss += _search_rotation_resolution_valley(
+            model, chi2_per_pixel, groups, global_epochs, progress, num_threads
+        )
     if clip_sigma is not None:  # again, now that the globals fit
         clip_outliers()
     if n_clipped:
@@ -1536,6 +1539,89 @@ def _fit_globals_lowering_r(model, loss_fn, groups, iterations, progress, label,
             break
         loss += _fit_globals(model, loss_fn, groups, iterations, progress, label, num_threads)
     return loss
+
+
+#: v sin i below this multiple of the instrumental FWHM (c/R) trades off against R.
+DEGENERATE_VSINI_FRACTION = 1.5
+#: Where the v sin i profile is sampled, as fractions of the instrumental FWHM (c/R).
+VALLEY_VSINI_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4)
+#: Rotational width per unit v sin i added in quadrature to the instrument's FWHM (about
+#: the FWHM of the limb-darkened rotation profile over v sin i, measured along the valley).
+ROTATION_WIDTH_PER_VSINI = 1.1
+
+
+def _search_rotation_resolution_valley(
+    model, loss_fn, groups, iterations, progress, num_threads
+) -> list[float]:
+    """With R and v sin i both free and v sin i not much above the resolution, profile χ²
+    along v sin i and restart the joint fit from the best point.
+
+    Below about the instrument's FWHM the two broadenings trade off: χ² has a long, narrow,
+    curved valley of near-constant total width, along which a joint optimiser crawls and
+    stops near wherever it entered it (v sin i = 0 is moreover a stationary point). In a
+    noiseless injection at v sin i 3 km/s and R 60,000, the joint fit started from R 45,000
+    ended at v sin i 0.05, R 49,600 (χ² 2.4× that at the truth) and from 70,000 at 3.7,
+    69,900 (5×). Here v sin i is held at ``f · c/R`` for the fractions
+    ``VALLEY_VSINI_FRACTIONS`` while R (started where ``(c/R)² + (1.1 v sin i)²`` keeps
+    the current total width) and the other globals are fitted: a well-conditioned problem
+    whose minimum is the profile χ²(v sin i). The joint fit then restarts from the best
+    sample, refined by a parabola through its neighbours. Returns the losses if the result
+    beats the current state (else the state is left as it was).
+    """
+    rotation, instrument = model.rotation, model.instrument
+    if not (rotation.vsini.requires_grad and instrument.log_resolving_power.requires_grad):
+        return []
+    fwhm_kms = C_KMS / float(instrument.resolving_power.detach())
+    vsini_now = float(rotation.effective_vsini().detach())
+    if vsini_now >= DEGENERATE_VSINI_FRACTION * fwhm_kms:
+        return []
+    width2 = fwhm_kms**2 + (ROTATION_WIDTH_PER_VSINI * vsini_now) ** 2
+    with torch.no_grad():
+        loss_now = float(loss_fn())
+    saved = copy.deepcopy(model.state_dict())
+    brief = max(3, iterations // 3)
+    samples = []  # (v sin i, loss, R)
+    rotation.vsini.requires_grad_(False)
+    try:
+        for fraction in VALLEY_VSINI_FRACTIONS:
+            vsini = min(fraction * fwhm_kms, 0.9 * rotation.vsini_max)
+            instrument2 = width2 - (ROTATION_WIDTH_PER_VSINI * vsini) ** 2
+            if instrument2 < (0.3 * fwhm_kms) ** 2:
+                break  # the rest would need an R beyond reach
+            model.load_state_dict(saved)
+            with torch.no_grad():
+                rotation.vsini.fill_(vsini)
+                instrument.log_resolving_power.fill_(math.log(C_KMS / math.sqrt(instrument2)))
+            _fit_globals(model, loss_fn, groups, brief, progress, "v sin i profile", num_threads)
+            with torch.no_grad():
+                samples.append(
+                    (vsini, float(loss_fn()), float(instrument.resolving_power.detach()))
+                )
+    finally:
+        rotation.vsini.requires_grad_(True)
+    if not samples:
+        model.load_state_dict(saved)
+        return []
+    vsinis, losses, powers = (np.array(x) for x in zip(*samples))
+    k = int(np.argmin(losses))
+    vsini, power = vsinis[k], powers[k]
+    if 0 < k < len(samples) - 1:  # parabola through the best sample and its neighbours
+        y0, y1, y2 = losses[k - 1 : k + 2]
+        den = y0 - 2 * y1 + y2
+        if den > 0:
+            shift = 0.5 * (vsinis[k + 1] - vsinis[k]) * (y0 - y2) / den
+            vsini = vsini + shift
+            power = np.interp(vsini, vsinis, powers)
+    model.load_state_dict(saved)
+    with torch.no_grad():
+        rotation.vsini.fill_(max(float(vsini), MIN_START_VSINI))
+        instrument.log_resolving_power.fill_(math.log(float(power)))
+    history = _fit_globals(model, loss_fn, groups, iterations, progress, "globals", num_threads)
+    with torch.no_grad():
+        if float(loss_fn()) < loss_now:
+            return history
+    model.load_state_dict(saved)
+    return []
 
 
 def _fit_globals(model, loss_fn, groups, iterations, progress, label, num_threads) -> list[float]:
