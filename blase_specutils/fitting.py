@@ -1238,6 +1238,7 @@ def fit(
     with torch.no_grad():
         chi2_red = float(chi2()) / max(n_good - n_free, 1)
     curvature_uncertainties = _global_uncertainties(model, data, inv_sigma, good)
+    final_vsini = float(model.rotation.effective_vsini().detach())
     uncertainty_notes = _warn_at_bounds(
         model, curvature_uncertainties, fit_vsini, fit_resolving_power
     )
@@ -1254,9 +1255,20 @@ def fit(
             and not math.isfinite(curvature_uncertainties.get(name, float("nan")))
         ):
             uncertainty_notes[name] = "the χ² curvature gave no finite variance"
+            if name == "vsini" and final_vsini < 0.5 * model.rotation.step_kms:
+                uncertainty_notes[name] = (
+                    f"v sin i = {final_vsini:.3g} km/s is below half the model grid's step "
+                    f"({model.rotation.step_kms:g} km/s), where the rotation kernel is a delta: "
+                    "unresolved, consistent with 0"
+                )
+            hint = (
+                " (is it degenerate with another free parameter, or does the model not "
+                "depend on it?)"
+                if uncertainty_notes[name].startswith("the χ² curvature")
+                else ""
+            )
             warnings.warn(
-                f"no uncertainty for {name}: {uncertainty_notes[name]} (is it degenerate "
-                "with another free parameter, or does the model not depend on it?)",
+                f"no uncertainty for {name}: {uncertainty_notes[name]}{hint}",
                 UserWarning,
                 stacklevel=3,
             )
@@ -1673,15 +1685,25 @@ def _global_uncertainties(model: ForwardModel, data, inv_sigma, good) -> dict:
     if not active:
         return out
     w = (inv_sigma * good).double()
-    cols = []
-    for _, p, h, _ in active:
+    cols, responsive = [], []
+    for spec in active:
+        _, p, h, _ = spec
         orig = p.detach().clone()
         p.copy_(orig + h)
         m_plus = model().double()
         p.copy_(orig - h)
         m_minus = model().double()
         p.copy_(orig)
-        cols.append((m_plus - m_minus) / (2 * h) * w)
+        column = (m_plus - m_minus) / (2 * h) * w
+        if torch.any(column != 0):
+            cols.append(column)
+            responsive.append(spec)
+        # else the model does not change with it here (e.g. v sin i below half the fine
+        # grid's step, where the rotation kernel is exactly a delta): no curvature, no
+        # error bar (NaN, explained by the caller), rather than pinv's zero variance
+    active = responsive
+    if not active:
+        return out
     jac = torch.stack(cols, dim=1)
     # Continuum coefficients are nuisance parameters: profile them out by including them.
     basis = model.continuum_basis.double()

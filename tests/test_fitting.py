@@ -843,3 +843,26 @@ def test_vsini_below_the_resolution_is_found_along_its_valley_with_r(y_clone, mo
     monkeypatch.setattr(bs.fitting, "_search_rotation_resolution_valley", lambda *a, **k: [])
     joint_only = run()
     assert joint_only.vsini < 1.0 and joint_only.resolving_power < 50_000
+
+
+def test_vsini_below_half_the_grid_step_has_no_error_bar_and_says_why(y_clone, observation):
+    """Below half the fine grid's step the rotation kernel is exactly a delta: the model
+    does not change with v sin i, so there is no curvature (pinv used to report ±0)."""
+    with pytest.warns(UserWarning) as record:
+        r = bs.fit(
+            observation.wavelength,
+            observation.flux,
+            observation.uncertainty,
+            stellar=y_clone,
+            progress=False,
+            step_kms=2.0,  # v sin i 0.5 < 1.0 km/s
+            vsini=0.5,
+            epochs=0,
+            global_epochs=0,
+            rv=12.3,
+            rv_search=0,
+        )
+    assert np.isnan(r.vsini_uncertainty)
+    assert "below half the model grid's step" in r.meta["uncertainty_notes"]["vsini"]
+    assert any("no uncertainty for vsini" in str(w.message) for w in record)
+    assert np.isfinite(r.rv_uncertainty) and r.rv_uncertainty > 0

@@ -92,7 +92,8 @@ def two_order_fit(small_clone, telluric_clone):
         telluric=telluric_clone,
         rv=0.0,
         rv_search=20.0,
-        vsini=2.0,
+        vsini=0.0,  # the injected spectrum is not broadened: a fitted v sin i ends below
+        fit_vsini=False,  # half the grid step, without an error bar (and warns)
         resolving_power=60000.0,
         epochs=5,
         global_epochs=5,
@@ -111,6 +112,8 @@ def one_order_fit(small_clone):
         stellar=small_clone,
         rv=0.0,
         rv_search=15.0,
+        vsini=0.0,  # not broadened (see two_order_fit)
+        fit_vsini=False,
         epochs=3,
         global_epochs=3,
         progress=False,
