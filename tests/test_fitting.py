@@ -841,7 +841,11 @@ def test_vsini_below_the_resolution_is_found_along_its_valley_with_r(y_clone, mo
     assert abs(r.resolving_power - 60_000) < 3 * r.resolving_power_uncertainty
     # the same fit without the search: v sin i stays near 0 and R short of the truth
     monkeypatch.setattr(bs.fitting, "_search_rotation_resolution_valley", lambda *a, **k: [])
-    joint_only = run()
+    with warnings.catch_warnings():
+        # it may stop below half the grid step (0.18 km/s with numpy 1.26), where v sin i
+        # has no error bar and says so
+        warnings.filterwarnings("ignore", message="no uncertainty for vsini")
+        joint_only = run()
     assert joint_only.vsini < 1.0 and joint_only.resolving_power < 50_000
 
 

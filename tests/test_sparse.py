@@ -193,6 +193,30 @@ def test_fused_gradients_equal_plain_autograd_gradients(mode):
         torch.testing.assert_close(g_fused, g_plain, rtol=0, atol=1e-12 * max(scale, 1.0), msg=name)
 
 
+@pytest.mark.parametrize(
+    "trainable", [("amplitude",), ("sigma",), ("gamma",), ("center",), ("amplitude", "gamma")]
+)
+def test_fused_gradients_of_a_subset_equal_plain_autograd(trainable):
+    """The fused backward forms only the sums its inputs need (amplitudes alone in
+    transfer learning): each subset's gradients still equal plain autograd's."""
+    rng = np.random.default_rng(8)
+    wl = np.arange(9000.0, 9003.0, 0.01)
+    forest, _ = _forest(rng, wl, mode="linear", emission_fraction=0.3, trainable=trainable)
+    target = torch.as_tensor(rng.uniform(0.5, 1.0, wl.size))
+    layout = forest.make_layout(wl, **_cover_all(wl))
+    grads = {}
+    for fused in (True, False):
+        forest.zero_grad(set_to_none=True)
+        flux = torch.exp(forest.log_transmission(layout, fused=fused))
+        torch.sum((flux - target) ** 2).backward()
+        grads[fused] = {n: p.grad for n, p in forest.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and len(grads[True]) == len(trainable)
+    for name, g_fused in grads[True].items():
+        scale = float(grads[False][name].abs().max())
+        assert scale > 0, name
+        torch.testing.assert_close(g_fused, grads[False][name], rtol=0, atol=1e-12 * scale)
+
+
 @pytest.mark.parametrize("linear", [True, False])
 def test_fused_kernel_gradcheck(linear):
     rng = np.random.default_rng(5)

@@ -400,6 +400,7 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         A, h2, B, C, shift, sign = ctx.saved_tensors
+        need_a, need_h2, need_b, need_c, need_shift = ctx.needs_input_grad[:5]
         layout = ctx.layout
         order = layout.order
         Ao, h2o, Bo, Co, so, sgo = (t[order][:, None] for t in (A, h2, B, C, shift, sign))
@@ -427,17 +428,28 @@ class _PseudoVoigtLogTransmission(torch.autograd.Function):
                 w.masked_fill_(clipped, 0.0)
             else:
                 w.neg_()
+            # Only the sums some input needs: transfer learning trains amplitudes alone
+            # (A and B), and then h2, C and the shifts need none (a third of the work).
             wi = w * inv
-            parts[0].append(wi.sum(1))
-            wli = wi.mul_(lor)
-            parts[1].append(-wli.sum(1))
-            shift_l = (wli.mul_(dx)).sum(1)
-            wk = w[:, k]
-            parts[2].append((wk * eg).sum(1))
-            wg = wk.mul(gau)
-            parts[3].append((wg * x2k).sum(1))
-            # d(aV)/d(shift) = −d(aV)/d(dx) = 2 dx (A/(x²+h2)² − C·B·exp(C x²))
-            parts[4].append(2.0 * (shift_l - c_[:, 0] * (wg.mul_(dx[:, k])).sum(1)))
+            if need_a:
+                parts[0].append(wi.sum(1))
+            if need_h2 or need_shift:
+                wli = wi.mul_(lor)
+                if need_h2:
+                    parts[1].append(-wli.sum(1))
+                if need_shift:
+                    shift_l = (wli.mul_(dx)).sum(1)
+            if need_b or need_c or need_shift:
+                wk = w[:, k]
+                if need_b:
+                    parts[2].append((wk * eg).sum(1))
+                if need_c or need_shift:
+                    wg = wk.mul(gau)
+                    if need_c:
+                        parts[3].append((wg * x2k).sum(1))
+                    if need_shift:
+                        # d(aV)/d(shift) = −d(aV)/d(dx) = 2 dx (A/(x²+h2)² − C·B·exp(C x²))
+                        parts[4].append(2.0 * (shift_l - c_[:, 0] * (wg.mul_(dx[:, k])).sum(1)))
         grads = _unbucket((A, h2, B, C, shift), parts, order)
         return (*grads, None, None, None, None, None)
 
