@@ -23,6 +23,7 @@ from .astro.templates import Template
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
+from .prep._checks import check_spectrum
 from .prep.continuum import flatten_continuum
 from .prep.linefind import find_lines
 
@@ -98,7 +99,20 @@ def residual_lines(wavelength, target, model, existing_center, *, prominence: fl
     center, depth, fwhm : numpy.ndarray
         The new lines (Å; ``depth`` is the fraction of the model's flux they remove,
         ``1 − target/model`` at the dip, so ``∏(1 − aV)`` stays multiplicative).
+
+    Raises
+    ------
+    ValueError
+        Mismatched lengths, NaN or infinite values, unsorted or duplicated wavelengths,
+        non-finite centres, or ``prominence`` outside (0, 1).
     """
+    wavelength, target = check_spectrum(wavelength, target, "target")
+    _, model = check_spectrum(wavelength, model, "model")
+    existing_center = np.asarray(existing_center, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(existing_center)):
+        raise ValueError("existing_center contains NaN or inf")
+    if not (np.isfinite(prominence) and 0 < prominence < 1):
+        raise ValueError(f"prominence must lie in (0, 1), got {prominence!r}")
     residual = model - target
     try:
         dips = find_lines(wavelength, 1.0 - residual, prominence=0.5 * prominence)
@@ -107,11 +121,15 @@ def residual_lines(wavelength, target, model, existing_center, *, prominence: fl
         return empty, empty, empty
     index = np.asarray(dips.pixel_index)
     step = np.interp(dips.center, wavelength, np.gradient(wavelength))
-    existing = np.sort(np.asarray(existing_center, dtype=np.float64))
-    k = np.clip(np.searchsorted(existing, dips.center), 1, max(existing.size - 1, 1))
-    nearest = np.minimum(
-        np.abs(dips.center - existing[k - 1]), np.abs(dips.center - existing[k % existing.size])
-    )
+    existing = np.sort(existing_center)
+    if existing.size:
+        k = np.clip(np.searchsorted(existing, dips.center), 1, max(existing.size - 1, 1))
+        nearest = np.minimum(
+            np.abs(dips.center - existing[k - 1]),
+            np.abs(dips.center - existing[k % existing.size]),
+        )
+    else:  # no lines yet: every dip is new
+        nearest = np.full(dips.center.size, np.inf)
     keep = (residual[index] >= prominence) & (nearest > 1.5 * step)
     floor = np.maximum(model[index], 1e-3)
     depth = np.clip(residual[index] / floor, prominence, 0.9)

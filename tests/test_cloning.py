@@ -495,6 +495,39 @@ def test_residual_lines_recovers_a_missing_line_and_nothing_else():
     assert residual_lines(wavelength, deeper, model, centers, prominence=0.01)[0].size == 0
 
 
+def test_residual_lines_without_existing_lines_takes_every_dip():
+    wavelength = np.arange(8600.0, 8605.0, 0.01)
+    target = _voigt_lines(wavelength, [(8602.2, 0.08, 0.04, 0.01)])
+    center, _, _ = residual_lines(wavelength, target, np.ones_like(target), [], prominence=0.01)
+    assert center.size == 1 and center[0] == pytest.approx(8602.2, abs=0.005)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"model": np.ones(10)}, "length mismatch"),
+        ({"target": np.full(500, np.nan)}, "target contains NaN"),
+        ({"model": np.full(500, np.inf)}, "model contains NaN"),
+        ({"wavelength": np.arange(8605.0, 8600.0, -0.01)}, "sorted in increasing order"),
+        ({"existing_center": [np.nan]}, "existing_center contains NaN"),
+        ({"prominence": 0.0}, "prominence must lie in"),
+        ({"prominence": np.nan}, "prominence must lie in"),
+    ],
+)
+def test_residual_lines_rejects_bad_input(change, match):
+    arguments = {
+        "wavelength": np.arange(8600.0, 8605.0, 0.01),
+        "target": np.ones(500),
+        "model": np.ones(500),
+        "existing_center": [8601.0],
+        "prominence": 0.01,
+    }
+    arguments.update(change)
+    prominence = arguments.pop("prominence")
+    with pytest.raises(ValueError, match=match):
+        residual_lines(*arguments.values(), prominence=prominence)
+
+
 @pytest.mark.parametrize("refine", [-1, 1.5, True, "1"])
 def test_clone_rejects_a_bad_refine(small_slice, refine):
     wavelength, flux = small_slice
