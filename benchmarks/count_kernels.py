@@ -79,7 +79,7 @@ def _scalar_copy(event) -> bool:
 
 
 def count(kernel: str, forest, layout, target) -> tuple[int, int, collections.Counter]:
-    sparse.PSEUDO_VOIGT_KERNEL = kernel
+    default, sparse.PSEUDO_VOIGT_KERNEL = sparse.PSEUDO_VOIGT_KERNEL, kernel
     # fused Adam, as the library trains on CUDA (train.adam); the CPU runs the same kernel
     params = [p for p in forest.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=0.01, fused=True)
@@ -106,7 +106,7 @@ def count(kernel: str, forest, layout, target) -> tuple[int, int, collections.Co
             and not _scalar_copy(event)
         ):
             ops[event.name] += 1
-    sparse.PSEUDO_VOIGT_KERNEL = "torch"
+    sparse.PSEUDO_VOIGT_KERNEL = default
     return sum(ops.values()), launches, ops
 
 

@@ -71,7 +71,7 @@ def test_triton_kernel_matches_the_pytorch_kernel(dtype, tol, linear, emission):
 
 def test_kernel_choice_and_clear_errors(monkeypatch):
     assert triton_kernels.available("cpu")  # through the interpreter
-    # "torch" (the default) and "auto" keep the CPU on PyTorch; "triton" forces the fused
+    # "auto" (the default) and "torch" keep the CPU on PyTorch; "triton" forces the fused
     # kernel, to the same numbers
     forest = LineForest([8605.0], [0.02], [0.03], [0.01], dtype=torch.float64)
     grid = np.arange(8600.0, 8610.0, 0.01)
@@ -178,6 +178,20 @@ def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch, dtype):
     )
     problem = triton_kernels.self_check("cpu", dtype)
     assert problem is not None and problem.startswith("log transmission")
+
+
+def test_self_check_runs_under_no_grad_and_inference_mode(monkeypatch):
+    # the library's first forest call on a device often comes while evaluating a model;
+    # a check that needs gradients must not then fail (and switch Triton off for good)
+    with torch.no_grad():
+        assert triton_kernels.self_check("cpu") is None
+    with torch.inference_mode():
+        assert triton_kernels.self_check("cpu") is None
+    monkeypatch.setattr(sparse, "_TRITON_FAILED", [])
+    monkeypatch.setattr(sparse, "_TRITON_CHECKED", set())
+    with torch.no_grad():
+        assert sparse._passes_self_check(torch.device("cpu"))
+    assert sparse._TRITON_FAILED == []
 
 
 def test_auto_mode_falls_back_with_a_warning_when_the_self_check_fails(monkeypatch):

@@ -131,7 +131,9 @@ if triton is not None:
         if EMISSION:
             av = av * sign[:, None]
         if LINEAR:
-            value = _log1p(-tl.minimum(av, CLIP))
+            # the guard in the working dtype: a bare float constexpr becomes float32 in
+            # tl.minimum on some Triton versions (1 − 1e-6 → 0.99999899, ln off by 0.013)
+            value = _log1p(-tl.minimum(av, tl.full([1, 1], CLIP, av.dtype)))
         else:
             value = -av
         # relaxed: the additions commute (their order was never fixed), no fences needed
@@ -190,7 +192,7 @@ if triton is not None:
                 av = av * sign[:, None]
             if LINEAR:
                 # d ln(1 − s·aV)/d(aV) = s/(s·aV − 1); zero where the guard clipped it.
-                w = tl.where(av > CLIP, 0.0, w / (av - 1.0))
+                w = tl.where(av > tl.full([1, 1], CLIP, av.dtype), 0.0, w / (av - 1.0))
             else:
                 w = -w
             w_inv = w * inv
@@ -596,12 +598,18 @@ def self_check(device: torch.device | str, dtype: torch.dtype = torch.float64) -
     str or None
         ``None`` when they agree, else what differed.
     """
+    # the library's first call on a device can come under no_grad or inference mode
+    # (evaluating a model); the check needs gradients whatever the caller's mode
+    with torch.inference_mode(False), torch.enable_grad():
+        return _compare_kernels(torch.device(device), dtype)
+
+
+def _compare_kernels(device: torch.device, dtype: torch.dtype) -> str | None:
     import numpy as np
 
     from .lineforest import LineForest
     from .profiles import tch_fwhm_and_eta
 
-    device = torch.device(device)
     rng = np.random.default_rng(2024)
     n = 24
     grid = np.linspace(8600.0, 8606.0, 600)
