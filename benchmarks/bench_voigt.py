@@ -6,6 +6,9 @@ over the same sparse windows), on the same layout, once with the default trainab
 (amplitude, σ, γ) and once with the line centres trained too (as ``clone`` does).
 
     python benchmarks/bench_voigt.py [--device cpu|cuda] [--threads 1] [--clones]
+
+On CUDA it times both kernel choices (``torch``, and ``auto``: the Triton kernels there),
+eager and with the epoch captured as a CUDA graph (as ``clone`` and ``fit`` run).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 import blase_specutils as bs
 from blase_specutils import datasets
 from blase_specutils.astro.templates import read_phoenix_dat
+from blase_specutils.core import sparse
 from blase_specutils.core.lineforest import LineForest
 
 
@@ -32,6 +36,33 @@ def _epoch(forest, layout, target, device):
     if device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - start
+
+
+def _graphed_epoch_time(forest, layout, target, repeats):
+    """Median time of one forward + backward captured as a CUDA graph and replayed."""
+
+    def step():
+        return torch.mean((forest(layout) - target) ** 2).backward()
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            forest.zero_grad(set_to_none=True)
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    forest.zero_grad(set_to_none=True)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    times = []
+    for _ in range(repeats + 2):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        graph.replay()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[2:])
 
 
 def _interleaved_epoch_times(cases, target, repeats, device):
@@ -75,32 +106,48 @@ def main(argv=None):
         "a, σ, γ": ("amplitude", "sigma", "gamma"),
         "a, σ, γ, λc": ("amplitude", "sigma", "gamma", "center"),
     }
-    for label, trainable in trainable_sets.items():
-        cases = []
-        for profile in ("pseudo_voigt", "voigt"):
-            forest = LineForest(
-                props["center"],
-                props["amplitude"],
-                props["sigma"],
-                props["gamma"],
-                profile=profile,
-                trainable=trainable,
-                device=device,
-            )
-            cases.append((forest, forest.make_layout(wl)))
-        base, voigt, ratio = _interleaved_epoch_times(cases, target, args.repeats, device)
-        for profile, (_, layout), t, r in zip(
-            ("pseudo_voigt", "voigt"), cases, (base, voigt), (1.0, ratio)
-        ):
-            rows.append((label, profile, layout.n_pairs, t, r))
+    default_kernel = sparse.PSEUDO_VOIGT_KERNEL
+    for kernel in ("torch", default_kernel) if device.type == "cuda" else (default_kernel,):
+        sparse.PSEUDO_VOIGT_KERNEL = kernel
+        name = "triton" if sparse.use_triton(device) else "torch"
+        for label, trainable in trainable_sets.items():
+            cases = []
+            for profile in ("pseudo_voigt", "voigt"):
+                forest = LineForest(
+                    props["center"],
+                    props["amplitude"],
+                    props["sigma"],
+                    props["gamma"],
+                    profile=profile,
+                    trainable=trainable,
+                    device=device,
+                )
+                cases.append((forest, forest.make_layout(wl)))
+            base, voigt, ratio = _interleaved_epoch_times(cases, target, args.repeats, device)
+            for profile, (_, layout), t, r in zip(
+                ("pseudo_voigt", "voigt"), cases, (base, voigt), (1.0, ratio)
+            ):
+                rows.append((name, "eager", label, profile, layout.n_pairs, t, r))
+            if device.type == "cuda":
+                graphed = [_graphed_epoch_time(*case, target, args.repeats) for case in cases]
+                for profile, (_, layout), t in zip(("pseudo_voigt", "voigt"), cases, graphed):
+                    ratio = t / graphed[0]
+                    rows.append((name, "CUDA graph", label, profile, layout.n_pairs, t, ratio))
+    sparse.PSEUDO_VOIGT_KERNEL = default_kernel
     print(
         f"{args.device}, {args.threads} thread(s), {len(props['center'])} lines, {wl.size} px; "
-        "× pseudo-Voigt: median over rounds of the paired epoch-time ratio\n"
+        "× pseudo-Voigt: median over rounds of the paired epoch-time ratio (eager), ratio of "
+        "the medians (CUDA graph)\n"
     )
-    print("| trained | profile | line-pixel pairs | median epoch (ms) | × pseudo-Voigt |")
-    print("|---|---|---|---|---|")
-    for label, profile, pairs, t, ratio in rows:
-        print(f"| {label} | {profile} | {pairs:,} | {t * 1e3:.1f} | {ratio:.2f} |")
+    print(
+        "| kernel | mode | trained | profile | line-pixel pairs | median epoch (ms) "
+        "| × pseudo-Voigt |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, mode, label, profile, pairs, t, ratio in rows:
+        print(
+            f"| {name} | {mode} | {label} | {profile} | {pairs:,} | {t * 1e3:.2f} | {ratio:.2f} |"
+        )
     if args.clones:
         _full_clones(device)
 

@@ -16,4 +16,4 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 timeout 240 python3 benchmarks/bench_epoch.py --device cuda --epochs 30 2>&1 | tee "$OUT/epoch.log"
 timeout 150 python3 benchmarks/bench_clone.py --device cuda --dtype float32 --epochs 5 \
   --skip-clones --data-dir "$BLASE_SPECUTILS_DATA" 2>&1 | tee "$OUT/clone.log"
-timeout 60 python3 benchmarks/bench_voigt.py --device cuda 2>&1 | tee "$OUT/voigt.log"
+timeout 150 python3 benchmarks/bench_voigt.py --device cuda --clones 2>&1 | tee "$OUT/voigt.log"

@@ -15,14 +15,20 @@ and cast to the working dtype; only the small shift ``λc − center_ref`` is ap
 the working dtype. This keeps float32 safe near 10⁴ Å, where float32 spacing is
 ~1 mÅ.
 
-Two evaluation paths share one layout:
+Three evaluation paths share one layout:
 
 * :func:`pseudo_voigt_log_transmission` — a fused ``torch.autograd.Function`` for the
   pseudo-Voigt that recomputes the profile in the backward pass and returns
   gradients with respect to four per-line coefficients plus the shift. It stores no
   per-pair intermediates.
-* :meth:`SparseLayout.evaluate` with any profile callable — plain autograd, used for
-  the exact Voigt and as the obviously-correct reference in tests.
+* :func:`voigt_log_transmission` — the same for the exact Voigt, with the Faddeeva
+  evaluation shared between the value and its three derivatives.
+* :meth:`SparseLayout.evaluate` with any profile callable — plain autograd, the
+  obviously-correct reference in tests.
+
+On a CUDA device the first two run fused Triton kernels
+(:mod:`~blase_specutils.core.triton_kernels`, :mod:`~blase_specutils.core.triton_voigt`)
+unless ``PSEUDO_VOIGT_KERNEL`` or ``BLASE_SPECUTILS_KERNEL`` says ``"torch"``.
 """
 
 from __future__ import annotations
@@ -555,8 +561,9 @@ def pseudo_voigt_log_transmission(
     return _PseudoVoigtLogTransmission.apply(*args)
 
 
-#: Which pseudo-Voigt kernel to run: "auto" (default: the fused kernels of
-#: :mod:`~blase_specutils.core.triton_kernels` on a CUDA device when triton imports and
+#: Which pseudo-Voigt and exact-Voigt kernels to run: "auto" (default: the fused kernels
+#: of :mod:`~blase_specutils.core.triton_kernels` and :mod:`~blase_specutils.core.triton_voigt`
+#: on a CUDA device when triton imports and
 #: they pass :func:`~blase_specutils.core.triton_kernels.self_check` there, else
 #: PyTorch), "torch", or "triton" (on the CPU only under Triton's interpreter). The
 #: environment variable ``BLASE_SPECUTILS_KERNEL`` overrides it. On an H200 the Triton
@@ -569,15 +576,17 @@ _TRITON_CHECKED: set[str] = set()
 
 
 def run_triton(name: str, *args, **kwargs) -> torch.Tensor | None:
-    """Call ``triton_kernels.<name>``; ``None`` if it fails when the setting is "auto".
+    """Call ``triton_kernels.<name>`` (``triton_voigt.<name>`` for ``voigt_*``); ``None`` if it
+    fails when the setting is "auto".
 
     A compiler or driver problem then costs one warning and the PyTorch kernel from
     there on; with the setting "triton" the error is raised.
     """
     try:
-        from . import triton_kernels
+        from . import triton_kernels, triton_voigt
 
-        return getattr(triton_kernels, name)(*args, **kwargs)
+        module = triton_voigt if name.startswith("voigt") else triton_kernels
+        return getattr(module, name)(*args, **kwargs)
     except Exception as error:
         if _kernel_setting() == "triton":
             raise
@@ -747,8 +756,13 @@ def voigt_log_transmission(
     """ln of the forest transmission per pixel for exact-Voigt lines (fused kernel).
 
     Parameters are as for :func:`pseudo_voigt_log_transmission`, with the Gaussian σ and
-    Lorentzian HWHM γ (Å) per line in place of the total FWHM and mixing fraction.
+    Lorentzian HWHM γ (Å) per line in place of the total FWHM and mixing fraction. The
+    kernel choice is that of the pseudo-Voigt (``PSEUDO_VOIGT_KERNEL``): on CUDA, by
+    default, :func:`~blase_specutils.core.triton_voigt.voigt_log_transmission_triton`.
     """
-    return _VoigtLogTransmission.apply(
-        amplitude, sigma, gamma, shift, sign, layout, linear, clip, emission
-    )
+    args = (amplitude, sigma, gamma, shift, sign, layout, linear, clip, emission)
+    if use_triton(amplitude.device):
+        out = run_triton("voigt_log_transmission_triton", *args)
+        if out is not None:
+            return out
+    return _VoigtLogTransmission.apply(*args)

@@ -584,7 +584,8 @@ def self_check(device: torch.device | str, dtype: torch.dtype = torch.float64) -
 
     The forest has windows hanging off both grid ends, an emission line, a saturated line
     and a radial velocity that moves every window; flux and the gradients of every
-    parameter and of the velocity are compared.
+    parameter and of the velocity are compared, for the pseudo-Voigt kernels and then for
+    the exact-Voigt ones (:mod:`~blase_specutils.core.triton_voigt`).
 
     Parameters
     ----------
@@ -650,8 +651,28 @@ def _compare_kernels(device: torch.device, dtype: torch.dtype) -> str | None:
         *coefficients, shift, forest.sign, layout, True, 1.0 - 1e-6, True
     )
     expected = [reference.detach(), *torch.autograd.grad((reference * weights).sum(), inputs)]
-    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
     names = ("log transmission", *(name for name, _ in forest.named_parameters()), "velocity")
+    problem = _first_difference(names, got, expected, dtype)
+    if problem is not None:
+        return problem
+    # the exact-Voigt kernels (triton_voigt), on the same lines and windows
+    from .sparse import _VoigtLogTransmission
+    from .triton_voigt import voigt_log_transmission_triton
+
+    results = []
+    for kernel in (voigt_log_transmission_triton, _VoigtLogTransmission.apply):
+        shift = forest.shift(velocity)
+        layout.refresh(shift)
+        width_parameters = (forest.ln_amplitude, forest.ln_sigma, forest.ln_gamma)
+        a, sigma, gamma = (torch.exp(t) for t in width_parameters)
+        out = kernel(a, sigma, gamma, shift, forest.sign, layout, True, 1.0 - 1e-6, True)
+        results.append([out.detach(), *torch.autograd.grad((out * weights).sum(), inputs)])
+    return _first_difference([f"Voigt {name}" for name in names], *results, dtype)
+
+
+def _first_difference(names, got, expected, dtype) -> str | None:
+    """The first of ``got`` that differs from ``expected`` beyond rounding, described."""
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
     for name, mine, theirs in zip(names, got, expected):
         scale = float(theirs.abs().max())
         error = float((mine - theirs).abs().max())
