@@ -2,7 +2,7 @@
 # One prepared GPU check (see README): install carried wheels (astropy for the workflows),
 # then the epoch benchmark (PyTorch and, where triton imports, the fused Triton kernels,
 # eager and as CUDA graphs, plus their agreement on the device), the clone benchmark
-# against the paper's layout, the Voigt cost.
+# against the paper's layout, the Voigt cost, and one clone + fit per device and kernel.
 set -u
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -17,3 +17,4 @@ timeout 240 python3 benchmarks/bench_epoch.py --device cuda --epochs 30 2>&1 | t
 timeout 150 python3 benchmarks/bench_clone.py --device cuda --dtype float32 --epochs 5 \
   --skip-clones --data-dir "$BLASE_SPECUTILS_DATA" 2>&1 | tee "$OUT/clone.log"
 timeout 150 python3 benchmarks/bench_voigt.py --device cuda --clones 2>&1 | tee "$OUT/voigt.log"
+timeout 150 python3 benchmarks/bench_devices.py 2>&1 | tee "$OUT/devices.log"

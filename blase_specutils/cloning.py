@@ -363,6 +363,8 @@ def clone(
         "gamma": gamma,
         "fwhm": fwhm,
         "depth": depth,
+        # 0: found by prominence; k: added by the k-th refinement pass
+        "found_in_pass": np.zeros(center.size, dtype=np.int64),
     }
     target_t = torch.as_tensor(target, dtype=dtype, device=dev)
 
@@ -415,7 +417,7 @@ def clone(
     added = []
     if epochs > 0:
         history = train(forest, epochs, f"cloning {forest.n_lines} lines")
-        for _ in range(refine):
+        for refinement in range(1, refine + 1):
             if history.stop_reason == "time_limit":
                 break
             model = model_on_grid(forest)
@@ -426,7 +428,7 @@ def clone(
                 break
             new_fwhm = np.maximum(new_fwhm, 2.0 * np.interp(new_center, wl, step))
             forest, initial = _with_lines(
-                forest, initial, new_center, new_depth, new_fwhm, trainable, dev
+                forest, initial, new_center, new_depth, new_fwhm, trainable, dev, refinement
             )
             added.append(int(new_center.size))
             more = train(
@@ -459,12 +461,13 @@ def clone(
     return result
 
 
-def _with_lines(forest, initial, center, depth, fwhm, trainable, device):
+def _with_lines(forest, initial, center, depth, fwhm, trainable, device, refinement):
     """A new forest: the trained lines of ``forest`` plus new ones, sorted by centre.
 
     The trained lines keep their current properties (centres at their trained position);
     the new ones start from their measured depth and width like the first search's. The
-    ``initial`` table of starting values grows with them.
+    ``initial`` table of starting values grows with them, the new lines marked as found
+    in pass ``refinement``.
     """
     now = forest.line_properties()
     amplitude, sigma, gamma = initial_line_parameters(depth, fwhm, mode=forest.mode)
@@ -496,6 +499,7 @@ def _with_lines(forest, initial, center, depth, fwhm, trainable, device):
         "gamma": gamma,
         "fwhm": fwhm,
         "depth": depth,
+        "found_in_pass": np.full(center.size, refinement, dtype=np.int64),
     }
     initial = {k: np.concatenate([initial[k], fresh[k]])[order] for k in initial}
     return grown, initial

@@ -453,7 +453,7 @@ def _voigt_lines(wavelength, lines):
     )
 
 
-def test_refinement_finds_a_line_on_the_shoulder_of_a_stronger_one():
+def test_refinement_finds_a_line_on_the_shoulder_of_a_stronger_one(tmp_path):
     wavelength = np.arange(5020.0, 5025.0, 0.01)
     flux = _voigt_lines(wavelength, SHOULDER_BLEND)
     published = clone(wavelength, flux, flatten=False, progress=False, refine=0)
@@ -468,6 +468,11 @@ def test_refinement_finds_a_line_on_the_shoulder_of_a_stronger_one():
         assert np.min(np.abs(centers - c)) < 0.01  # one pixel
     assert sum(refined.meta["lines_added"]) >= 1
     assert refined.n_lines == published.n_lines + sum(refined.meta["lines_added"])
+    # the line table says which lines the refinement added, and the flag survives a reload
+    found = np.asarray(refined.lines["found_in_pass"])
+    assert np.bincount(found).tolist() == [published.n_lines, *refined.meta["lines_added"]]
+    path = refined.save(tmp_path / "blend.ecsv")
+    np.testing.assert_array_equal(np.asarray(load_clone(path).lines["found_in_pass"]), found)
     # ... and the clone then follows the blend to a few tenths of a per cent (measured 0.44 %)
     assert np.max(np.abs(refined.residual)) < 0.008
 

@@ -40,7 +40,8 @@ def forest_to_table(
     ``lorentz_fraction``, ``depth`` (single-line depth at the centre), ``emission``,
     the raw parameters ``ln_amplitude``, ``ln_sigma``, ``ln_gamma``, ``center_shift``
     (stored in the forest's dtype so a reload is bit-exact) and, when ``initial`` is
-    given, the initial values ``*_init``.
+    given, the initial values ``*_init`` and, for clones, ``found_in_pass`` (0: found
+    by prominence; k: added from the residual by the k-th refinement pass).
     """
     props = forest.line_properties()
     with torch.no_grad():
@@ -65,6 +66,9 @@ def forest_to_table(
     table["center_shift"].unit = u.AA
     if initial is not None:
         for key, value in initial.items():
+            if key == "found_in_pass":  # provenance, not a starting value
+                table[key] = np.asarray(value, dtype=np.int64)
+                continue
             table[f"{key}_init"] = np.asarray(value) * (u.AA if key != "depth" else 1)
     table.meta.update(
         {
@@ -144,7 +148,8 @@ class CloneResult:
     history : TrainingHistory
         Loss per epoch and stopping information.
     initial : dict
-        Initial line properties (Å) from the line finder.
+        Initial line properties (Å) from the line finder, and ``found_in_pass`` per
+        line (0: the prominence search; k: the k-th refinement pass).
     meta : dict
         Settings (prominence, teff, mode, profile, …).
     """
@@ -341,6 +346,8 @@ def load_clone(path, *, device=None, dtype: torch.dtype | None = None) -> CloneR
             for k in table.colnames
             if k.endswith("_init")
         }
+        if "found_in_pass" in table.colnames:
+            initial["found_in_pass"] = np.asarray(table["found_in_pass"], dtype=np.int64)
     spath = _spectrum_path(path)
     if spath.exists():
         spec = QTable.read(spath, format="ascii.ecsv")
