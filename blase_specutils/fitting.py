@@ -5,13 +5,14 @@ and trains it in three stages:
 
 1. **RV search** — χ² over a grid of radial velocities (continuum solved by linear
    least squares at each step), so the gradient descent starts in the right valley.
-2. **Globals** — RV, v sin i (and R, ε, telluric scale when asked) plus the per-order
-   continua, with every line frozen (Adam).
+2. **Globals** — RV, v sin i (and R, ε, telluric scale when asked) by L-BFGS with
+   every line frozen and the per-order continua solved by linear least squares at every
+   evaluation (the continuum-profiled χ², see :func:`_profiled_chi2`).
 3. **Lines** — the chosen line properties join the other globals, with an L1 prior on
    departures of ln a from the cloned values (weight 1/Λ per line, Λ = ``prior_scale``)
    and the RV held at its stage-2 value (trained together, blended lines' amplitudes
    follow the RV as it wanders and hold it off its optimum); then the globals, the RV
-   included, are polished once more with the lines frozen.
+   included, are polished once more with the lines frozen, on the profiled χ² again.
 
 Uncertainties of the global parameters come from the curvature of χ² (Gauss–Newton
 approximation ``(Jᵀ W J)⁻¹`` with the model Jacobian from central differences), with
@@ -601,23 +602,50 @@ def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> float:
 
     Returns χ² with the solved continuum (one forward evaluation in all).
     """
-    cont = model.continuum_coefficients
     shape = model.averager(model.instrument(model.joint_fine())).double()
+    return float(_continuum_solved_chi2(model, shape, data, inv_sigma, good))
+
+
+def _continuum_solved_chi2(model: ForwardModel, shape, data, inv_sigma, good) -> torch.Tensor:
+    """Solve the continuum coefficients for the line ``shape`` (float64); χ² with them.
+
+    The coefficients are written into the model. χ² keeps the autograd graph of
+    ``shape`` but not of the solution: at the least-squares solution ∂χ²/∂c = 0, so
+    the gradient of χ² with respect to the other parameters is that of the continuum-
+    profiled χ² (variable projection).
+    """
+    cont = model.continuum_coefficients
     basis = model.continuum_basis.double()
     w = inv_sigma.double() * good.double()
     d = data.double()
-    for k in range(model.n_orders):
-        sel = model.order_index == k
-        a = basis[sel] * (shape[sel] * w[sel])[:, None]
-        b = d[sel] * w[sel]
-        if int(good[sel].sum()) <= a.shape[1]:
-            continue
-        sol = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
-        if bool(torch.all(torch.isfinite(sol))):
-            cont[k] = sol.to(cont.dtype)
-    m = shape * (basis * cont.double()[model.order_index]).sum(1)
+    with torch.no_grad():
+        fixed = shape.detach()
+        for k in range(model.n_orders):
+            sel = model.order_index == k
+            a = basis[sel] * (fixed[sel] * w[sel])[:, None]
+            b = d[sel] * w[sel]
+            if int(good[sel].sum()) <= a.shape[1]:
+                continue
+            sol = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
+            if bool(torch.all(torch.isfinite(sol))):
+                cont[k] = sol.to(cont.dtype)
+    m = shape * (basis * cont.detach().double()[model.order_index]).sum(1)
     r = (m - d) * w
-    return float(torch.sum(r * r))
+    return torch.sum(r * r)
+
+
+def _profiled_chi2(model: ForwardModel, data, inv_sigma, good) -> torch.Tensor:
+    """χ² (float64) minimised over the continuum at the current globals and lines.
+
+    The loss of the global stages: L-BFGS on the few globals with the continuum solved
+    exactly at every evaluation, instead of on globals and continuum coefficients
+    together, whose curvatures differ by orders of magnitude. Jointly, in float32, the
+    strong-Wolfe line search stalled short of the minimum: on broad lines (v sin i
+    40 km/s, S/N 100) the RV stopped 2–5σ from χ²'s minimum and scattered 2.6× its
+    error bar over noise realisations.
+    """
+    shape = model.averager(model.instrument(model.joint_fine())).double()
+    return _continuum_solved_chi2(model, shape, data, inv_sigma, good)
 
 
 #: Smallest starting v sin i (km/s) when it is fitted (zero is a stationary point).
@@ -1034,9 +1062,6 @@ def fit(
     def chi2():
         return _chi2(model, data, inv_sigma, good)
 
-    def chi2_per_pixel():
-        return _chi2(model, data, inv_sigma, good) / n_good
-
     # Stage 1: RV grid search with linear continuum.
     if auto_degree:  # first guess from the data alone, refined below with the template
         model.set_continuum_degree(max(_envelope_degree(o) for o in orders))
@@ -1083,12 +1108,31 @@ def fit(
         "telluric_shift": 0.02,
     }
 
-    def global_groups():
+    def global_groups(continuum: bool = True):
         groups = []
         for name, p in model.named_parameters():
+            if name == "continuum_coefficients" and not continuum:
+                continue
             if name in global_lrs and p.requires_grad:
                 groups.append({"params": [p], "lr": global_lrs[name]})
         return groups
+
+    def profiled_chi2_per_pixel():
+        # the global stages' loss: the continuum solved exactly at every evaluation
+        return _profiled_chi2(model, data, inv_sigma, good) / n_good
+
+    def fit_profiled_globals(stage, label):
+        """Run a global stage on the continuum-profiled χ²; the continuum then matches."""
+        losses = []
+        groups = global_groups(continuum=False)
+        if groups and global_epochs > 0:
+            losses = stage(
+                model, profiled_chi2_per_pixel, groups, global_epochs, progress, label,
+                num_threads,
+            )  # fmt: skip
+        # L-BFGS's last evaluation may have been a rejected trial point
+        _solve_continuum(model, data, inv_sigma, good)
+        return losses
 
     r_floor_lowerings = 0
 
@@ -1116,20 +1160,17 @@ def fit(
     log_r = model.instrument.log_resolving_power
     if log_r.requires_grad and global_epochs > 0:
         log_r.requires_grad_(False)
-        groups = global_groups()
-        if groups:
-            history.loss += _fit_globals(
-                model, chi2_per_pixel, groups, global_epochs, progress, "globals", num_threads
-            )
+        history.loss += fit_profiled_globals(_fit_globals, "globals")
         log_r.requires_grad_(True)
-    groups = global_groups()
-    if groups and global_epochs > 0:
-        history.loss += _fit_globals_lowering_r(
-            model, chi2_per_pixel, groups, global_epochs, progress, "globals", num_threads
-        )
-        history.loss += _search_rotation_resolution_valley(
-            model, chi2_per_pixel, groups, global_epochs, progress, num_threads
-        )
+    if global_epochs > 0:
+        history.loss += fit_profiled_globals(_fit_globals_lowering_r, "globals")
+
+        def valley(model, loss_fn, groups, iterations, progress, label, num_threads):
+            return _search_rotation_resolution_valley(
+                model, loss_fn, groups, iterations, progress, num_threads
+            )
+
+        history.loss += fit_profiled_globals(valley, "globals")
     if clip_sigma is not None:  # again, now that the globals fit
         clip_outliers()
     if n_clipped:
@@ -1226,11 +1267,7 @@ def fit(
     # first and re-sizing after left χ² computed on a model the polish never saw).
     model.relayout()
     model.rv.requires_grad_(fit_rv_now)
-    groups = global_groups()
-    if groups and global_epochs > 0:
-        history.loss += _fit_globals_lowering_r(
-            model, chi2_per_pixel, groups, global_epochs, progress, "polish", num_threads
-        )
+    history.loss += fit_profiled_globals(_fit_globals_lowering_r, "polish")
 
     n_free = sum(
         p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad
