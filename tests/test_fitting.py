@@ -930,3 +930,25 @@ def test_global_stage_reaches_the_chi2_minimum_for_broad_lines(data_dir):
     assert _returned_chi2(globals_only) - scan.min() < 0.5  # measured 0.0 (5.4 before)
     result = bs.fit(*args, stellar=clone, resolving_power=45000, progress=False)
     assert abs(result.rv - 80.0) < 4 * sigma  # measured +439 m/s = 2.7σ (+823 before)
+
+
+def test_vsini_below_the_resolution_is_not_lost_to_the_delta_kernel_plateau(data_dir):
+    # v sin i 2 km/s at R 100,000 (instrumental FWHM 3 km/s), S/N 50, independent
+    # generator. Started at the default 5 km/s, the globals' L-BFGS overshot v sin i below
+    # half a model-grid step, where the rotation kernel is a delta and the gradient
+    # exactly zero, and stayed there (0.08 km/s, "unresolved"). A grid search over v sin i
+    # on the continuum-profiled χ² now picks the start.
+    wl, fl = read_phoenix_dat(data_dir / "phoenix" / "Z_band_test_sample_lte03900-PHOENIX-ACES.dat")
+    sel = (wl > 8600) & (wl < 8800)
+    clone = bs.clone(wl[sel], fl[sel], teff=3900, progress=False)
+    pixels = np.exp(np.arange(np.log(8650.0), np.log(8750.0), 1.0 / (2.5 * 100000)))
+    obs = observe(
+        clone.wavelength, clone.target_flux, pixels, rv=-25.0, vsini=2.0,
+        resolving_power=100000, snr=50, seed=5,
+    )  # fmt: skip
+    result = bs.fit(
+        obs.wavelength, obs.flux, obs.uncertainty, stellar=clone, resolving_power=100000,
+        epochs=0, progress=False,
+    )  # fmt: skip
+    assert abs(result.vsini - 2.0) < 5 * result.uncertainties["vsini"]  # 1.919 ± 0.065
+    assert "vsini" not in result.meta["uncertainty_notes"]
