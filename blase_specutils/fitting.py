@@ -651,6 +651,9 @@ def _profiled_chi2(model: ForwardModel, data, inv_sigma, good) -> torch.Tensor:
 
 #: Smallest starting v sin i (km/s) when it is fitted (zero is a stationary point).
 MIN_START_VSINI = 0.5
+#: A fit whose v sin i presses on a default ceiling below this (km/s) is rerun from that
+#: ceiling with one three times higher (so from the default start: 55, 165, 495 km/s).
+MAX_AUTO_VSINI_CEILING = 400.0
 #: Samples of the v sin i grid search before the global stage.
 VSINI_GRID_POINTS = 16
 
@@ -851,7 +854,11 @@ def fit(
         Train the telluric optical-depth scale and a small telluric velocity shift.
     vsini_max : float, optional
         Largest v sin i the rotation kernel can reach during the fit, km/s (default
-        ``max(3 vsini, vsini + 50)``); it fixes the kernel length.
+        ``max(3 vsini, vsini + 50)``); it fixes the kernel length. When the default
+        ceiling stops v sin i, the fit is rerun from that ceiling with a default one three
+        times higher, up to 495 km/s from the default start (``meta`` lists the ceilings
+        left behind in ``vsini_ceilings_raised_from``); a ceiling you give is kept, with
+        a warning if v sin i ends on it. Not with ``checkpoint`` or ``resume``.
     rv_search : float
         Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
         Within ±100 km/s the grid step is 1 km/s; a wider search steps by half the
@@ -940,6 +947,7 @@ def fit(
     -------
     FitResult
     """
+    call = dict(locals())  # the arguments as given, for a rerun with a higher v sin i ceiling
     numbers = _check_fit_numbers(
         {
             "rv": rv,
@@ -1310,6 +1318,23 @@ def fit(
         chi2_red = float(chi2()) / max(n_good - n_free, 1)
     curvature_uncertainties = _global_uncertainties(model, data, inv_sigma, good)
     final_vsini = float(model.rotation.effective_vsini().detach())
+    ceiling = model.rotation.vsini_max
+    if (
+        fit_vsini
+        and call["vsini_max"] is None
+        and checkpoint is None
+        and resume is None
+        and final_vsini >= 0.99 * ceiling
+        and ceiling < MAX_AUTO_VSINI_CEILING
+    ):
+        # v sin i pressed on the default ceiling: rerun from it, with a ceiling three
+        # times higher (the kernel length, and so the fine grid, depend on it)
+        result = fit(**{**call, "vsini": ceiling})
+        result.meta["vsini_ceilings_raised_from"] = [
+            ceiling,
+            *result.meta.get("vsini_ceilings_raised_from", []),
+        ]
+        return result
     uncertainty_notes = _warn_at_bounds(
         model, curvature_uncertainties, fit_vsini, fit_resolving_power
     )

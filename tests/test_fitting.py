@@ -952,3 +952,22 @@ def test_vsini_below_the_resolution_is_not_lost_to_the_delta_kernel_plateau(data
     )  # fmt: skip
     assert abs(result.vsini - 2.0) < 5 * result.uncertainties["vsini"]  # 1.919 ± 0.065
     assert "vsini" not in result.meta["uncertainty_notes"]
+
+
+def test_fast_rotator_raises_the_default_vsini_ceiling(y_clone):
+    # v sin i 100 km/s from the default start (5 km/s, ceiling 55): the fit reruns from
+    # the ceiling with one of 165 km/s instead of ending pinned at 55 with a warning.
+    obs = _observe_order(y_clone, y_clone.target_flux, rv=30.0, vsini=100.0, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "ended at its ceiling" warning
+        result = bs.fit(obs.wavelength, obs.flux, obs.uncertainty, stellar=y_clone, progress=False)
+    assert result.meta["vsini_ceilings_raised_from"] == [55.0]
+    assert abs(result.vsini - 100.0) < 5 * result.uncertainties["vsini"]
+    # a ceiling the user gives is kept, with the warning
+    with pytest.warns(UserWarning, match="ceiling"):
+        pinned = bs.fit(
+            obs.wavelength, obs.flux, obs.uncertainty, stellar=y_clone, vsini_max=60.0,
+            progress=False,
+        )  # fmt: skip
+    assert pinned.vsini == pytest.approx(60.0, rel=0.02)
+    assert "vsini_ceilings_raised_from" not in pinned.meta
