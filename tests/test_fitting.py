@@ -971,3 +971,9 @@ def test_fast_rotator_raises_the_default_vsini_ceiling(y_clone):
         )  # fmt: skip
     assert pinned.vsini == pytest.approx(60.0, rel=0.02)
     assert "vsini_ceilings_raised_from" not in pinned.meta
+
+
+def test_fit_line_table_keeps_which_pass_found_each_line(y_clone, recovered):
+    found = np.asarray(recovered.line_table["found_in_pass"])
+    np.testing.assert_array_equal(found, y_clone.initial["found_in_pass"])
+    assert (found == 1).sum() == sum(y_clone.meta["lines_added"]) > 0

@@ -358,11 +358,16 @@ def _data_noise_at_lines(result: Any, centers_rest: np.ndarray, rv_kms: float):
 def _initial_dict(initial: Any, n_lines: int) -> dict | None:
     if initial is None:
         return None
+    found_in_pass = None
     if isinstance(initial, CloneResult):
+        # which pass of the cloning found each line travels with the clone's values
+        found_in_pass = (initial.initial or {}).get("found_in_pass")
         initial = initial.forest
     if isinstance(initial, LineForest):
         props = initial.line_properties()
         initial = {k: props[k] for k in ("center", "amplitude", "sigma", "gamma", "fwhm")}
+        if found_in_pass is not None and np.shape(found_in_pass) == (n_lines,):
+            initial["found_in_pass"] = found_in_pass
     if not isinstance(initial, Mapping):
         raise TypeError(
             "initial must be a dict of per-line arrays, a LineForest or a CloneResult, "
