@@ -356,16 +356,7 @@ def clone(
         dtype=dtype,
         device=dev,
     )
-    initial = {
-        "center": center,
-        "amplitude": amplitude,
-        "sigma": sigma,
-        "gamma": gamma,
-        "fwhm": fwhm,
-        "depth": depth,
-        # 0: found by prominence; k: added by the k-th refinement pass
-        "found_in_pass": np.zeros(center.size, dtype=np.int64),
-    }
+    initial = _starting_values(center, amplitude, sigma, gamma, fwhm, depth, found_in_pass=0)
     target_t = torch.as_tensor(target, dtype=dtype, device=dev)
 
     started = time.perf_counter()
@@ -492,14 +483,20 @@ def _with_lines(forest, initial, center, depth, fwhm, trainable, device, refinem
         device=device,
     )
     grown.relativistic = forest.relativistic
-    fresh = {
+    fresh = _starting_values(center, amplitude, sigma, gamma, fwhm, depth, refinement)
+    initial = {k: np.concatenate([initial[k], fresh[k]])[order] for k in initial}
+    return grown, initial
+
+
+def _starting_values(center, amplitude, sigma, gamma, fwhm, depth, found_in_pass: int) -> dict:
+    """A clone's ``initial`` table for new lines: where training started (Å; depth
+    dimensionless) and the pass that found them (0: prominence; k: k-th refinement)."""
+    return {
         "center": center,
         "amplitude": amplitude,
         "sigma": sigma,
         "gamma": gamma,
         "fwhm": fwhm,
         "depth": depth,
-        "found_in_pass": np.full(center.size, refinement, dtype=np.int64),
+        "found_in_pass": np.full(np.size(center), found_in_pass, dtype=np.int64),
     }
-    initial = {k: np.concatenate([initial[k], fresh[k]])[order] for k in initial}
-    return grown, initial

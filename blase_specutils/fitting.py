@@ -1173,6 +1173,24 @@ def fit(
         _solve_continuum(model, data, inv_sigma, good)
         return losses
 
+    def rerun_above_default_ceiling():
+        """If v sin i presses on the default ceiling, the fit rerun from it with a ceiling
+        three times higher (the kernel length, and so the fine grid, depend on it)."""
+        ceiling = model.rotation.vsini_max
+        if not (
+            fit_vsini
+            and call["vsini_max"] is None
+            and checkpoint is None
+            and resume is None
+            and float(model.rotation.effective_vsini().detach()) >= 0.99 * ceiling
+            and ceiling < MAX_AUTO_VSINI_CEILING
+        ):
+            return None
+        result = fit(**{**call, "vsini": ceiling})
+        raised = result.meta.get("vsini_ceilings_raised_from", [])
+        result.meta["vsini_ceilings_raised_from"] = [ceiling, *raised]
+        return result
+
     r_floor_lowerings = 0
 
     def after_step(epoch):
@@ -1213,6 +1231,9 @@ def fit(
             )
 
         history.loss += fit_profiled_globals(valley, "globals")
+        rerun = rerun_above_default_ceiling()  # before the line stage's cost, if so
+        if rerun is not None:
+            return rerun
     if clip_sigma is not None:  # again, now that the globals fit
         clip_outliers()
     if n_clipped:
@@ -1318,23 +1339,9 @@ def fit(
         chi2_red = float(chi2()) / max(n_good - n_free, 1)
     curvature_uncertainties = _global_uncertainties(model, data, inv_sigma, good)
     final_vsini = float(model.rotation.effective_vsini().detach())
-    ceiling = model.rotation.vsini_max
-    if (
-        fit_vsini
-        and call["vsini_max"] is None
-        and checkpoint is None
-        and resume is None
-        and final_vsini >= 0.99 * ceiling
-        and ceiling < MAX_AUTO_VSINI_CEILING
-    ):
-        # v sin i pressed on the default ceiling: rerun from it, with a ceiling three
-        # times higher (the kernel length, and so the fine grid, depend on it)
-        result = fit(**{**call, "vsini": ceiling})
-        result.meta["vsini_ceilings_raised_from"] = [
-            ceiling,
-            *result.meta.get("vsini_ceilings_raised_from", []),
-        ]
-        return result
+    rerun = rerun_above_default_ceiling()
+    if rerun is not None:
+        return rerun
     uncertainty_notes = _warn_at_bounds(
         model, curvature_uncertainties, fit_vsini, fit_resolving_power
     )

@@ -895,6 +895,19 @@ def _profiled_chi2_along_rv(result, offsets):
     return np.array(values)
 
 
+def _phoenix_injection(data_dir, band, clone_range, pixel_range, pixels_per_resolution, **truth):
+    """A default clone of a PHOENIX 3900 K slice and its own flattened spectrum observed by
+    the independent generator on log-uniform pixels (``truth``: rv, vsini, R, snr, seed)."""
+    wl, fl = read_phoenix_dat(
+        data_dir / "phoenix" / f"{band}_band_test_sample_lte03900-PHOENIX-ACES.dat"
+    )
+    sel = (wl > clone_range[0]) & (wl < clone_range[1])
+    clone = bs.clone(wl[sel], fl[sel], teff=3900, progress=False)
+    step = 1.0 / (pixels_per_resolution * truth["resolving_power"])
+    pixels = np.exp(np.arange(np.log(pixel_range[0]), np.log(pixel_range[1]), step))
+    return clone, observe(clone.wavelength, clone.target_flux, pixels, **truth)
+
+
 def _returned_chi2(result):
     """χ² of the model exactly as the fit returned it (its own continuum)."""
     import torch
@@ -914,14 +927,10 @@ def test_global_stage_reaches_the_chi2_minimum_for_broad_lines(data_dir):
     # 5.4 in χ² above the minimum along RV alone; with the default line stage the RV then
     # entered that stage off its optimum and the lines locked it there (+823 m/s, σ 163;
     # over 12 noise seeds the RV scattered 2.6σ). The global stages now solve the
-    # continuum at every evaluation: the same seeds scatter by 1.0σ.
-    wl, fl = read_phoenix_dat(data_dir / "phoenix" / "H_band_test_sample_lte03900-PHOENIX-ACES.dat")
-    sel = (wl > 15500) & (wl < 15900)
-    clone = bs.clone(wl[sel], fl[sel], teff=3900, progress=False)
-    pixels = np.exp(np.arange(np.log(15600.0), np.log(15800.0), 1.0 / (3 * 45000)))
-    obs = observe(
-        clone.wavelength, clone.target_flux, pixels, rv=80.0, vsini=40.0,
-        resolving_power=45000, snr=100, seed=4,
+    # continuum at every evaluation: the same seeds scatter by 1.1σ.
+    clone, obs = _phoenix_injection(
+        data_dir, "H", (15500, 15900), (15600, 15800), 3,
+        rv=80.0, vsini=40.0, resolving_power=45000, snr=100, seed=4,
     )  # fmt: skip
     args = (obs.wavelength, obs.flux, obs.uncertainty)
     globals_only = bs.fit(*args, stellar=clone, resolving_power=45000, trainable=(), progress=False)
@@ -938,13 +947,9 @@ def test_vsini_below_the_resolution_is_not_lost_to_the_delta_kernel_plateau(data
     # half a model-grid step, where the rotation kernel is a delta and the gradient
     # exactly zero, and stayed there (0.08 km/s, "unresolved"). A grid search over v sin i
     # on the continuum-profiled χ² now picks the start.
-    wl, fl = read_phoenix_dat(data_dir / "phoenix" / "Z_band_test_sample_lte03900-PHOENIX-ACES.dat")
-    sel = (wl > 8600) & (wl < 8800)
-    clone = bs.clone(wl[sel], fl[sel], teff=3900, progress=False)
-    pixels = np.exp(np.arange(np.log(8650.0), np.log(8750.0), 1.0 / (2.5 * 100000)))
-    obs = observe(
-        clone.wavelength, clone.target_flux, pixels, rv=-25.0, vsini=2.0,
-        resolving_power=100000, snr=50, seed=5,
+    clone, obs = _phoenix_injection(
+        data_dir, "Z", (8600, 8800), (8650, 8750), 2.5,
+        rv=-25.0, vsini=2.0, resolving_power=100000, snr=50, seed=5,
     )  # fmt: skip
     result = bs.fit(
         obs.wavelength, obs.flux, obs.uncertainty, stellar=clone, resolving_power=100000,
