@@ -39,13 +39,92 @@ from .core.forward import ForwardModel
 from .core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
 
-__all__ = ["fit", "FitResult", "BadPixelWarning"]
+__all__ = [
+    "fit",
+    "FitResult",
+    "BadPixelWarning",
+    "FitQualityWarning",
+    "FREE_PARAMETERS",
+    "DEFAULT_FREE",
+    "free_parameters",
+]
 
 C_KMS = 299792.458
+
+#: Every global parameter :func:`fit` can free.
+FREE_PARAMETERS = frozenset(
+    {
+        "rv",
+        "vsini",
+        "resolving_power",
+        "limb_darkening",
+        "line_strength",
+        "veiling",
+        "telluric_scale",
+        "telluric_shift",
+    }
+)
+#: The global parameters free by default.
+DEFAULT_FREE = frozenset({"rv", "vsini", "line_strength", "veiling", "telluric_scale"})
 
 
 class BadPixelWarning(UserWarning):
     """Pixels were masked because their uncertainty or flux was unusable."""
+
+
+class FitQualityWarning(UserWarning):
+    """The fit may be wrong: see ``result.flags`` for the reasons."""
+
+
+def free_parameters(free=None, **overrides) -> frozenset:
+    """The set of free global parameters from ``free`` and per-parameter overrides.
+
+    Parameters
+    ----------
+    free : iterable of str, optional
+        Names out of :data:`FREE_PARAMETERS` (default :data:`DEFAULT_FREE`).
+    **overrides : bool or None
+        ``name=True`` adds ``name``, ``False`` removes it, ``None`` leaves it.
+
+    Raises
+    ------
+    ValueError
+        An unknown name.
+    """
+    if free is None:
+        chosen = set(DEFAULT_FREE)
+    else:
+        chosen = {free} if isinstance(free, str) else set(free)
+    unknown = sorted(str(n) for n in chosen - FREE_PARAMETERS)
+    if unknown:
+        raise ValueError(
+            f"unknown free parameter(s) {unknown}; choose from {sorted(FREE_PARAMETERS)}"
+        )
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        if name not in FREE_PARAMETERS:
+            raise ValueError(f"unknown parameter {name!r}")
+        if value:
+            chosen.add(name)
+        else:
+            chosen.discard(name)
+    return frozenset(chosen)
+
+
+def _check_velocity_limits(rv: float, rv_search: float, rv_max: float) -> None:
+    """Velocities must stay well below the speed of light (clear errors, early)."""
+    for name, value in (("rv", abs(rv)), ("rv_max", rv_max)):
+        if value >= C_KMS:
+            raise ValueError(
+                f"{name} = {value:g} km/s is at or beyond the speed of light ({C_KMS:g} km/s)"
+            )
+    if abs(rv) + rv_search >= C_KMS / 3.0:
+        raise ValueError(
+            f"the RV search reaches {abs(rv) + rv_search:g} km/s (|rv| + rv_search), beyond "
+            f"c/3 = {C_KMS / 3:g} km/s where Doppler shifts of a clone stop making sense; "
+            "narrow rv_search"
+        )
 
 
 @dataclass
@@ -411,12 +490,40 @@ class FitResult:
     chi2_reduced: float
     forward_model: ForwardModel
     template: CloneResult
-    orders: list = field(repr=False, default_factory=list)
+    order_data: list = field(repr=False, default_factory=list)
     history: TrainingHistory = field(repr=False, default_factory=TrainingHistory)
     telluric: LineForest | None = field(repr=False, default=None)
     initial_chi2_reduced: float = float("nan")
     meta: dict = field(default_factory=dict)
     stellar_clone: CloneResult | LineForest | None = field(repr=False, default=None)
+    flags: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> bool:
+        """True when nothing in :attr:`flags` says the result may be wrong."""
+        return not self.flags
+
+    @property
+    def orders(self):
+        """One row per fitted order (QTable): its RV and v sin i (one Gauss–Newton step
+        from the joint solution with the lines and the other orders held), their
+        uncertainties (scaled by the order's own √χ²_red), χ²_red and good pixels."""
+        from astropy.table import QTable
+
+        columns = self.meta.get("orders") or {}
+        table = QTable()
+        units = {
+            "wavelength_min": u.AA,
+            "wavelength_max": u.AA,
+            "rv": _KMS,
+            "rv_uncertainty": _KMS,
+            "vsini": _KMS,
+            "vsini_uncertainty": _KMS,
+        }
+        for name, values in columns.items():
+            unit = units.get(name)
+            table[name] = values if unit is None else np.asarray(values, dtype=float) * unit
+        return table
 
     def __repr__(self) -> str:
         # The forward model and template hold thousands of lines: summarise them.
@@ -432,7 +539,8 @@ class FitResult:
             f"vsini={with_error('vsini', self.vsini, 3)} km/s, "
             f"resolving_power={with_error('resolving_power', self.resolving_power, 0)}, "
             f"chi2_reduced={self.chi2_reduced:.3f} (initial {self.initial_chi2_reduced:.3f}), "
-            f"n_orders={len(self.orders)}, n_lines={n_lines}, "
+            f"n_orders={len(self.order_data)}, n_lines={n_lines}, "
+            f"converged={self.converged}, "
             f"continuum_degree={self.meta.get('continuum_degree', '?')}"
             f"{' (auto)' if self.meta.get('continuum_degree_source') == 'auto' else ''}, "
             f"telluric={'yes' if self.telluric is not None else 'no'})"
@@ -497,12 +605,12 @@ class FitResult:
 
     # ------------------------------------------------------------------ arrays
     def _per_order(self, values: np.ndarray):
-        parts = np.split(values, np.cumsum([len(o.wavelength) for o in self.orders])[:-1])
+        parts = np.split(values, np.cumsum([len(o.wavelength) for o in self.order_data])[:-1])
         return parts[0] if len(parts) == 1 else parts
 
     def _flux_scale(self) -> np.ndarray:
         """Per pixel: the order's flux level, to turn fitted units back into the data's."""
-        return np.concatenate([np.full(len(o.wavelength), o.scale) for o in self.orders])
+        return np.concatenate([np.full(len(o.wavelength), o.scale) for o in self.order_data])
 
     @property
     def rv_uncertainty(self) -> float:
@@ -519,22 +627,23 @@ class FitResult:
     @property
     def wavelength(self):
         """Data wavelengths, Å (array, or list per order)."""
-        return self._per_order(np.concatenate([o.wavelength for o in self.orders]))
+        return self._per_order(np.concatenate([o.wavelength for o in self.order_data]))
 
     @property
     def flux(self):
         """Observed flux (masked pixels hold 0), in the units given."""
-        return self._per_order(np.concatenate([o.flux for o in self.orders]) * self._flux_scale())
+        flux = np.concatenate([o.flux for o in self.order_data])
+        return self._per_order(flux * self._flux_scale())
 
     @property
     def uncertainty(self):
         """1-σ uncertainty of the flux (given, or estimated from the scatter)."""
-        sigma = np.concatenate([o.sigma for o in self.orders])
+        sigma = np.concatenate([o.sigma for o in self.order_data])
         return self._per_order(sigma * self._flux_scale())
 
     @property
     def good(self):
-        return self._per_order(np.concatenate([o.good for o in self.orders]))
+        return self._per_order(np.concatenate([o.good for o in self.order_data]))
 
     @property
     def model_flux(self):
@@ -556,7 +665,7 @@ class FitResult:
         with torch.no_grad():
             t = self.forward_model.telluric_fine()
             if t is None:
-                n = sum(len(o.wavelength) for o in self.orders)
+                n = sum(len(o.wavelength) for o in self.order_data)
                 return self._per_order(np.ones(n))
             return self._per_order(
                 self.forward_model.averager(self.forward_model.instrument(t)).double().cpu().numpy()
@@ -565,20 +674,20 @@ class FitResult:
     @property
     def telluric_corrected_flux(self):
         """Data divided by the observed telluric transmission and the continuum."""
-        flux = np.concatenate([o.flux for o in self.orders]) * self._flux_scale()
+        flux = np.concatenate([o.flux for o in self.order_data]) * self._flux_scale()
         tell = self.telluric_flux
         tell = np.concatenate(tell) if isinstance(tell, list) else tell
         cont = self.continuum_flux
         cont = np.concatenate(cont) if isinstance(cont, list) else cont
-        good = np.concatenate([o.good for o in self.orders])
+        good = np.concatenate([o.good for o in self.order_data])
         out = np.where(good, flux / (tell * cont), np.nan)
         return self._per_order(out)
 
     @property
     def residual(self):
         """Data − model (NaN at masked pixels), in the data's units."""
-        data = np.concatenate([o.flux for o in self.orders])
-        good = np.concatenate([o.good for o in self.orders])
+        data = np.concatenate([o.flux for o in self.order_data])
+        good = np.concatenate([o.good for o in self.order_data])
         with torch.no_grad():
             model = self.forward_model().double().cpu().numpy()
         return self._per_order(np.where(good, (data - model) * self._flux_scale(), np.nan))
@@ -587,8 +696,8 @@ class FitResult:
         """RMS of (data − model)/σ over good pixels (≈ 1 at photon noise)."""
         r = self.residual
         r = np.concatenate(r) if isinstance(r, list) else r
-        s = np.concatenate([o.sigma for o in self.orders]) * self._flux_scale()
-        good = np.concatenate([o.good for o in self.orders])
+        s = np.concatenate([o.sigma for o in self.order_data]) * self._flux_scale()
+        good = np.concatenate([o.good for o in self.order_data])
         return float(np.sqrt(np.mean((r[good] / s[good]) ** 2)))
 
 
@@ -778,14 +887,17 @@ def fit(
     resolving_power: float | None = None,
     mask=None,
     limb_darkening: float = 0.6,
-    fit_rv: bool = True,
-    fit_vsini: bool = True,
-    fit_resolving_power: bool = False,
-    fit_limb_darkening: bool = False,
-    fit_telluric_scale: bool = True,
-    fit_telluric_shift: bool = False,
+    free=None,
+    fit_rv: bool | None = None,
+    fit_vsini: bool | None = None,
+    fit_resolving_power: bool | None = None,
+    fit_limb_darkening: bool | None = None,
+    fit_telluric_scale: bool | None = None,
+    fit_telluric_shift: bool | None = None,
+    fit_line_strength: bool | None = None,
+    fit_veiling: bool | None = None,
     vsini_max: float | None = None,
-    rv_search: float = 300.0,
+    rv_search: float = 1000.0,
     rv_max: float = 500.0,
     clip_sigma: float | None = 8.0,
     outside: str = "error",
@@ -848,10 +960,20 @@ def fit(
         True for pixels to use. NaN fluxes are masked automatically.
     limb_darkening : float
         Linear limb-darkening coefficient ε.
-    fit_rv, fit_vsini, fit_resolving_power, fit_limb_darkening : bool
-        Which global parameters train.
-    fit_telluric_scale, fit_telluric_shift : bool
-        Train the telluric optical-depth scale and a small telluric velocity shift.
+    free : iterable of str, optional
+        Which global parameters are free, as a set of names out of
+        ``FREE_PARAMETERS`` (``"rv"``, ``"vsini"``, ``"resolving_power"``,
+        ``"limb_darkening"``, ``"line_strength"``, ``"veiling"``, ``"telluric_scale"``,
+        ``"telluric_shift"``). Default ``DEFAULT_FREE``: RV, v sin i, the stellar clone's
+        global line strength (an optical-depth scale: a template hotter, cooler or of
+        another metallicity than the star has lines too shallow or too deep), veiling
+        (an additive continuum, paper §8.7) and the telluric scale. Everything else is
+        held at its given value.
+    fit_rv, fit_vsini, fit_resolving_power, fit_limb_darkening : bool, optional
+        Overrides of ``free`` for one parameter each (True adds it, False removes it).
+    fit_telluric_scale, fit_telluric_shift, fit_line_strength, fit_veiling : bool, optional
+        The same for the telluric optical-depth scale, a small telluric velocity shift,
+        the line strength and the veiling.
     vsini_max : float, optional
         Largest v sin i the rotation kernel can reach during the fit, km/s (default
         ``max(3 vsini, vsini + 50)``); it fixes the kernel length. When the default
@@ -860,11 +982,14 @@ def fit(
         left behind in ``vsini_ceilings_raised_from``); a ceiling you give is kept, with
         a warning if v sin i ends on it. Not with ``checkpoint`` or ``resume``.
     rv_search : float
-        Half-width of the initial χ² grid search in RV around ``rv``, km/s (0: none).
-        Within ±100 km/s the grid step is 1 km/s; a wider search steps by half the
-        instrument's resolution element (c/2R) and refines its minimum at 1 km/s.
+        Half-width of the initial grid search in RV around ``rv``, km/s (0: none). The
+        search is joint in RV and v sin i (0–450 km/s, or up to ``vsini_max``) on the
+        continuum-profiled χ² of every order, with an additive continuum per order so
+        that a template's line depths do not bias it (:mod:`blase_specutils.core.search`):
+        coarse steps of a third of the instrumental FWHM, refined in steps of the model
+        grid. Its best and second-best minima are in ``result.meta["search"]``.
     rv_max : float
-        Absolute RV beyond which a warning is issued, km/s.
+        Absolute RV beyond which the result is flagged (``result.flags``), km/s.
     clip_sigma : float or None
         After the global stage, mask pixels that lie above the fitted continuum and above
         the model by more than ``clip_sigma`` robust standard deviations of the normalised
@@ -975,6 +1100,28 @@ def fit(
         }
     )
     rv, vsini, resolving_power = numbers["rv"], numbers["vsini"], numbers["resolving_power"]
+    _check_velocity_limits(numbers["rv"], numbers["rv_search"], numbers["rv_max"])
+    if resume is not None and not Path(resume).is_file():
+        raise FileNotFoundError(f"resume: no checkpoint file at {resume}")
+    free_set = free_parameters(
+        free,
+        rv=fit_rv,
+        vsini=fit_vsini,
+        resolving_power=fit_resolving_power,
+        limb_darkening=fit_limb_darkening,
+        telluric_scale=fit_telluric_scale,
+        telluric_shift=fit_telluric_shift,
+        line_strength=fit_line_strength,
+        veiling=fit_veiling,
+    )
+    fit_rv, fit_vsini = "rv" in free_set, "vsini" in free_set
+    fit_resolving_power = "resolving_power" in free_set
+    fit_limb_darkening = "limb_darkening" in free_set
+    fit_telluric_scale, fit_telluric_shift = (
+        "telluric_scale" in free_set,
+        "telluric_shift" in free_set,
+    )
+    fit_line_strength, fit_veiling = "line_strength" in free_set, "veiling" in free_set
     limb_darkening, vsini_max = numbers["limb_darkening"], numbers["vsini_max"]
     rv_search, rv_max, clip_sigma = numbers["rv_search"], numbers["rv_max"], numbers["clip_sigma"]
     prior_scale, prior_weight = numbers["prior_scale"], numbers["prior_weight"]
@@ -1043,6 +1190,27 @@ def fit(
             UserWarning,
             stacklevel=3,
         )
+    search = None
+    search_vsini = fit_vsini and global_epochs > 0  # global_epochs=0: the globals stay put
+    if (fit_rv and rv_search > 0) or search_vsini:
+        search = _joint_search(
+            star0,
+            tell0,
+            orders,
+            rv=rv,
+            rv_half_width=rv_search if fit_rv else 0.0,
+            vsini=vsini,
+            fit_vsini=search_vsini,
+            vsini_max=vsini_max,
+            resolving_power=resolving_power,
+            limb_darkening=limb_darkening,
+            step_kms=step_kms,
+            relativistic=relativistic,
+        )
+        if fit_rv and rv_search > 0:
+            rv = search.best_rv
+        if search_vsini:
+            vsini = max(search.best_vsini, MIN_START_VSINI)
     # Keep the inputs untouched: train copies.
     star = copy.deepcopy(star0).to(device=dev, dtype=dtype)
     star.relativistic = relativistic
@@ -1076,6 +1244,8 @@ def fit(
         fit_resolving_power=fit_resolving_power,
         fit_telluric_scale=fit_telluric_scale and tell is not None,
         fit_telluric_shift=fit_telluric_shift and tell is not None,
+        fit_line_strength=fit_line_strength,
+        fit_veiling=fit_veiling,
         dtype=dtype,
         device=dev,
     )
@@ -1105,13 +1275,6 @@ def fit(
     if auto_degree:  # first guess from the data alone, refined below with the template
         model.set_continuum_degree(max(_envelope_degree(o) for o in orders))
     _solve_continuum(model, data, inv_sigma, good)
-    if fit_rv and rv_search > 0:
-        with torch.no_grad():
-            v0 = _rv_grid_search(
-                model, lambda: _solve_continuum(model, data, inv_sigma, good), rv, rv_search
-            )
-            model.rv.fill_(float(v0))
-            _solve_continuum(model, data, inv_sigma, good)
     if auto_degree:
         model.set_continuum_degree(_template_continuum_degree(model, orders))
         _solve_continuum(model, data, inv_sigma, good)
@@ -1145,6 +1308,8 @@ def fit(
         "continuum_coefficients": 0.002,
         "ln_telluric_scale": 0.01,
         "telluric_shift": 0.02,
+        "ln_line_strength": 0.01,
+        "veiling": 0.01,
     }
 
     def global_groups(continuum: bool = True):
@@ -1244,7 +1409,13 @@ def fit(
             stacklevel=3,
         )
 
-    # Stage 3: lines join, with the L1 prior.
+    # Stage 3: lines join, with the L1 prior. The state before it is kept: a line stage
+    # that leaves χ² worse than it found it (a diverging learning rate) is undone.
+    with torch.no_grad():
+        chi2_before_lines = _solve_continuum(model, data, inv_sigma, good)
+    state_before_lines = copy.deepcopy(model.state_dict())
+    start_line_values = _line_values(star)
+    start_tell_values = None if tell is None else _line_values(tell)
     star.set_trainable(trainable)
     if tell is not None:
         tell.set_trainable(telluric_trainable)
@@ -1331,13 +1502,41 @@ def fit(
     model.relayout()
     model.rv.requires_grad_(fit_rv_now)
     history.loss += fit_profiled_globals(_fit_globals_lowering_r, "polish")
+    with torch.no_grad():
+        chi2_after_lines = float(chi2())
+    line_stage_undone = False
+    if line_groups and epochs > 0 and not chi2_after_lines <= chi2_before_lines * (1 + 1e-6):
+        model.load_state_dict(state_before_lines)
+        model.relayout()
+        _solve_continuum(model, data, inv_sigma, good)
+        line_stage_undone = True
+        warnings.warn(
+            f"the line stage left chi2 worse than before it ({chi2_after_lines:.6g} against "
+            f"{chi2_before_lines:.6g}; a learning rate of {learning_rate:g} too large?): its "
+            "changes are undone and the lines are those of the input clone",
+            FitQualityWarning,
+            stacklevel=3,
+        )
 
     n_free = sum(
         p.numel() for n, p in model.named_parameters() if n in global_lrs and p.requires_grad
     )
+    # Trained line parameters count as degrees of freedom where they left their prior's
+    # kink (the lasso's effective number: its non-zero departures), so χ²_red ≈ 1 at
+    # the true noise after the lines learn.
+    n_line_dof = 0
+    if not line_stage_undone and epochs > 0:
+        n_line_dof = _effective_line_parameters(star, start_line_values, trainable, learning_rate)
+        if tell is not None:
+            n_line_dof += _effective_line_parameters(
+                tell, start_tell_values, telluric_trainable, learning_rate
+            )
+    n_dof = n_good - n_free - n_line_dof
     with torch.no_grad():
-        chi2_red = float(chi2()) / max(n_good - n_free, 1)
-    curvature_uncertainties = _global_uncertainties(model, data, inv_sigma, good)
+        final_chi2 = float(chi2())
+    chi2_red = final_chi2 / n_dof if n_dof > 0 else float("nan")
+    jacobian = _jacobian(model, data, inv_sigma, good)
+    curvature_uncertainties = _global_uncertainties(jacobian)
     final_vsini = float(model.rotation.effective_vsini().detach())
     rerun = rerun_above_default_ceiling()
     if rerun is not None:
@@ -1350,10 +1549,20 @@ def fit(
         "vsini": fit_vsini,
         "resolving_power": fit_resolving_power,
         "limb_darkening": fit_limb_darkening,
+        "line_strength": fit_line_strength,
+        "veiling": fit_veiling,
     }
-    for name, free in fitted.items():
+    if n_dof <= 0:
+        for name, is_free in fitted.items():
+            if is_free:
+                curvature_uncertainties[name] = float("nan")
+                uncertainty_notes[name] = (
+                    f"{n_good} good pixels for {n_free + n_line_dof} free parameters: "
+                    "nothing left to estimate an error from"
+                )
+    for name, is_free in fitted.items():
         if (
-            free
+            is_free
             and name not in uncertainty_notes
             and not math.isfinite(curvature_uncertainties.get(name, float("nan")))
         ):
@@ -1370,6 +1579,8 @@ def fit(
                 if uncertainty_notes[name].startswith("the χ² curvature")
                 else ""
             )
+            if name in ("line_strength", "veiling"):
+                continue  # nuisance-like globals: the note says it, no warning
             warnings.warn(
                 f"no uncertainty for {name}: {uncertainty_notes[name]}{hint}",
                 UserWarning,
@@ -1383,6 +1594,26 @@ def fit(
     star_lo, star_hi = _forest_range(star0, star_clone)
     rest_frame_outside = _warn_rest_frame_coverage(
         orders, final_rv, star_lo, star_hi, relativistic, "the final"
+    )
+    values = {
+        "rv": final_rv,
+        "vsini": float(model.rotation.effective_vsini().detach()),
+    }
+    order_columns = _order_diagnostics(model, jacobian, values, order_indices)
+    order_chi2, order_dof = _order_agreement(order_columns, final_rv)
+    flags = _fit_flags(
+        search=search,
+        rv=final_rv,
+        rv_max=rv_max,
+        n_dof=n_dof,
+        n_good=n_good,
+        n_free=n_free + n_line_dof,
+        uncertainty_notes=uncertainty_notes,
+        line_stage_undone=line_stage_undone,
+        order_chi2=order_chi2,
+        order_dof=order_dof,
+        rest_frame_outside=rest_frame_outside,
+        chi2_red=chi2_red,
     )
 
     template_forest = copy.deepcopy(star).cpu()
@@ -1416,12 +1647,23 @@ def fit(
         chi2_reduced=chi2_red,
         forward_model=model,
         template=template,
-        orders=orders,
+        order_data=orders,
         history=history,
         telluric=tell,
         initial_chi2_reduced=initial_chi2,
         stellar_clone=star_clone if star_clone is not None else star0,
+        flags=flags,
         meta={
+            "free": sorted(free_set),
+            "line_strength": float(model.line_strength().detach()),
+            "veiling": float(model.effective_veiling().detach()),
+            "n_line_dof": n_line_dof,
+            "n_dof": n_dof,
+            "search": None if search is None else search.summary(),
+            "orders": order_columns,
+            "order_rv_chi2": order_chi2,
+            "order_rv_dof": order_dof,
+            "line_stage_undone": line_stage_undone,
             "n_good_pixels": n_good,
             "prior_scale": prior_scale,
             "prior_weight": prior_weight,
@@ -1774,56 +2016,322 @@ def _fit_globals(model, loss_fn, groups, iterations, progress, label, num_thread
     return h.loss
 
 
+#: Global parameters with curvature uncertainties: (name, parameter getter, step of the
+#: central difference, whether the parameter is stored as a logarithm).
+_UNCERTAINTY_SPECS = (
+    ("rv", lambda m: m.rv, 0.01, False),
+    ("vsini", lambda m: m.rotation.vsini, 0.02, False),
+    ("limb_darkening", lambda m: m.rotation.limb_darkening, 0.01, False),
+    ("resolving_power", lambda m: m.instrument.log_resolving_power, 1e-3, True),
+    ("line_strength", lambda m: m.ln_line_strength, 1e-3, True),
+    ("veiling", lambda m: m.veiling, 1e-3, False),
+)
+
+
+@dataclass
+class _Jacobian:
+    """Weighted model derivatives at the solution, for the errors and per-order steps."""
+
+    names: list
+    columns: torch.Tensor  # [n, p]: ∂model/∂θ · w
+    nuisance: list  # per order [n_k, q]: the continuum columns of that order's pixels
+    residual: torch.Tensor  # [n]: (data − model) · w
+    rows: list  # per order: boolean pixel selection
+    log_scale: dict  # name → factor turning a log-parameter σ into the parameter's
+
+
 @torch.no_grad()
-def _global_uncertainties(model: ForwardModel, data, inv_sigma, good) -> dict:
-    """Gauss–Newton 1-σ errors of RV, v sin i, R and ε from central differences."""
-    specs = [
-        ("rv", model.rv, 0.01, lambda x: x),
-        ("vsini", model.rotation.vsini, 0.02, lambda x: x),
-        ("limb_darkening", model.rotation.limb_darkening, 0.01, lambda x: x),
-        ("resolving_power", model.instrument.log_resolving_power, 1e-3, None),
-    ]
-    active = [s for s in specs if s[1].requires_grad]
-    out = {name: float("nan") for name, *_ in specs}
-    if not active:
-        return out
+def _jacobian(model: ForwardModel, data, inv_sigma, good) -> _Jacobian:
+    """Central-difference Jacobian of the free globals (one-sided at a bound of 0)."""
     w = (inv_sigma * good).double()
-    cols, responsive = [], []
-    for spec in active:
-        _, p, h, _ = spec
+    base = model().double()
+    names, cols, log_scale = [], [], {}
+    for name, getter, h, is_log in _UNCERTAINTY_SPECS:
+        p = getter(model)
+        if not p.requires_grad:
+            continue
+        if name == "veiling":  # the model uses max(r, 0): difference from there
+            p.clamp_(min=0.0)
         orig = p.detach().clone()
+        one_sided = name == "veiling" and float(orig) - h < 0
         p.copy_(orig + h)
         m_plus = model().double()
-        p.copy_(orig - h)
-        m_minus = model().double()
+        if one_sided:
+            column = (m_plus - base) / h * w
+        else:
+            p.copy_(orig - h)
+            column = (m_plus - model().double()) / (2 * h) * w
         p.copy_(orig)
-        column = (m_plus - m_minus) / (2 * h) * w
         if torch.any(column != 0):
+            # else the model does not change with it here (e.g. v sin i below half the
+            # fine grid's step, where the rotation kernel is exactly a delta): no
+            # curvature, no error bar (NaN, explained by the caller), not a zero variance
+            names.append(name)
             cols.append(column)
-            responsive.append(spec)
-        # else the model does not change with it here (e.g. v sin i below half the fine
-        # grid's step, where the rotation kernel is exactly a delta): no curvature, no
-        # error bar (NaN, explained by the caller), rather than pinv's zero variance
-    active = responsive
-    if not active:
-        return out
-    jac = torch.stack(cols, dim=1)
-    # Continuum coefficients are nuisance parameters: profile them out by including them.
+            if is_log:
+                log_scale[name] = float(torch.exp(orig))
+    n = base.numel()
+    columns = torch.stack(cols, dim=1) if cols else torch.zeros(n, 0, dtype=torch.float64)
     basis = model.continuum_basis.double()
-    shape = model().double() / model.continuum().double()
-    nuis = []
+    continuum = model.continuum().double()
+    shape = torch.where(continuum != 0, base / continuum, torch.zeros_like(base))
+    rows, nuisance = [], []
     for k in range(model.n_orders):
-        sel = (model.order_index == k).double()[:, None]
-        nuis.append(basis * sel * shape[:, None] * w[:, None])
-    full = torch.cat([jac] + nuis, dim=1)
-    fisher = full.T @ full
-    try:
-        cov = torch.linalg.pinv(fisher)
-    except RuntimeError:
+        sel = model.order_index == k
+        rows.append(sel)
+        nuisance.append(basis[sel] * (shape[sel] * w[sel])[:, None])
+    residual = (data.double() - base) * w
+    return _Jacobian(names, columns, nuisance, residual, rows, log_scale)
+
+
+def _global_uncertainties(jac: _Jacobian) -> dict:
+    """Gauss–Newton 1-σ errors of the free globals, the continuum marginalised."""
+    from .core.uncertainty import covariance
+
+    out = {name: float("nan") for name, *_ in _UNCERTAINTY_SPECS}
+    if not jac.names:
         return out
-    for i, (name, p, _, _) in enumerate(active):
-        sd = float(torch.sqrt(torch.clamp(cov[i, i], min=0)))
-        if name == "resolving_power":
-            sd *= float(torch.exp(p))
-        out[name] = sd
+    n = jac.columns.shape[0]
+    q = sum(b.shape[1] for b in jac.nuisance)
+    nuisance = torch.zeros(n, q, dtype=torch.float64)
+    start = 0
+    for sel, block in zip(jac.rows, jac.nuisance):
+        nuisance[sel, start : start + block.shape[1]] = block
+        start += block.shape[1]
+    cov = covariance(jac.columns, nuisance)
+    if cov is None:
+        return out
+    for i, name in enumerate(jac.names):
+        variance = float(cov[i, i])
+        if variance > 0 and math.isfinite(variance):  # never a zero error bar
+            out[name] = math.sqrt(variance) * jac.log_scale.get(name, 1.0)
     return out
+
+
+def _order_diagnostics(model: ForwardModel, jac: _Jacobian, values: dict, order_indices):
+    """Per order: its RV and v sin i one Gauss–Newton step from the joint solution (the
+    lines and the other orders held), their errors (Birge-scaled by the order's own
+    χ²_red) and χ²_red. Returns a dict of columns."""
+    from .core.uncertainty import gauss_newton_step
+
+    columns = {
+        "order": [],
+        "wavelength_min": [],
+        "wavelength_max": [],
+        "n_good_pixels": [],
+        "chi2_reduced": [],
+        "rv": [],
+        "rv_uncertainty": [],
+        "vsini": [],
+        "vsini_uncertainty": [],
+    }
+    edges = model._all_edges
+    for k, sel in enumerate(jac.rows):
+        r = jac.residual[sel]
+        used = r != 0
+        n_good = int(used.sum())
+        block = jac.nuisance[k]
+        p = jac.columns.shape[1]
+        n_dof = n_good - block.shape[1] - p
+        chi2_k = float(torch.sum(r * r))
+        chi2_red = chi2_k / n_dof if n_dof > 0 else float("nan")
+        found = None
+        if n_dof > 0 and p:
+            found = gauss_newton_step(jac.columns[sel], block, r)
+        birge = math.sqrt(max(1.0, chi2_red)) if math.isfinite(chi2_red) else float("nan")
+        sel_np = sel.cpu().numpy()
+        columns["order"].append(int(order_indices[k]))
+        columns["wavelength_min"].append(float(edges[sel_np, 0].min()))
+        columns["wavelength_max"].append(float(edges[sel_np, 1].max()))
+        columns["n_good_pixels"].append(n_good)
+        columns["chi2_reduced"].append(chi2_red)
+        for name in ("rv", "vsini"):
+            value, error = float("nan"), float("nan")
+            if found is not None and name in jac.names:
+                i = jac.names.index(name)
+                step, cov = found
+                value = values[name] + float(step[i])
+                variance = float(cov[i, i])
+                if variance > 0 and math.isfinite(variance):
+                    error = math.sqrt(variance) * birge
+            columns[name].append(value)
+            columns[f"{name}_uncertainty"].append(error)
+    return columns
+
+
+def _fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
+               line_stage_undone, order_chi2, order_dof, rest_frame_outside,
+               chi2_red) -> dict:  # fmt: skip
+    """Reasons to distrust a fit, ``{code: message}`` (empty when there are none).
+
+    Flags that already have their own warning (a bound, the search edge, the rest-frame
+    coverage, an undone line stage) are not warned again; the others warn here.
+    """
+    from scipy.stats import chi2 as chi2_distribution
+
+    flags, quiet = {}, set()
+    if search is not None:
+        if search.at_edge:
+            flags["search_edge"] = (
+                f"the search's best RV {search.best_rv:.1f} km/s is on the edge of its range "
+                f"{search.rv[0]:.0f} to {search.rv[-1]:.0f} km/s"
+            )
+            quiet.add("search_edge")
+        if len(search.minima) > 1:
+            best, second = search.minima[0], search.minima[1]
+            scale = max(1.0, best["chi2"] / max(int(search.n_good.sum()), 1))
+            delta = (second["chi2"] - best["chi2"]) / scale
+            if delta < AMBIGUOUS_DELTA_CHI2:
+                flags["rv_ambiguous"] = (
+                    f"the search found a second minimum at RV {second['rv']:.1f} km/s "
+                    f"(v sin i {second['vsini']:.0f}) only Δχ² = {delta:.1f} (scaled by "
+                    f"χ²_red {scale:.3g}) above the best at {best['rv']:.1f} km/s"
+                )
+    if abs(rv) > rv_max:
+        flags["rv_beyond_rv_max"] = f"|RV| = {abs(rv):.1f} km/s exceeds rv_max = {rv_max:g} km/s"
+    if n_dof <= 0:
+        flags["too_few_pixels"] = f"{n_good} good pixels for {n_free} free parameters"
+    for name, note in uncertainty_notes.items():
+        if "ceiling" in note or "smallest R" in note:
+            flags[f"{name}_at_bound"] = note
+            quiet.add(f"{name}_at_bound")
+    if line_stage_undone:
+        flags["line_stage_undone"] = "the line stage made χ² worse and was undone"
+        quiet.add("line_stage_undone")
+    if order_dof > 0 and math.isfinite(order_chi2):
+        p_value = float(chi2_distribution.sf(order_chi2, order_dof))
+        if p_value < ORDER_DISAGREEMENT_P:
+            flags["orders_disagree"] = (
+                f"the per-order RVs scatter about the joint RV with χ² = {order_chi2:.1f} for "
+                f"{order_dof} degrees of freedom (p = {p_value:.2g}): see result.orders"
+            )
+    if rest_frame_outside > REST_FRAME_COVERAGE_WARN:
+        flags["rest_frame_outside"] = (
+            f"{100 * rest_frame_outside:.0f} % of the good pixels fall outside the stellar "
+            "clone in the star's rest frame"
+        )
+        quiet.add("rest_frame_outside")
+    loud = {k: v for k, v in flags.items() if k not in quiet}
+    if loud:
+        warnings.warn(
+            "the fit may be wrong: " + "; ".join(f"{k}: {v}" for k, v in loud.items()),
+            FitQualityWarning,
+            stacklevel=4,
+        )
+    return flags
+
+
+#: Per-order RVs disagree when their χ² about the joint RV has a p-value below this.
+ORDER_DISAGREEMENT_P = 1e-3
+#: A second search minimum within this Δχ² (in units of the search's χ²_red) is ambiguous.
+AMBIGUOUS_DELTA_CHI2 = 25.0
+
+
+def _order_agreement(columns: dict, rv: float) -> tuple[float, int]:
+    """χ² of the per-order RVs about ``rv`` and its degrees of freedom."""
+    values = np.asarray(columns["rv"], dtype=float)
+    errors = np.asarray(columns["rv_uncertainty"], dtype=float)
+    ok = np.isfinite(values) & np.isfinite(errors) & (errors > 0)
+    if ok.sum() < 2:
+        return float("nan"), 0
+    return float(np.sum(((values[ok] - rv) / errors[ok]) ** 2)), int(ok.sum() - 1)
+
+
+def _line_values(forest: LineForest) -> dict:
+    return {
+        name: getattr(forest, name).detach().clone()
+        for name in ("ln_amplitude", "ln_sigma", "ln_gamma", "center_shift")
+    }
+
+
+_TRAINABLE_PARAMETER = {
+    "amplitude": "ln_amplitude",
+    "sigma": "ln_sigma",
+    "gamma": "ln_gamma",
+    "center": "center_shift",
+}
+
+
+def _effective_line_parameters(forest: LineForest, start: dict, trainable, learning_rate):
+    """Trained line parameters that left their starting value by more than an Adam step
+    (the L1 prior's kink holds the others: the lasso's degrees of freedom)."""
+    count = 0
+    for name in trainable:
+        parameter = _TRAINABLE_PARAMETER.get(name)
+        if parameter is None:
+            continue
+        threshold = learning_rate * (0.05 if parameter == "center_shift" else 1.0)
+        delta = (getattr(forest, parameter).detach() - start[parameter]).abs()
+        count += int((delta > threshold).sum())
+    return count
+
+
+def _envelope(order: _Order, x: np.ndarray, degree: int) -> np.ndarray:
+    """The order's upper envelope (90th percentile in 24 bins, a Chebyshev fit of
+    ``degree``) at every pixel, normalised to a median of 1: the shape a veiling
+    continuum takes in a blazed order."""
+    good = order.good
+    if good.sum() < 48:
+        return np.ones_like(x)
+    idx = np.array_split(np.flatnonzero(good), 24)
+    xb = np.array([x[i].mean() for i in idx])
+    yb = np.array([np.percentile(order.flux[i], 90.0) for i in idx])
+    env = np.polynomial.chebyshev.chebval(x, np.polynomial.chebyshev.chebfit(xb, yb, degree))
+    level = np.median(env[good])
+    if not (np.isfinite(level) and level > 0):
+        return np.ones_like(x)
+    return env / level
+
+
+def _joint_search(star0, tell0, orders, *, rv, rv_half_width, vsini, fit_vsini, vsini_max,
+                  resolving_power, limb_darkening, step_kms, relativistic):  # fmt: skip
+    """Run :func:`blase_specutils.core.search.rv_vsini_search` on the prepared orders."""
+    from .core.forward import chebyshev_design
+    from .core.search import MAX_SEARCH_VSINI, SearchOrder, default_vsini_grid, rv_vsini_search
+
+    star = copy.deepcopy(star0).to(device="cpu", dtype=torch.float64)
+    star.relativistic = relativistic
+    star.set_trainable(())
+    tell = None
+    if tell0 is not None:
+        tell = copy.deepcopy(tell0).to(device="cpu", dtype=torch.float64)
+        tell.set_trainable(())
+    if fit_vsini:
+        top = 0.95 * vsini_max if vsini_max is not None else MAX_SEARCH_VSINI
+        grid = default_vsini_grid(resolving_power, top)
+    else:
+        grid = [5.0 if vsini is None else vsini]
+    search_orders = []
+    for o in orders:
+        centres = o.edges.mean(1)
+        x = 2.0 * (centres - centres.min()) / max(np.ptp(centres), 1e-12) - 1.0
+        weight = np.where(o.good, 1.0 / o.sigma**2, 0.0)
+        degree = _envelope_degree(o)
+        basis = chebyshev_design(torch.as_tensor(x, dtype=torch.float64), degree)
+        search_orders.append(
+            SearchOrder(
+                o.edges, torch.as_tensor(o.flux), torch.as_tensor(weight), basis,
+                additive=torch.as_tensor(_envelope(o, x, degree)),
+            )  # fmt: skip
+        )
+    result = rv_vsini_search(
+        search_orders,
+        lambda g: star(star.make_layout(g)),
+        telluric_flux=None if tell is None else (lambda g: tell(tell.make_layout(g))),
+        step_kms=step_kms,
+        resolving_power=resolving_power,
+        rv_center=rv,
+        rv_half_width=rv_half_width,
+        vsini_grid=grid,
+        limb_darkening=limb_darkening,
+        relativistic=relativistic,
+    )
+    if result.at_edge:
+        warnings.warn(
+            f"the RV grid search ({round(result.rv[0], 3):g} to {round(result.rv[-1], 3):g} "
+            f"km/s) found its best fit at the edge, {round(result.best_rv, 0):g} km/s: the "
+            "star's RV may lie beyond; pass a closer rv= or a larger rv_search",
+            UserWarning,
+            stacklevel=4,
+        )
+    return result

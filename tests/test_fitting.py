@@ -13,7 +13,7 @@ import pytest
 
 import blase_specutils as bs
 from blase_specutils.astro.templates import read_phoenix_dat
-from blase_specutils.fitting import BadPixelWarning
+from blase_specutils.fitting import BadPixelWarning, FitQualityWarning
 from blase_specutils.testing import observe, perturb_line_depths
 
 C_KMS = 299792.458
@@ -248,8 +248,9 @@ def test_initial_rv_beyond_budget_warns(y_clone, observation):
         with (
             pytest.warns(UserWarning, match="beyond rv_max"),
             pytest.warns(UserWarning, match="puts 17 % of the good pixels outside"),
+            pytest.warns(FitQualityWarning, match="exceeds rv_max = 500"),
         ):
-            bs.fit(
+            result = bs.fit(
                 observation.wavelength,
                 observation.flux,
                 observation.uncertainty,
@@ -262,6 +263,9 @@ def test_initial_rv_beyond_budget_warns(y_clone, observation):
                 global_epochs=1,
                 progress=False,
             )
+    # the result says so too, and is not "converged"
+    assert {"rv_beyond_rv_max", "rest_frame_outside"} <= set(result.flags)
+    assert not result.converged
 
 
 def test_gaussian_priors_hold_line_properties(y_clone, observation):
@@ -877,9 +881,9 @@ def _profiled_chi2_along_rv(result, offsets):
     import torch
 
     model = result.forward_model
-    data = torch.as_tensor(np.concatenate([o.flux for o in result.orders]), dtype=torch.float64)
+    data = torch.as_tensor(np.concatenate([o.flux for o in result.order_data]), dtype=torch.float64)
     weight = torch.as_tensor(
-        np.concatenate([o.good / o.sigma for o in result.orders]), dtype=torch.float64
+        np.concatenate([o.good / o.sigma for o in result.order_data]), dtype=torch.float64
     )
     basis = model.continuum_basis.double()
     rv = model.rv.detach().clone()
@@ -913,8 +917,8 @@ def _returned_chi2(result):
     import torch
 
     model = result.forward_model
-    data = np.concatenate([o.flux for o in result.orders])
-    weight = np.concatenate([o.good / o.sigma for o in result.orders])
+    data = np.concatenate([o.flux for o in result.order_data])
+    weight = np.concatenate([o.good / o.sigma for o in result.order_data])
     with torch.no_grad():
         flux = model().double().cpu().numpy()
     return float(np.sum(((flux - data) * weight) ** 2))
@@ -959,14 +963,16 @@ def test_vsini_below_the_resolution_is_not_lost_to_the_delta_kernel_plateau(data
     assert "vsini" not in result.meta["uncertainty_notes"]
 
 
-def test_fast_rotator_raises_the_default_vsini_ceiling(y_clone):
-    # v sin i 100 km/s from the default start (5 km/s, ceiling 55): the fit reruns from
-    # the ceiling with one of 165 km/s instead of ending pinned at 55 with a warning.
+def test_fast_rotator_is_found_by_the_joint_search(y_clone):
+    # v sin i 100 km/s: the joint RV × v sin i search starts the fit there (before it, the
+    # default start of 5 km/s had a ceiling of 55 km/s and the fit had to be rerun from it).
     obs = _observe_order(y_clone, y_clone.target_flux, rv=30.0, vsini=100.0, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "ended at its ceiling" warning
         result = bs.fit(obs.wavelength, obs.flux, obs.uncertainty, stellar=y_clone, progress=False)
-    assert result.meta["vsini_ceilings_raised_from"] == [55.0]
+    assert "vsini_ceilings_raised_from" not in result.meta
+    assert abs(result.meta["search"]["best_vsini"] - 100.0) < 15.0
+    assert result.converged, result.flags
     assert abs(result.vsini - 100.0) < 5 * result.uncertainties["vsini"]
     # a ceiling the user gives is kept, with the warning
     with pytest.warns(UserWarning, match="ceiling"):

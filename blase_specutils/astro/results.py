@@ -823,8 +823,8 @@ def fit_parameters(fit_result: Any) -> QTable:
     table["limb_darkening_uncertainty"] = [float(unc.get("limb_darkening", np.nan))]
     table["chi2_reduced"] = [float(fit_result.chi2_reduced)]
     table["initial_chi2_reduced"] = [float(getattr(fit_result, "initial_chi2_reduced", np.nan))]
-    orders = getattr(fit_result, "orders", [])
-    table["n_good_pixels"] = [int(sum(int(np.sum(o.good)) for o in orders))]
+    meta = getattr(fit_result, "meta", {}) or {}
+    table["n_good_pixels"] = [int(meta.get("n_good_pixels", 0))]
     model = fit_result.forward_model
     if getattr(fit_result, "telluric", None) is not None and hasattr(model, "ln_telluric_scale"):
         table["telluric_scale"] = [float(torch.exp(model.ln_telluric_scale.detach()).double())]

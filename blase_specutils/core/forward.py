@@ -1,6 +1,7 @@
 """The composite forward model of transfer learning.
 
-star clone (RV on line centres) → rotational broadening (v sin i, ε) → × telluric
+star clone (RV on line centres; optical depths × a global line strength) → rotational
+broadening (v sin i, ε) → veiling (an additive continuum fraction) → × telluric
 clone (optional small shift, optical-depth scale) → instrumental Gaussian (R) →
 average into the data pixels → × a smooth per-order continuum.
 
@@ -71,6 +72,16 @@ class ForwardModel(nn.Module):
         Which global parameters train.
     fit_telluric_shift, fit_telluric_scale : bool
         Whether a small telluric velocity shift (km/s) and an optical-depth scale train.
+    line_strength : float
+        Initial global scale ``s`` of the stellar clone's optical depths: the star's
+        transmission is ``T^s`` (``T`` the clone's), so ``s < 1`` makes every line
+        shallower, weak lines in proportion, saturated ones less (a template hotter or
+        more metal-poor than the star, or the reverse, to first order).
+    veiling : float
+        Initial veiling ``r ≥ 0``: a featureless continuum added to the rotated star as a
+        fraction of its continuum, ``(S + r)/(1 + r)`` (paper §8.7).
+    fit_line_strength, fit_veiling : bool
+        Whether they train.
     dtype : torch.dtype
         Working dtype.
     device : torch.device or str, optional
@@ -99,6 +110,10 @@ class ForwardModel(nn.Module):
         fit_resolving_power: bool = False,
         fit_telluric_shift: bool = False,
         fit_telluric_scale: bool = False,
+        line_strength: float = 1.0,
+        veiling: float = 0.0,
+        fit_line_strength: bool = False,
+        fit_veiling: bool = False,
         dtype: torch.dtype = torch.float32,
         device=None,
         tolerance: float = 1e-4,
@@ -142,6 +157,17 @@ class ForwardModel(nn.Module):
         )
         self.ln_telluric_scale = nn.Parameter(
             torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_scale
+        )
+        if not (math.isfinite(line_strength) and line_strength > 0):
+            raise ValueError(f"line_strength must be finite and > 0, got {line_strength}")
+        if not (math.isfinite(veiling) and veiling >= 0):
+            raise ValueError(f"veiling must be finite and >= 0, got {veiling}")
+        self.ln_line_strength = nn.Parameter(
+            torch.tensor(math.log(line_strength), dtype=dtype, device=device),
+            requires_grad=fit_line_strength,
+        )
+        self.veiling = nn.Parameter(
+            torch.tensor(float(veiling), dtype=dtype, device=device), requires_grad=fit_veiling
         )
         self.averager = PixelAverager(
             grid.cpu().numpy(), self._all_edges, dtype=dtype, device=device
@@ -242,9 +268,23 @@ class ForwardModel(nn.Module):
         )
 
     # ------------------------------------------------------------- components
+    def line_strength(self) -> torch.Tensor:
+        """The global optical-depth scale of the stellar clone (scalar tensor)."""
+        return torch.exp(self.ln_line_strength)
+
+    def effective_veiling(self) -> torch.Tensor:
+        """Veiling as used, ``max(veiling, 0)`` (scalar tensor)."""
+        return torch.clamp(self.veiling, min=0.0)
+
     def stellar_fine(self) -> torch.Tensor:
-        """RV-shifted, rotationally broadened stellar flux on the fine grid."""
-        return self.rotation(self.stellar(self.stellar_layout, self.rv))
+        """RV-shifted, rotationally broadened (and veiled) stellar flux on the fine grid."""
+        # At their defaults (s = 1, r = 0) both steps are exact identities in floating
+        # point (1·x and (x + 0)/1), so a model that frees neither is unchanged bit for bit;
+        # no test of their values here, which would synchronise a GPU every epoch.
+        log_t = self.stellar.log_transmission(self.stellar_layout, self.rv)
+        star = self.rotation(torch.exp(torch.exp(self.ln_line_strength) * log_t))
+        veil = self.effective_veiling()
+        return (star + veil) / (1.0 + veil)
 
     def telluric_fine(self) -> torch.Tensor | None:
         """Telluric transmission on the fine grid (``T^scale``), or None."""

@@ -1,0 +1,61 @@
+"""Gauss–Newton uncertainties of a few global parameters with nuisance parameters.
+
+The model Jacobian ``J`` (weighted by 1/σ: one column per global parameter) and the
+columns ``N`` of linear nuisance parameters (the continuum coefficients) make the Fisher
+matrix ``F = [J N]ᵀ [J N]``; the covariance of the globals is the top-left block of
+``F⁻¹``, which marginalises the nuisance parameters. The same matrices restricted to the
+pixels of one order give that order's own estimate, one Gauss–Newton step from the joint
+solution: ``δ = F_k⁻¹ [J N]_kᵀ r_k`` with ``r`` the weighted residual.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["covariance", "gauss_newton_step"]
+
+
+def _scaled_pinv(fisher: torch.Tensor) -> torch.Tensor | None:
+    """Pseudo-inverse after Jacobi scaling (columns differ by orders of magnitude)."""
+    diag = torch.diagonal(fisher).clamp(min=0)
+    scale = torch.where(diag > 0, torch.sqrt(diag), torch.ones_like(diag))
+    scaled = fisher / (scale[:, None] * scale[None, :])
+    try:
+        inverse = torch.linalg.pinv(scaled, hermitian=True)
+    except RuntimeError:
+        return None
+    if not bool(torch.all(torch.isfinite(inverse))):
+        return None
+    return inverse / (scale[:, None] * scale[None, :])
+
+
+def covariance(columns: torch.Tensor, nuisance: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Covariance ``[p, p]`` of the parameters behind ``columns`` (``[n, p]``, weighted),
+    with the ``nuisance`` columns (``[n, q]``) marginalised; None when singular."""
+    full = columns if nuisance is None or nuisance.numel() == 0 else torch.cat(
+        [columns, nuisance], dim=1
+    )
+    inverse = _scaled_pinv(full.T @ full)
+    if inverse is None:
+        return None
+    p = columns.shape[1]
+    return inverse[:p, :p]
+
+
+def gauss_newton_step(
+    columns: torch.Tensor, nuisance: torch.Tensor | None, residual: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """One Gauss–Newton step ``δ`` (``[p]``) of the parameters and their covariance.
+
+    ``residual`` is the weighted residual (data − model)/σ, ``[n]``. None when the
+    Fisher matrix is singular.
+    """
+    full = columns if nuisance is None or nuisance.numel() == 0 else torch.cat(
+        [columns, nuisance], dim=1
+    )
+    inverse = _scaled_pinv(full.T @ full)
+    if inverse is None:
+        return None
+    p = columns.shape[1]
+    step = inverse @ (full.T @ residual)
+    return step[:p], inverse[:p, :p]
