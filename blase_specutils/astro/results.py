@@ -1139,10 +1139,17 @@ def read_fit(path) -> LoadedFit:
     try:
         handle = asdf.open(path, lazy_load=False, memmap=False, validate_checksums=True)
     except Exception as err:  # noqa: BLE001 - asdf raises ValueError and others
+        with open(path, "rb") as head:
+            is_asdf = head.read(5) == b"#ASDF"
         if "checksum" in str(err).lower():
             raise ValueError(
                 f"{path} is damaged: a data block does not match its checksum ({err}); "
                 "the file was altered or corrupted after it was written"
+            ) from err
+        if is_asdf:
+            raise ValueError(
+                f"{path} is damaged: it starts as an ASDF file but cannot be read "
+                f"({type(err).__name__}: {err}); was it truncated or corrupted?"
             ) from err
         raise ValueError(
             f"{path} is not an ASDF file written by blase_specutils.write_fit ({err})"
