@@ -732,8 +732,10 @@ class _VoigtLogTransmission(torch.autograd.Function):
         # pass (they are the largest allocation of a step); a second pass over a retained
         # graph (``retain_graph=True``, ``torch.autograd.gradcheck``) recomputes them from
         # the saved inputs, bit for bit.
-        local = ctx.local if ctx.local is not None else _VoigtLogTransmission._recompute_local(
-            ctx, sigma, gamma, shift
+        local = (
+            ctx.local
+            if ctx.local is not None
+            else _VoigtLogTransmission._recompute_local(ctx, sigma, gamma, shift)
         )
         ctx.local = None
         for b, (v, d_dx, d_sigma, d_gamma) in zip(layout.buckets, local):
