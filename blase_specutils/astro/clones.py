@@ -9,6 +9,12 @@ Reading never executes code.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
+import tempfile
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +24,7 @@ import torch
 from astropy.table import QTable
 
 from .._validation import ascending_angstrom, check_grid
-from ..core.lineforest import LineForest
+from ..core.lineforest import _LOG_BOUNDS, LineForest
 from ..core.profiles import pseudo_voigt_peak
 from ..core.train import TrainingHistory
 
@@ -26,6 +32,17 @@ __all__ = ["CloneResult", "forest_to_table", "forest_from_table", "load_clone"]
 
 _FORMAT = "blase_specutils.clone"
 _FORMAT_VERSION = 1
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Meta keys that tie a saved line table to its file and its spectrum (CloneResult.save).
+_INTEGRITY_KEYS = ("lines_sha256", "n_lines_saved", "spectrum")
+_RAW_COLUMNS = ("center_ref", "center_shift", "ln_amplitude", "ln_sigma", "ln_gamma")
+# Loadable ranges of the log parameters: the training bounds of the forest
+# (core.lineforest._LOG_BOUNDS, which every optimiser step clamps to) widened by a factor
+# of ten each way. Outside them a file is damaged or hand-edited (ln_sigma = 30 would be
+# a line 10¹³ Å wide and a NaN spectrum later).
+_LOADABLE_LOG_RANGE = {
+    name: (lo - math.log(10.0), hi + math.log(10.0)) for name, (lo, hi) in _LOG_BOUNDS.items()
+}
 
 
 # ---------------------------------------------------------------------------
@@ -70,6 +87,10 @@ def forest_to_table(
                 table[key] = np.asarray(value, dtype=np.int64)
                 continue
             table[f"{key}_init"] = np.asarray(value) * (u.AA if key != "depth" else 1)
+    if meta:
+        # a loaded clone's meta may hold another file's integrity keys: never copy them
+        table.meta.update({k: v for k, v in meta.items() if k not in _INTEGRITY_KEYS})
+    # the forest's own description wins over stale copies in ``meta``
     table.meta.update(
         {
             "format": _FORMAT,
@@ -80,50 +101,131 @@ def forest_to_table(
             "trainable": list(forest.trainable),
         }
     )
-    if meta:
-        table.meta.update(meta)
     return table
 
 
-def forest_from_table(
-    table: QTable, *, device=None, dtype: torch.dtype | None = None
-) -> LineForest:
-    """Rebuild a :class:`LineForest` from :func:`forest_to_table` output (bit-exact)."""
-    if table.meta.get("format") != _FORMAT:
+def _check_meta(table: QTable, what: str) -> torch.dtype:
+    """Validate a clone table's format, version, dtype and mode; its saved dtype."""
+    meta = table.meta
+    if meta.get("format") != _FORMAT:
         raise ValueError(
-            "this table is not a blase_specutils clone table (meta['format'] is "
-            f"{table.meta.get('format')!r}, expected {_FORMAT!r})"
+            f"{what} is not a blase_specutils clone table (meta['format'] is "
+            f"{meta.get('format')!r}, expected {_FORMAT!r})"
         )
-    required = ("center_ref", "center_shift", "ln_amplitude", "ln_sigma", "ln_gamma", "emission")
+    version = meta.get("format_version", _FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, (int, np.integer)):
+        raise ValueError(
+            f"{what} has clone format version {version!r}, which is not an integer "
+            "(the file is damaged or was edited by hand)"
+        )
+    if not 1 <= int(version) <= _FORMAT_VERSION:
+        raise ValueError(
+            f"{what} has clone format version {version}; this blase_specutils reads "
+            f"version{'s 1 to' if _FORMAT_VERSION > 1 else ''} {_FORMAT_VERSION} "
+            "(a newer blase_specutils wrote it, or the file is damaged)"
+        )
+    name = meta.get("dtype", "float32")
+    if name not in _DTYPES:
+        raise ValueError(
+            f"{what} has dtype {name!r} in its metadata; expected one of {sorted(_DTYPES)}"
+        )
+    mode = meta.get("mode", "linear")
+    if mode not in ("linear", "log"):
+        raise ValueError(f"{what} has mode {mode!r} in its metadata; expected 'linear' or 'log'")
+    return _DTYPES[name]
+
+
+def _column_values(table: QTable, name: str, what: str, unit: u.UnitBase | None) -> np.ndarray:
+    """A column as float64, in Å when ``unit`` is Å (a length unit required, converted);
+    unitless when ``unit`` is None (any unit but dimensionless one is an error)."""
+    col = table[name]
+    col_unit = getattr(col, "unit", None)
+    if unit is None:
+        if col_unit is not None and col_unit != u.dimensionless_unscaled:
+            raise ValueError(
+                f"{what}: column {name!r} must be unitless, but it has unit {col_unit} "
+                "(the file was edited; a unit here would silently rescale the value)"
+            )
+        values = col.value if hasattr(col, "value") else col
+    elif col_unit is None:
+        values = col  # unitless: taken as Å, as tables built by hand often are
+    else:
+        if col_unit.physical_type != unit.physical_type:
+            raise ValueError(
+                f"{what}: column {name!r} has unit {col_unit}; expected a {unit.physical_type} "
+                f"({unit})"
+            )
+        quantity = col if isinstance(col, u.Quantity) else col.quantity
+        values = quantity.to_value(unit) if col_unit != unit else quantity.value
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what}: column {name!r} is not numeric ({err})") from err
+
+
+def forest_from_table(
+    table: QTable, *, device=None, dtype: torch.dtype | None = None, _what: str | None = None
+) -> LineForest:
+    """Rebuild a :class:`LineForest` from :func:`forest_to_table` output (bit-exact).
+
+    Raises
+    ------
+    ValueError
+        If the table is not a clone table, or its format version, dtype, mode, units or
+        values are not ones a clone can have: ``center_ref`` and ``center_shift`` in a
+        length unit (or unitless, taken as Å), the ``ln_*`` columns unitless, finite and
+        within ten times the forest's training bounds.
+    """
+    what = _what or "the clone table"
+    saved_dtype = _check_meta(table, what)
+    required = (*_RAW_COLUMNS, "emission")
     missing = [c for c in required if c not in table.colnames]
     if missing:
-        raise ValueError(f"clone table lacks column(s) {missing}")
-    dtype = dtype or getattr(torch, table.meta.get("dtype", "float32"))
+        raise ValueError(f"{what} lacks column(s) {missing}")
+    if len(table) == 0:
+        raise ValueError(f"{what} has no lines")
+    dtype = dtype or saved_dtype
+    values = {
+        name: _column_values(table, name, what, u.AA if name.startswith("center") else None)
+        for name in _RAW_COLUMNS
+    }
+    for name, column in values.items():
+        if not np.all(np.isfinite(column)):
+            raise ValueError(f"{what}: column {name!r} has non-finite values")
+    for name, (lo, hi) in _LOADABLE_LOG_RANGE.items():
+        bad = (values[name] < lo) | (values[name] > hi)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{what}: column {name!r} has {int(bad.sum())} value(s) outside the physical "
+                f"range [{lo:.1f}, {hi:.1f}] (row {i}: {values[name][i]:.6g}); the file is "
+                "damaged or was edited by hand"
+            )
+    if np.any(values["center_ref"] <= 0):
+        raise ValueError(f"{what}: column 'center_ref' has non-positive wavelengths")
+    emission = np.asarray(table["emission"])
+    if emission.dtype != bool and not np.all(np.isin(emission, (0, 1))):
+        raise ValueError(f"{what}: column 'emission' must hold booleans")
 
-    def column(name):
-        col = table[name]
-        return np.asarray(
-            col.to_value(u.AA) if hasattr(col, "unit") and col.unit is not None else col
+    try:
+        forest = LineForest(
+            values["center_ref"],
+            np.ones(len(table)),
+            np.ones(len(table)),
+            np.ones(len(table)),
+            emission=emission.astype(bool),
+            mode=table.meta.get("mode", "linear"),
+            profile=table.meta.get("profile", "pseudo_voigt"),
+            trainable=table.meta.get("trainable", ("amplitude", "sigma", "gamma")),
+            dtype=dtype,
+            device=device,
         )
-
-    forest = LineForest(
-        column("center_ref"),
-        np.ones(len(table)),
-        np.ones(len(table)),
-        np.ones(len(table)),
-        emission=np.asarray(table["emission"], dtype=bool),
-        mode=table.meta.get("mode", "linear"),
-        profile=table.meta.get("profile", "pseudo_voigt"),
-        trainable=table.meta.get("trainable", ("amplitude", "sigma", "gamma")),
-        dtype=dtype,
-        device=device,
-    )
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what}: {err}") from err
     with torch.no_grad():
-        for name in ("center_shift", "ln_amplitude", "ln_sigma", "ln_gamma"):
-            values = torch.as_tensor(column(name), device=forest.center_ref.device)
-            if not bool(torch.all(torch.isfinite(values))):
-                raise ValueError(f"clone table column {name!r} has non-finite values")
-            getattr(forest, name).copy_(values.to(dtype))
+        for name in _RAW_COLUMNS[1:]:
+            column = torch.as_tensor(values[name], device=forest.center_ref.device)
+            getattr(forest, name).copy_(column.to(dtype))
     return forest
 
 
@@ -278,13 +380,21 @@ class CloneResult:
     def save(self, path, *, overwrite: bool = False, include_spectrum: bool = True) -> Path:
         """Write the clone as an ECSV line table (plus the spectrum beside it).
 
+        The two files are written atomically as a pair: each goes first to a uniquely
+        named temporary file in the same folder, and only once both are complete are they
+        renamed into place, so a failed write (a full disk, …) leaves the previous files
+        and no temporary ones. The line table records a SHA-256 of its own columns and of
+        the spectrum (with its number of pixels and wavelength range), and the spectrum
+        one of the lines: :func:`load_clone` checks them, so a truncated or altered file,
+        or a table and a spectrum from two different saves, is an error, never a clone.
+
         Parameters
         ----------
         path : path-like
             The line table, ``*.ecsv``. With ``include_spectrum`` the native grid, target
             and continuum go to ``<stem>.spectrum.ecsv`` beside it.
         overwrite : bool
-            Replace existing files.
+            Replace existing files. Without it, nothing is written when either file exists.
         include_spectrum : bool
             Also write the native-resolution spectrum.
 
@@ -292,27 +402,109 @@ class CloneResult:
         -------
         pathlib.Path
             The line table's path.
+
+        Raises
+        ------
+        FileExistsError
+            If ``overwrite`` is False and the table or its spectrum file exists.
+        OSError
+            If a file cannot be written (the message names it).
         """
         path = Path(path)
+        spath = _spectrum_path(path)
+        targets = [path, spath] if include_spectrum else [path]
+        existing = [str(p) for p in targets if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}; "
+                "pass overwrite=True to replace, nothing was written"
+            )
         meta = dict(self.meta)
         meta["history_loss"] = [float(x) for x in self.history.loss]
         meta["history_epochs"] = int(self.history.epochs)
         meta["history_wall_time"] = float(self.history.wall_time)
         meta["history_stop_reason"] = self.history.stop_reason
         table = forest_to_table(self.forest, initial=self.initial, meta=meta)
-        table.write(path, format="ascii.ecsv", overwrite=overwrite)
+        lines_digest = _lines_digest(table)
+        table.meta["lines_sha256"] = lines_digest
+        table.meta["n_lines_saved"] = len(table)
+        pairs = [(path, table)]
         if include_spectrum:
             spec = QTable()
-            spec["wavelength"] = self.wavelength * u.AA
-            spec["target_flux"] = self.target_flux
-            spec["continuum"] = self.continuum
+            spec["wavelength"] = np.asarray(self.wavelength, dtype=np.float64) * u.AA
+            spec["target_flux"] = np.asarray(self.target_flux, dtype=np.float64)
+            spec["continuum"] = np.asarray(self.continuum, dtype=np.float64)
             spec.meta["format"] = _FORMAT + ".spectrum"
-            spec.write(_spectrum_path(path), format="ascii.ecsv", overwrite=overwrite)
+            spec.meta["lines_sha256"] = lines_digest
+            table.meta["spectrum"] = _spectrum_summary(spec)
+            pairs.insert(0, (spath, spec))
+        else:
+            table.meta["spectrum"] = None  # lines only: a spectrum file beside is not ours
+        _write_atomically(pairs)
         return path
 
 
 def _spectrum_path(path: Path) -> Path:
     return path.with_name(path.stem + ".spectrum.ecsv")
+
+
+def _digest(table: QTable) -> str:
+    """SHA-256 of a table's columns: names, units and float64 values."""
+    h = hashlib.sha256()
+    for name in table.colnames:
+        col = table[name]
+        unit = getattr(col, "unit", None)
+        values = np.asarray(col.value if hasattr(col, "value") else col)
+        h.update(f"{name}|{unit}|{values.shape}|".encode())
+        if values.dtype.kind in "biuf":
+            h.update(np.ascontiguousarray(values, dtype="<f8").tobytes())
+        else:
+            h.update("\x1f".join(map(str, values.ravel())).encode())
+    return h.hexdigest()
+
+
+def _lines_digest(table: QTable) -> str:
+    return _digest(table)
+
+
+def _spectrum_summary(spec: QTable) -> dict:
+    wl = spec["wavelength"].to_value(u.AA)
+    return {
+        "sha256": _digest(spec),
+        "n_pixels": int(len(spec)),
+        "wavelength_min": float(wl[0]) if wl.size else None,
+        "wavelength_max": float(wl[-1]) if wl.size else None,
+    }
+
+
+def _write_atomically(pairs: list[tuple[Path, QTable]]) -> None:
+    """Write each table to a unique temporary file beside its target, then rename all."""
+    temporary: list[str] = []
+    try:
+        for target, table in pairs:
+            try:
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+                )
+            except OSError as err:
+                raise OSError(f"cannot write {target}: {err}") from err
+            os.close(fd)
+            temporary.append(tmp)
+            try:
+                table.write(tmp, format="ascii.ecsv", overwrite=True)
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            except OSError as err:
+                raise OSError(f"could not write {target} ({err}); nothing was replaced") from err
+        for (target, _), tmp in zip(pairs, temporary):
+            os.replace(tmp, target)
+    finally:
+        for tmp in temporary:
+            Path(tmp).unlink(missing_ok=True)
+
+
+class _PairMismatch(ValueError):
+    """The line table and the spectrum file are not from one save."""
 
 
 def load_clone(path, *, device=None, dtype: torch.dtype | None = None) -> CloneResult:
@@ -326,13 +518,66 @@ def load_clone(path, *, device=None, dtype: torch.dtype | None = None) -> CloneR
         Where to put the forest (default CPU).
     dtype : torch.dtype, optional
         Override the saved dtype.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If a file cannot be read, is truncated or altered (its checksum fails), holds
+        values, units or metadata a clone cannot have (see :func:`forest_from_table`), or
+        the spectrum file beside it belongs to another save.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no clone at {path}")
-    table = QTable.read(path, format="ascii.ecsv")
-    forest = forest_from_table(table, device=device, dtype=dtype)
-    meta = {k: v for k, v in table.meta.items() if not k.startswith("history_")}
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a clone line table (*.ecsv)")
+    # A save replaces the spectrum and then the table: a read between the two renames
+    # sees one file of each save. Read again before calling the pair mismatched.
+    for attempt in range(3):
+        try:
+            return _load_clone_once(path, device, dtype)
+        except _PairMismatch:
+            if attempt == 2:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _read_ecsv(path: Path, what: str) -> QTable:
+    try:
+        return QTable.read(path, format="ascii.ecsv")
+    except Exception as err:  # noqa: BLE001 - astropy raises many kinds on a bad file
+        raise ValueError(
+            f"cannot read {what} {path}: it is not an ECSV table, or it is damaged or "
+            f"truncated ({type(err).__name__}: {err})"
+        ) from err
+
+
+def _load_clone_once(path: Path, device, dtype) -> CloneResult:
+    table = _read_ecsv(path, "the clone table")
+    what = f"the clone table {path}"
+    forest = forest_from_table(table, device=device, dtype=dtype, _what=what)
+    saved_digest = table.meta.get("lines_sha256")
+    if saved_digest is not None:
+        n_saved = table.meta.get("n_lines_saved")
+        if n_saved is not None and int(n_saved) != len(table):
+            raise ValueError(
+                f"{what} has {len(table)} lines but {n_saved} were saved: the file is "
+                "truncated or rows were removed (to keep a subset of lines, build a new "
+                "clone from them and save that)"
+            )
+        if _lines_digest(table) != saved_digest:
+            raise ValueError(
+                f"{what} does not match the checksum written with it: the file was "
+                "altered or corrupted after it was saved"
+            )
+    meta = {
+        k: v
+        for k, v in table.meta.items()
+        if not k.startswith("history_") and k not in _INTEGRITY_KEYS
+    }
     history = TrainingHistory(
         loss=list(table.meta.get("history_loss", [])),
         epochs=int(table.meta.get("history_epochs", 0)),
@@ -342,20 +587,60 @@ def load_clone(path, *, device=None, dtype: torch.dtype | None = None) -> CloneR
     initial = None
     if "amplitude_init" in table.colnames:
         initial = {
-            k[:-5]: np.asarray(table[k].value if hasattr(table[k], "unit") else table[k])
+            k[:-5]: _column_values(table, k, what, None if k == "depth_init" else u.AA)
             for k in table.colnames
             if k.endswith("_init")
         }
         if "found_in_pass" in table.colnames:
             initial["found_in_pass"] = np.asarray(table["found_in_pass"], dtype=np.int64)
-    spath = _spectrum_path(path)
-    if spath.exists():
-        spec = QTable.read(spath, format="ascii.ecsv")
-        wavelength = spec["wavelength"].to_value(u.AA)
-        target = np.asarray(spec["target_flux"], dtype=np.float64)
-        continuum = np.asarray(spec["continuum"], dtype=np.float64)
-    else:
-        wavelength = np.array([], dtype=np.float64)
-        target = np.array([], dtype=np.float64)
-        continuum = np.array([], dtype=np.float64)
+    wavelength, target, continuum = _load_spectrum(path, table, saved_digest)
     return CloneResult(forest, wavelength, target, continuum, history, initial, meta)
+
+
+def _load_spectrum(path: Path, table: QTable, lines_digest: str | None):
+    """The native spectrum beside a clone table, checked against the table."""
+    empty = np.array([], dtype=np.float64)
+    spath = _spectrum_path(path)
+    # absent ("unknown") in files written before the checksums: nothing to check against
+    summary = table.meta.get("spectrum", "unknown")
+    if summary is None:  # saved with include_spectrum=False
+        return empty, empty.copy(), empty.copy()
+    if not spath.exists():
+        if isinstance(summary, dict):
+            warnings.warn(
+                f"the spectrum file {spath} of the clone {path} is missing; loaded the "
+                "lines only (model_flux, residual and plots need it)",
+                UserWarning,
+                stacklevel=4,
+            )
+        return empty, empty.copy(), empty.copy()
+    what = f"the clone spectrum file {spath}"
+    spec = _read_ecsv(spath, "the clone spectrum file")
+    if spec.meta.get("format") != _FORMAT + ".spectrum":
+        raise ValueError(
+            f"{what} is not a blase_specutils clone spectrum (meta['format'] is "
+            f"{spec.meta.get('format')!r})"
+        )
+    missing = [c for c in ("wavelength", "target_flux", "continuum") if c not in spec.colnames]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}")
+    if getattr(spec["wavelength"], "unit", None) is None:
+        raise ValueError(f"{what}: column 'wavelength' has no unit (expected Å)")
+    wavelength = _column_values(spec, "wavelength", what, u.AA)
+    target = _column_values(spec, "target_flux", what, None)
+    continuum = _column_values(spec, "continuum", what, None)
+    mismatch = (
+        f"the clone table {path} and its spectrum file {spath} do not belong together "
+        "(they were written by different saves, or one of them was replaced, truncated "
+        "or altered): save the clone again"
+    )
+    if isinstance(summary, dict):
+        if len(spec) != summary.get("n_pixels") or _digest(spec) != summary.get("sha256"):
+            raise _PairMismatch(mismatch)
+        if lines_digest is not None and spec.meta.get("lines_sha256") != lines_digest:
+            raise _PairMismatch(mismatch)
+    if wavelength.size and (
+        not np.all(np.isfinite(wavelength)) or np.any(np.diff(wavelength) <= 0)
+    ):
+        raise ValueError(f"{what}: the wavelengths are not finite and strictly increasing")
+    return wavelength, target, continuum

@@ -1007,6 +1007,17 @@ _ORDER_KEYS = (
 )
 
 
+def _fit_digest(scalars: Any, meta: Any) -> str:
+    """SHA-256 of a fit file's YAML-level numbers (its arrays carry ASDF block checksums)."""
+    import hashlib
+    import json
+
+    text = json.dumps(
+        {"scalars": _plain(scalars), "meta": _plain(meta)}, sort_keys=True, default=repr
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
     """Write a fit to one ASDF file (no pickles; read back with :func:`read_fit`).
 
@@ -1087,6 +1098,8 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
         "history_loss": np.asarray(history, dtype=np.float64),
         "meta": meta,
     }
+    # the arrays are ASDF blocks with their own checksums; this covers the numbers in YAML
+    tree["blase_specutils"]["content_sha256"] = _fit_digest(tree["scalars"], meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -1124,8 +1137,20 @@ def read_fit(path) -> LoadedFit:
     if not path.is_file():
         raise FileNotFoundError(f"no fit file at {path}")
     try:
-        handle = asdf.open(path, lazy_load=False, memmap=False)
+        handle = asdf.open(path, lazy_load=False, memmap=False, validate_checksums=True)
     except Exception as err:  # noqa: BLE001 - asdf raises ValueError and others
+        with open(path, "rb") as head:
+            is_asdf = head.read(5) == b"#ASDF"
+        if "checksum" in str(err).lower():
+            raise ValueError(
+                f"{path} is damaged: a data block does not match its checksum ({err}); "
+                "the file was altered or corrupted after it was written"
+            ) from err
+        if is_asdf:
+            raise ValueError(
+                f"{path} is damaged: it starts as an ASDF file but cannot be read "
+                f"({type(err).__name__}: {err}); was it truncated or corrupted?"
+            ) from err
         raise ValueError(
             f"{path} is not an ASDF file written by blase_specutils.write_fit ({err})"
         ) from err
@@ -1141,6 +1166,13 @@ def read_fit(path) -> LoadedFit:
                 f"{path} has fit-file format version {header.get('format_version')}, "
                 "newer than this "
                 f"blase_specutils ({__version__}) reads ({FIT_FILE_FORMAT_VERSION})"
+            )
+        digest = header.get("content_sha256")
+        expected = _fit_digest(af.tree.get("scalars"), af.tree.get("meta"))
+        if digest is not None and digest != expected:
+            raise ValueError(
+                f"{path} is damaged: its results and settings do not match the checksum "
+                "written with them (the file was altered or corrupted after it was written)"
             )
         try:
             scalars = dict(af["scalars"])

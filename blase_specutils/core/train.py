@@ -15,6 +15,8 @@ import functools
 import math
 import numbers
 import os
+import pickle
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -121,10 +123,18 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+_CHECKPOINT_KEYS = ("module", "optimizer", "epoch", "loss", "rng")
+
+
 def save_checkpoint(
     path, module: nn.Module, optimizer, epoch: int, history: list[float], compare_from: int = 0
 ) -> None:
-    """Write a checkpoint atomically (temporary file, then rename).
+    """Write a checkpoint atomically (a uniquely named temporary file, then rename).
+
+    The temporary file lies beside ``path`` (so the rename is atomic) under a name no
+    other writer uses, so two runs checkpointing into one folder never collide. A write
+    that fails (a full disk, …) removes its temporary file, leaves any previous
+    checkpoint at ``path`` intact and raises :class:`OSError` naming ``path``.
 
     ``compare_from``: first loss the convergence test compares (after the last re-layout).
     """
@@ -137,14 +147,55 @@ def save_checkpoint(
         "rng": torch.get_rng_state(),
         "compare_from": int(compare_from),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise OSError(f"cannot write the checkpoint {path}: {err}") from err
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # torch wraps write errors in these
+            raise OSError(
+                f"could not write the checkpoint {path} ({err}); the previous checkpoint, "
+                "if any, is unchanged (is the disk full?)"
+            ) from err
+        raise
 
 
 def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (never executes code)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Read a checkpoint written by :func:`save_checkpoint` (never executes code).
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no file at ``path``.
+    ValueError
+        If the file is not a checkpoint written by :func:`save_checkpoint` (damaged,
+        truncated, another program's, or one holding code rather than tensors).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError, RuntimeError, …
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if isinstance(err, pickle.UnpicklingError):
+            reason = "it holds objects other than tensors and plain values"
+        raise ValueError(
+            f"{path} is not a blase_specutils checkpoint, or it is damaged ({reason}); "
+            "delete it to start afresh"
+        ) from err
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(
+            f"{path} is not a blase_specutils checkpoint (it lacks {', '.join(missing)}); "
+            "delete it to start afresh"
+        )
+    return state
 
 
 def adam(params, learning_rate: float, *, capturable: bool = False) -> torch.optim.Adam:
@@ -322,8 +373,16 @@ def optimize(
     compare_from = 0  # the convergence test looks at losses from here on
     if resume is not None and Path(resume).exists():
         state = load_checkpoint(resume)
-        module.load_state_dict(state["module"])
-        opt.load_state_dict(state["optimizer"])
+        try:
+            module.load_state_dict(state["module"])
+            opt.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise ValueError(
+                f"the checkpoint {resume} was written for another model or optimiser "
+                f"({reason}); resume only a run with the same lines, parameters and "
+                "optimizer, or delete the checkpoint to start afresh"
+            ) from err
         start_epoch = int(state["epoch"])
         history.loss = [float(x) for x in state["loss"]]
         torch.set_rng_state(state["rng"])
