@@ -37,6 +37,7 @@ from ._validation import as_angstrom, unpack_spectra
 from .cloning import CloneResult, load_clone
 from .core.forward import ForwardModel
 from .core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
+from .core.losses import solve_continuum
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
 
 __all__ = [
@@ -147,16 +148,26 @@ class _Order:
         return np.stack([lo, hi], axis=1)
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+
+
 def _as_list(value, n=None):
     if value is None:
         return [None] * (n or 1)
     if isinstance(value, (list, tuple)):
+        if value and all(_is_number(v) for v in value):
+            return [np.asarray(value, dtype=np.float64)]  # one order as a plain list
         return list(value)
     if isinstance(value, u.Quantity) and value.ndim == 2:
         return list(value)
     if isinstance(value, np.ndarray) and value.ndim == 2:
         return list(value)
     return [value]
+
+
+#: Fewest pixels an order may have.
+MIN_ORDER_PIXELS = 3
 
 
 def _prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[_Order], u.UnitBase | None]:
@@ -176,6 +187,11 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[_Order], 
         if not isinstance(w, u.Quantity) and isinstance(f, u.Quantity) is False and w is None:
             raise ValueError(f"order {k}: wavelength is missing")
         wl = as_angstrom(w, f"wavelength of order {k}")
+        if wl.ndim != 1 or wl.size < MIN_ORDER_PIXELS:
+            raise ValueError(
+                f"order {k} has {wl.size} pixel(s); an order needs at least "
+                f"{MIN_ORDER_PIXELS} (pixel edges come from neighbouring pixels)"
+            )
         if isinstance(f, u.Quantity):
             try:
                 f = f.to(flux_unit)
@@ -230,13 +246,22 @@ def _prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[_Order], 
         raise ValueError(
             "every pixel is masked (mask, NaN flux or bad uncertainties): nothing to fit"
         )
-    if uncertainty is None:
-        for o in orders:
-            o.sigma = np.full_like(o.flux, _pixel_noise(o.flux, o.good))
+    lacking = [k for k, s in enumerate(uns) if s is None]
+    for k in lacking:
+        orders[k].sigma = np.full_like(orders[k].flux, _pixel_noise(orders[k].flux, orders[k].good))
+    if lacking and len(lacking) == len(orders):
         warnings.warn(
             "no uncertainties given: using a constant per-order noise estimated from "
             "pixel-to-pixel "
             "scatter, so chi2 and the parameter uncertainties are approximate",
+            BadPixelWarning,
+            stacklevel=3,
+        )
+    elif lacking:
+        warnings.warn(
+            f"order(s) {', '.join(str(k) for k in lacking)} of {len(orders)} have no "
+            "uncertainties: a constant noise estimated from their pixel-to-pixel scatter is "
+            "used there (the other orders keep theirs)",
             BadPixelWarning,
             stacklevel=3,
         )
@@ -719,29 +744,17 @@ def _solve_continuum(model: ForwardModel, data, inv_sigma, good) -> float:
 def _continuum_solved_chi2(model: ForwardModel, shape, data, inv_sigma, good) -> torch.Tensor:
     """Solve the continuum coefficients for the line ``shape`` (float64); χ² with them.
 
-    The coefficients are written into the model. χ² keeps the autograd graph of
-    ``shape`` but not of the solution: at the least-squares solution ∂χ²/∂c = 0, so
-    the gradient of χ² with respect to the other parameters is that of the continuum-
-    profiled χ² (variable projection).
+    The coefficients are written into the model (see
+    :func:`blase_specutils.core.losses.solve_continuum`: scaled columns, an SVD fallback
+    when LAPACK fails on tiny uncertainties). χ² keeps the autograd graph of ``shape``
+    but not of the solution: at the least-squares solution ∂χ²/∂c = 0, so the gradient
+    of χ² with respect to the other parameters is that of the continuum-profiled χ²
+    (variable projection).
     """
-    cont = model.continuum_coefficients
-    basis = model.continuum_basis.double()
-    w = inv_sigma.double() * good.double()
-    d = data.double()
-    with torch.no_grad():
-        fixed = shape.detach()
-        for k in range(model.n_orders):
-            sel = model.order_index == k
-            a = basis[sel] * (fixed[sel] * w[sel])[:, None]
-            b = d[sel] * w[sel]
-            if int(good[sel].sum()) <= a.shape[1]:
-                continue
-            sol = torch.linalg.lstsq(a, b[:, None]).solution[:, 0]
-            if bool(torch.all(torch.isfinite(sol))):
-                cont[k] = sol.to(cont.dtype)
-    m = shape * (basis * cont.detach().double()[model.order_index]).sum(1)
-    r = (m - d) * w
-    return torch.sum(r * r)
+    return solve_continuum(
+        model.continuum_coefficients, model.continuum_basis, model.order_index, shape, data,
+        inv_sigma, good,
+    )  # fmt: skip
 
 
 def _profiled_chi2(model: ForwardModel, data, inv_sigma, good) -> torch.Tensor:

@@ -338,7 +338,7 @@ def rv_vsini_search(
             shifts_j = np.append(shifts_j, shift_hi)
         for k, surface in enumerate(surfaces):
             values, _ = surface.chi2(broaden(surface.star, vsini), shifts_j)
-            chi2[k, j] = values if stride_j == stride else np.interp(shifts, shifts_j, values)
+            chi2[k, j] = np.interp(shifts, shifts_j, values)
     total = chi2.sum(0)
     j_best, i_best = np.unravel_index(int(np.argmin(total)), total.shape)
     at_edge = len(shifts) > 2 and i_best in (0, len(shifts) - 1)
