@@ -142,3 +142,36 @@ def test_real_z_band_line_counts(data_dir):
 def test_bad_input_raises(wavelength, flux, kwargs, message):
     with pytest.raises(ValueError, match=message):
         find_lines(np.asarray(wavelength), np.asarray(flux), **kwargs)
+
+
+def test_optical_depth_finds_lines_inside_a_saturated_trough():
+    from blase_specutils.prep.linefind import find_optical_depth_lines
+
+    wavelength = np.arange(17000.0, 17010.0, 0.01)
+    centres, peak_tau = (17004.0, 17004.6), (40.0, 25.0)
+    tau = sum(p / (1 + ((wavelength - c) / 0.1) ** 2) for c, p in zip(centres, peak_tau))
+    tau = tau + 0.3 / (1 + ((wavelength - 17007.5) / 0.1) ** 2)  # and a weak line
+    transmission = np.where(np.exp(-tau) < 1e-12, 0.0, np.exp(-tau))
+    # on the transmission the blend is one flat trough at zero: one line for two
+    on_flux = find_lines(wavelength, transmission, prominence=0.01)
+    assert np.sum(np.abs(on_flux.center - 17004.3) < 1.0) == 1
+    found = find_optical_depth_lines(wavelength, transmission, max_optical_depth=60.0)
+    np.testing.assert_allclose(found.center, [17004.0, 17004.6, 17007.5], atol=0.02)
+    # prominence: the τ a line rises above the higher of the saddles beside it
+    peak = int(np.argmin(np.abs(wavelength - 17007.5)))
+    saddle = max(tau[(wavelength > 17004.6) & (wavelength < 17007.5)].min(), tau[peak:].min())
+    assert found.prominence[2] == pytest.approx(tau[peak] - saddle, rel=1e-3)
+    np.testing.assert_allclose(found.depth, -np.expm1(-found.prominence))
+    # floored at exp(−20): the deeper core is cut flat at τ = 20, still finite
+    capped = find_optical_depth_lines(wavelength, transmission, max_optical_depth=20.0)
+    assert np.all(np.isfinite(capped.prominence)) and capped.prominence.max() <= 20.0
+
+
+def test_optical_depth_lines_reject_bad_input():
+    from blase_specutils.prep.linefind import find_optical_depth_lines
+
+    wavelength = np.arange(100.0)
+    with pytest.raises(ValueError, match="transmission has 1 negative values"):
+        find_optical_depth_lines(wavelength, np.r_[np.ones(99), -0.1])
+    with pytest.raises(ValueError, match="max_optical_depth must be finite and > 0"):
+        find_optical_depth_lines(wavelength, np.ones(100), max_optical_depth=0.0)

@@ -14,6 +14,8 @@ from blase_specutils.astro.templates import (
     read_muler_template,
     read_phoenix_dat,
     read_phoenix_fits,
+    read_psg,
+    read_sonora,
     read_template,
     read_two_column,
 )
@@ -277,3 +279,328 @@ def test_template_container_checks():
         Template(np.array([-1.0, 2.0]), np.array([1.0, 1.0]))
     template = Template([1, 2, 3], [0.5, 0.6, 0.7], kind="telluric")
     assert template.wavelength.dtype == np.float64
+
+
+# --------------------------------------------------------------------------- Sonora
+# Small files written in the layouts the Sonora grids ship in (see SONORA_MODELS): Bobcat
+# text (2 header lines, µm descending, F_ν), Diamondback text (.spec, header lines, µm
+# descending, F_λ in W m⁻² m⁻¹), Elf Owl netCDF (wavelength µm, flux erg s⁻¹ cm⁻² cm⁻¹).
+
+C_ANGSTROM_PER_S = 2.99792458e18
+BOBCAT_PARAMETERS = (
+    "  1000.   1000.    0.28      nc     0.0    0.0   1.00   1.0    "
+    "Teff, grav (MKS), Y, f_rain, Kzz, [Fe/H], C/O, f_hole"
+)
+
+
+def toy_flambda(wavelength_angstrom):
+    """A smooth F_λ (erg s⁻¹ cm⁻² Å⁻¹) with a few absorption dips: the 'truth'."""
+    flux = planck_lambda(wavelength_angstrom, 1000.0) * 1e-8  # per cm → per Å
+    for centre in (11010.0, 11025.0, 11050.0):
+        flux *= 1 - 0.5 * np.exp(-0.5 * ((wavelength_angstrom - centre) / 2.0) ** 2)
+    return flux
+
+
+def write_bobcat(
+    path, wavelength_angstrom, flambda, *, unit_row="microns       Flux (erg/cm^2/s/Hz)"
+):
+    """Bobcat layout: parameters row, unit row, then µm and F_ν, wavelength descending."""
+    fnu = flambda * wavelength_angstrom**2 / C_ANGSTROM_PER_S
+    order = np.argsort(wavelength_angstrom)[::-1]
+    rows = [f"  {w / 1e4:.6E}   {f:.6E}" for w, f in zip(wavelength_angstrom[order], fnu[order])]
+    path.write_text("\n".join([BOBCAT_PARAMETERS, f" {unit_row}", *rows]) + "\n")
+    return path
+
+
+def write_diamondback(path, wavelength_angstrom, flambda):
+    """Diamondback layout: text header lines, µm descending, F_λ in W m⁻² m⁻¹."""
+    w_m2_m = flambda * 1e7  # erg s⁻¹ cm⁻² Å⁻¹ → W m⁻² m⁻¹ (× 1e-7 W · 1e4 cm² · 1e10 Å)
+    order = np.argsort(wavelength_angstrom)[::-1]
+    rows = [f"{w / 1e4:.8f}\t{f:.6e}" for w, f in zip(wavelength_angstrom[order], w_m2_m[order])]
+    header = [
+        " Teff=  1000 K, grav=  316 m/s2, fsed = 2, [M/H] = 0.0, C/O = 1.0",
+        " Wavelength (microns)   Flux (W/m2/m)",
+        " ----------------------------------",
+    ]
+    path.write_text("\n".join([*header, *rows]) + "\n")
+    return path
+
+
+def write_elfowl(
+    path, wavelength_angstrom, flambda, *, flux_units="erg/cm**2/s/cm", variables=None
+):
+    """Elf Owl layout in NetCDF3 (scipy writes NetCDF3 only): µm and F_λ per cm."""
+    from scipy.io import netcdf_file
+
+    order = np.argsort(wavelength_angstrom)[::-1]
+    values = {"wavelength": wavelength_angstrom[order] / 1e4, "flux": flambda[order] * 1e8}
+    names = variables or {"wavelength": "wavelength", "flux": "flux"}
+    with netcdf_file(path, "w") as dataset:
+        dataset.createDimension("wavelength", wavelength_angstrom.size)
+        for key, name in names.items():
+            variable = dataset.createVariable(name, "d", ("wavelength",))
+            variable[:] = values[key]
+            variable.units = {"wavelength": "micron", "flux": flux_units}[key]
+    return path
+
+
+def test_sonora_bobcat_layout_gives_flambda_on_ascending_vacuum_angstrom(tmp_path):
+    wavelength = np.linspace(11000.0, 11060.0, 601)
+    truth = toy_flambda(wavelength)
+    path = write_bobcat(tmp_path / "sp_t1000g1000nc_m0.0", wavelength, truth)
+    template = read_template(path)  # the name says Bobcat
+    assert template.meta["format"] == "sonora-bobcat" and template.kind == "stellar"
+    assert np.all(np.diff(template.wavelength) > 0)  # the file runs the other way
+    np.testing.assert_allclose(template.wavelength, wavelength, rtol=1e-7)
+    # F_λ = F_ν c / λ², independently: the file holds F_ν to 7 significant digits
+    np.testing.assert_allclose(template.flux, truth, rtol=2e-6)
+    assert template.flux_quantity.unit == u.erg / u.s / u.cm**2 / u.AA
+    assert template.meta["units_from"] == "header"
+    assert template.meta["teff"] == 1000.0 and template.meta["gravity_mks"] == 1000.0
+    assert template.to_spectrum().flux.unit.is_equivalent(u.erg / u.s / u.cm**2 / u.AA)
+    # gzipped, as gollum reads them (sp_t…nc_m0.0.gz): the same numbers
+    import gzip
+
+    packed = tmp_path / "sp_t1000g1000nc_m0.0.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes()))
+    wl, fl = read_sonora(packed, wavelength_range=(11010.0, 11020.0))
+    keep = (template.wavelength >= 11010.0) & (template.wavelength <= 11020.0)
+    np.testing.assert_array_equal(fl, template.flux[keep])
+    np.testing.assert_array_equal(wl, template.wavelength[keep])
+
+
+def test_sonora_diamondback_and_elfowl_layouts_agree_with_bobcat(tmp_path):
+    wavelength = np.linspace(11000.0, 11060.0, 601)
+    truth = toy_flambda(wavelength)
+    bobcat = read_template(write_bobcat(tmp_path / "sp_t1000g316nc_m0.0", wavelength, truth))
+    diamondback = read_template(
+        write_diamondback(tmp_path / "t1000g316f2_m0.0_co1.0.spec", wavelength, truth)
+    )
+    elfowl = read_template(
+        write_elfowl(
+            tmp_path / "spectra_logzz_2.0_teff_1000.0_grav_316.0_mh_0.0_co_1.0.nc",
+            wavelength,
+            truth,
+        )
+    )
+    assert diamondback.meta["format"] == "sonora-diamondback"
+    assert elfowl.meta["format"] == "sonora-elfowl"
+    assert elfowl.meta["units_from"] == "file attributes"
+    assert diamondback.meta["teff"] == elfowl.meta["teff"] == 1000.0
+    for other in (diamondback, elfowl):
+        np.testing.assert_allclose(other.wavelength, bobcat.wavelength, rtol=1e-8)
+        np.testing.assert_allclose(other.flux, truth, rtol=2e-6)
+        np.testing.assert_allclose(other.flux, bobcat.flux, rtol=4e-6)
+
+
+def test_sonora_header_without_a_unit_row_takes_the_published_units(tmp_path):
+    wavelength = np.linspace(11000.0, 11010.0, 11)
+    fnu = np.full(wavelength.size, 2.0e-6)
+    rows = [f"{w / 1e4:.7f} {f:.6e}" for w, f in zip(wavelength[::-1], fnu)]
+    path = tmp_path / "sp_t900g100nc_m0.0"
+    path.write_text("\n".join([BOBCAT_PARAMETERS, *rows]) + "\n")
+    wl, flux = read_sonora(path)
+    np.testing.assert_allclose(flux, 2.0e-6 * C_ANGSTROM_PER_S / wl**2, rtol=1e-12)
+    assert read_template(path).meta["units_from"] == "published default"
+
+
+def test_sonora_bad_input_gives_clear_errors(tmp_path):
+    wavelength = np.linspace(11000.0, 11010.0, 21)
+    truth = toy_flambda(wavelength)
+    # a grid that runs down, then up again
+    mixed = write_bobcat(tmp_path / "sp_t1000g1000nc_m0.0", wavelength, truth)
+    lines = mixed.read_text().splitlines()
+    lines[8], lines[9] = lines[9], lines[8]
+    mixed.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="neither strictly descending nor strictly ascending"):
+        read_sonora(mixed)
+    assert read_sonora(mixed, sort=True)[0].size == wavelength.size  # sort=True still sorts
+    # a unit row naming a flux unit the reader does not know
+    odd = write_bobcat(
+        tmp_path / "sp_t1100g1000nc_m0.0", wavelength, truth, unit_row="microns  Flux (Jy/sr)"
+    )
+    with pytest.raises(ValueError, match=r"unrecognised flux unit 'Jy/sr'.*F_ν"):
+        read_sonora(odd)
+    furlongs = write_bobcat(
+        tmp_path / "sp_t1200g1000nc_m0.0", wavelength, truth, unit_row="furlongs  Flux (W/m2/m)"
+    )
+    with pytest.raises(ValueError, match="unrecognised wavelength unit 'furlongs'"):
+        read_sonora(furlongs)
+    garbled = write_bobcat(
+        tmp_path / "sp_t1300g1000nc_m0.0", wavelength, truth, unit_row="microns erg per s per Hz"
+    )
+    with pytest.raises(ValueError, match="unrecognised header row"):
+        read_sonora(garbled)
+    # no data rows; a name that says no grid; an unknown model
+    empty = tmp_path / "sp_t1000g100nc_m0.0"
+    empty.write_text(BOBCAT_PARAMETERS + "\n microns  Flux (erg/cm^2/s/Hz)\n")
+    with pytest.raises(ValueError, match="no data rows"):
+        read_sonora(empty)
+    plain = tmp_path / "spectrum.txt"
+    plain.write_text("1.1 1e-6\n1.0 2e-6\n")
+    with pytest.raises(ValueError, match="cannot tell which Sonora grid"):
+        read_sonora(plain)
+    with pytest.raises(ValueError, match="Sonora model must be one of"):
+        read_sonora(plain, model="cholla")
+    np.testing.assert_allclose(read_sonora(plain, model="bobcat")[0], [10000.0, 11000.0])
+
+
+def test_sonora_elfowl_netcdf_errors(tmp_path):
+    wavelength = np.linspace(11000.0, 11010.0, 21)
+    truth = toy_flambda(wavelength)
+    wrong_unit = write_elfowl(tmp_path / "a.nc", wavelength, truth, flux_units="photons/s")
+    with pytest.raises(ValueError, match="unrecognised flux unit 'photons/s'"):
+        read_sonora(wrong_unit)
+    renamed = write_elfowl(
+        tmp_path / "b.nc", wavelength, truth, variables={"wavelength": "wavelength", "flux": "fnu"}
+    )
+    with pytest.raises(ValueError, match=r"no variable 'flux'.*\['fnu', 'wavelength'\]"):
+        read_sonora(renamed)
+    not_netcdf = tmp_path / "c.nc"
+    not_netcdf.write_text("1.0 2.0\n")
+    with pytest.raises(ValueError, match="is not a netCDF file"):
+        read_sonora(not_netcdf)
+
+
+def test_sonora_elfowl_netcdf4_needs_h5py(tmp_path):
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("h5py is installed: the NetCDF4 path is taken instead of the error")
+    hdf5 = tmp_path / "spectra_logzz_2.0_teff_700.0_grav_100.0_mh_0.0_co_1.0.nc"
+    hdf5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ImportError, match=r"NetCDF4 \(HDF5\) file; reading it needs .*h5py"):
+        read_template(hdf5)
+
+
+def t_dwarf_like(wavelength, rng):
+    """A line-blanketed T-dwarf-like F_λ: a 1000 K black body under a broad molecular
+    trough, times ~120 absorption lines (Gaussian cores, depths 3–70 %, some blended)."""
+    sed = planck_lambda(wavelength, 1000.0) * 1e-8
+    sed *= 1 - 0.4 * np.exp(-0.5 * ((wavelength - 12030.0) / 25.0) ** 2)
+    centres = rng.uniform(wavelength[0] + 0.5, wavelength[-1] - 0.5, 120)
+    depths = rng.uniform(0.03, 0.7, centres.size)
+    widths = rng.uniform(0.03, 0.07, centres.size)
+    lines = np.ones_like(wavelength)
+    for centre, depth, width in zip(centres, depths, widths):
+        lines *= 1 - depth * np.exp(-0.5 * ((wavelength - centre) / width) ** 2)
+    return sed * lines
+
+
+def test_brown_dwarf_clone_end_to_end_from_a_bobcat_file(tmp_path):
+    from blase_specutils import clone
+
+    wavelength = np.arange(12000.0, 12060.0, 0.01)
+    truth = t_dwarf_like(wavelength, np.random.default_rng(7))
+    path = write_bobcat(tmp_path / "sp_t1000g1000nc_m0.0", wavelength, truth)
+    template = read_template(path, wavelength_range=(12010.0, 12050.0))
+    assert template.kind == "stellar" and len(template) == 4001
+    result = clone(template, teff=template.meta["teff"], epochs=80, progress=False)
+    restored = result.model_flux * result.continuum
+    relative = restored / np.interp(template.wavelength, wavelength, truth) - 1
+    # measured: clone RMS 0.94 % of the continuum, 1.3 % relative to the F_λ truth (89 lines)
+    assert result.rms < 0.015
+    assert np.sqrt(np.mean(relative**2)) < 0.02
+    assert result.n_lines > 60
+
+
+# --------------------------------------------------------------------------- PSG
+PSG_COLUMNS = "Wave/freq Total H2O CO2 O3 N2O CO CH4 O2 N2 Rayleigh CIA"
+
+
+def muler_psg_table():
+    resource = importlib.resources.files("muler") / "templates" / "psg_trn_r100000_1.4_2.5_um.txt"
+    with importlib.resources.as_file(resource) as path:
+        return np.loadtxt(path)
+
+
+def test_psg_reader_knows_the_header_and_every_molecule():
+    wavelength, transmission = read_psg()  # muler's packaged PSG file
+    assert list(transmission) == PSG_COLUMNS.split()[1:]
+    table = muler_psg_table()  # an independent parse
+    np.testing.assert_allclose(wavelength, table[:, 0] * 1e4, rtol=1e-15)
+    for index, name in enumerate(transmission, start=1):
+        np.testing.assert_array_equal(transmission[name], table[:, index])
+    # the muler route reads the same Total; the Template carries the PSG column's name
+    np.testing.assert_array_equal(read_muler_template("psg")[1], transmission["Total"])
+    water = read_template("psg", column="H2O", wavelength_range=(17500.0, 18200.0))
+    assert water.kind == "telluric" and water.meta["column"] == "H2O"
+    assert "CIA" in water.meta["columns"] and len(water) == 3922
+    np.testing.assert_array_equal(
+        water.flux, transmission["H2O"][(wavelength >= 17500.0) & (wavelength <= 18200.0)]
+    )
+    some_wavelength, some = read_psg("psg", ["CH4", "O2"], wavelength_range=(20000.0, 20100.0))
+    assert list(some) == ["CH4", "O2"] and some_wavelength[0] >= 20000.0
+
+
+def write_psg(path, spectral, values, *, unit="Wavelength [um]", names=PSG_COLUMNS):
+    lines = [
+        "# ------------------------------------------------------------------------",
+        "# NASA-GSFC Planetary Spectrum Generator (PSG, Villanueva et al. 2018, 2022)",
+        "# Atmospheric transmittance spectrum synthesized with PUMAS",
+    ]
+    if unit is not None:
+        lines.append(f"# Spectral unit: {unit}")
+    lines += ["# ------------------------------------------------------------------------"]
+    lines += [f"# {names}"]
+    lines += [f"{x:.9e} " + " ".join(f"{v:.5e}" for v in row) for x, row in zip(spectral, values)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_psg_wavenumber_axis_and_file_guessing(tmp_path):
+    wavenumber = np.linspace(5000.0, 5010.0, 41)  # cm⁻¹, ascending: wavelength descending
+    rng = np.random.default_rng(3)
+    values = rng.uniform(0.2, 1.0, (wavenumber.size, 11))
+    path = write_psg(tmp_path / "trn.txt", wavenumber, values, unit="Wavenumber [cm-1]")
+    template = read_template(path, column="CH4")  # guessed from the PSG header line
+    assert template.meta["format"] == "psg" and template.meta["spectral_unit"] == "1 / cm"
+    np.testing.assert_allclose(template.wavelength, 1e8 / wavenumber[::-1], rtol=1e-12)
+    np.testing.assert_allclose(template.flux, values[::-1, 6], rtol=1e-5)  # CH4
+    # rounding just above 1 is accepted and clipped to 1
+    values[5, 1] = 1.000004
+    wavelength, columns = read_psg(
+        write_psg(tmp_path / "psg_b.txt", wavenumber, values, unit="Wavenumber [cm-1]")
+    )
+    assert columns["H2O"].max() == 1.0
+
+
+def test_psg_bad_input_gives_clear_errors(tmp_path):
+    micron = np.linspace(1.70, 1.71, 21)
+    good = np.full((micron.size, 11), 0.5)
+
+    above = good.copy()
+    above[4, 1] = 1.2
+    with pytest.raises(
+        ValueError, match=r"column 'H2O' is not a transmission: 1 values above 1.*1\.2"
+    ):
+        read_psg(write_psg(tmp_path / "a.txt", micron, above))
+    below = good.copy()
+    below[[2, 3], 0] = -0.05
+    with pytest.raises(ValueError, match=r"column 'Total' is not a transmission: 2 values below 0"):
+        read_psg(write_psg(tmp_path / "b.txt", micron, below), "Total")
+    read_psg(tmp_path / "b.txt", "H2O")  # only the columns asked for are checked
+
+    ragged = write_psg(tmp_path / "c.txt", micron, good)
+    lines = ragged.read_text().splitlines()
+    lines[10] = " ".join(lines[10].split()[:-2])
+    ragged.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match="line 11 has 10 values but the header names 12 columns"):
+        read_psg(ragged)
+
+    with pytest.raises(
+        ValueError, match=r"no column 'NH3' in this PSG file; its columns are \['Total'"
+    ):
+        read_psg(write_psg(tmp_path / "d.txt", micron, good), ["H2O", "NH3"])
+    with pytest.raises(ValueError, match="the header names 11 columns"):
+        read_psg(write_psg(tmp_path / "e.txt", micron, good, names=PSG_COLUMNS.rsplit(" ", 1)[0]))
+    with pytest.raises(ValueError, match="no '# Spectral unit: ...' line"):
+        read_psg(write_psg(tmp_path / "f.txt", micron, good, unit=None))
+    with pytest.raises(ValueError, match="unrecognised spectral unit 'Wavelength \\[parsec\\]'"):
+        read_psg(write_psg(tmp_path / "g.txt", micron, good, unit="Wavelength [parsec]"))
+    with pytest.raises(TypeError, match="column= applies to PSG files"):
+        read_template(tmp_path / "g.txt", format="two-column", column="H2O")
+    with pytest.raises(TypeError, match="only to muler's PSG template"):
+        read_template("telfit_hpf", column="H2O")

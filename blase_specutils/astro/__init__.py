@@ -5,7 +5,8 @@ adapters
 accessor
     The ``.blase`` accessor on :class:`specutils.Spectrum` and :class:`specutils.SpectrumList`.
 templates
-    Readers for PHOENIX, muler's templates (TelFit, PSG, PHOENIX 10 kK) and text tables.
+    Readers for PHOENIX, Sonora (Bobcat, Diamondback, Elf Owl), NASA PSG (a column per
+    molecule), muler's templates (TelFit, PSG, PHOENIX 10 kK) and text tables.
 clones
     :class:`CloneResult` and the ECSV line-table format.
 models

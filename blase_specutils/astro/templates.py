@@ -1,4 +1,4 @@
-"""Readers for synthetic templates: PHOENIX, muler's packaged templates, text/CSV.
+"""Readers for synthetic templates: PHOENIX, Sonora, PSG, muler's packaged templates, text/CSV.
 
 Every reader returns plain numpy arrays: vacuum wavelength in Å (float64,
 strictly increasing) and flux or transmission (float64). :func:`read_template`
@@ -9,10 +9,23 @@ Checks made on every read: the file exists, both columns are finite, the
 wavelengths are positive and strictly increasing (unsorted input is an error
 unless ``sort=True``; repeated wavelengths are always an error), and unit names
 are real length units.
+
+Formats (``read_template(format=...)``; guessed from the file name when omitted):
+
+* ``"phoenix-fits"``, ``"phoenix-dat"``: PHOENIX HiRes FITS and two-column µm samples;
+* ``"sonora-bobcat"``, ``"sonora-diamondback"``, ``"sonora-elfowl"``: the public Sonora
+  brown-dwarf spectra (Marley et al. 2021; Morley et al. 2024; Mukherjee et al. 2024),
+  converted to F_λ in erg s⁻¹ cm⁻² Å⁻¹ on ascending vacuum wavelengths
+  (:func:`read_sonora`);
+* ``"psg"``: NASA PSG transmittance files with one column per molecule
+  (:func:`read_psg`);
+* ``"muler"``: the templates muler ships; ``"two-column"``: any text/CSV table.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import importlib.resources
 import os
 import re
@@ -33,12 +46,26 @@ __all__ = [
     "read_phoenix_fits",
     "read_muler_template",
     "read_two_column",
+    "read_sonora",
+    "read_psg",
     "read_template",
+    "SONORA_MODELS",
+    "FLAM_UNIT",
+    "TRANSMISSION_TOLERANCE",
 ]
 
 #: What a template's second array means: stellar flux, telluric transmission, or unknown.
 TEMPLATE_KINDS = ("stellar", "telluric", "generic")
-_FORMATS = ("muler", "phoenix-fits", "phoenix-dat", "two-column")
+_FORMATS = (
+    "muler",
+    "phoenix-fits",
+    "phoenix-dat",
+    "sonora-bobcat",
+    "sonora-diamondback",
+    "sonora-elfowl",
+    "psg",
+    "two-column",
+)
 _MEDIA = ("vacuum", "air")
 _FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 
@@ -549,8 +576,24 @@ def _muler_entry(name: str) -> _MulerTemplate:
     return MULER_TEMPLATES[key]
 
 
-def _muler(name, *, sort, wavelength_range):
+def _muler(name, *, sort, wavelength_range, column=None):
     entry = _muler_entry(name)
+    if column is not None and entry.wavelength_column != "Wave/freq":
+        raise TypeError(f"column= applies only to muler's PSG template, not {entry.filename}")
+    if entry.wavelength_column == "Wave/freq":  # PSG: its own reader checks header and values
+        column = entry.value_column if column is None else column
+        wavelength, columns, psg_meta = _psg(
+            entry.filename, column, sort=sort, wavelength_range=wavelength_range
+        )
+        meta = {
+            "source": psg_meta["source"],
+            "format": "muler",
+            "flux_unit": "",
+            "description": entry.description,
+            "column": column,
+            "columns": psg_meta["columns"],
+        }
+        return wavelength, columns[column], meta, entry.kind
     resource = importlib.resources.files("muler") / "templates" / entry.filename
     with importlib.resources.as_file(resource) as path:
         if not path.is_file():
@@ -604,7 +647,684 @@ def read_muler_template(
     return wavelength, flux
 
 
+# --------------------------------------------------------------------------- Sonora
+
+#: F_λ as the Sonora readers return it: erg s⁻¹ cm⁻² Å⁻¹.
+FLAM_UNIT = u.erg / (u.s * u.cm**2 * u.AA)
+
+
+@dataclass(frozen=True)
+class _SonoraModel:
+    name: str
+    reference: str
+    layout: str
+    wavelength_unit: str
+    flux_unit: str
+    description: str
+
+
+#: The public Sonora grids: how their spectra ship and in which units.
+SONORA_MODELS = {
+    "bobcat": _SonoraModel(
+        name="bobcat",
+        reference="Marley et al. 2021, ApJ 920, 85; zenodo.org/records/5063476",
+        layout="text",
+        wavelength_unit="micron",
+        flux_unit="erg / (cm2 s Hz)",
+        description=(
+            "text files sp_t<Teff>g<g>nc_m<[M/H]> (often gzipped): two header lines (the "
+            "model parameters, then 'microns  Flux (erg/cm^2/s/Hz)'), wavelength in µm "
+            "descending, F_ν in erg s⁻¹ cm⁻² Hz⁻¹ at the surface"
+        ),
+    ),
+    "diamondback": _SonoraModel(
+        name="diamondback",
+        reference="Morley et al. 2024, arXiv:2402.00758; zenodo.org/records/12735103",
+        layout="text",
+        wavelength_unit="micron",
+        flux_unit="W / (m2 m)",
+        description=(
+            "text files t<Teff>g<g>f<fsed>_m<[M/H]>_co<C/O>.spec: text header lines (not "
+            "'#'), wavelength in µm descending, F_λ in W m⁻² m⁻¹ at the surface"
+        ),
+    ),
+    "elfowl": _SonoraModel(
+        name="elfowl",
+        reference="Mukherjee et al. 2024, ApJ 963, 73; zenodo.org/records/10385987",
+        layout="netcdf",
+        wavelength_unit="micron",
+        flux_unit="erg / (cm2 s cm)",
+        description=(
+            "netCDF files (xarray datasets) with variables 'wavelength' (µm) and 'flux' "
+            "(F_λ in erg s⁻¹ cm⁻² cm⁻¹)"
+        ),
+    ),
+}
+_SONORA_FORMATS = {f"sonora-{name}": name for name in SONORA_MODELS}
+
+# How Sonora headers spell units, normalised to astropy names.
+_WAVELENGTH_WORDS = {
+    "micron": "micron",
+    "microns": "micron",
+    "um": "micron",
+    "µm": "micron",
+    "μm": "micron",
+    "mum": "micron",
+    "nm": "nm",
+    "angstrom": "Angstrom",
+    "angstroms": "Angstrom",
+    "a": "Angstrom",
+    "aa": "Angstrom",
+    "å": "Angstrom",
+    "cm": "cm",
+    "m": "m",
+}
+_UNIT_ROW_KEYWORDS = re.compile(
+    r"flux|wave|lambda|micron|\bum\b|µm|μm|angstrom|\bnm\b|erg|watt|w\s*/\s*m", re.IGNORECASE
+)
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_GZIP_SIGNATURE = b"\x1f\x8b"
+
+
+def _text_lines(path: Path) -> list[str]:
+    """All lines of a text file, gunzipped when it is a gzip file (whatever its name)."""
+    with open(path, "rb") as stream:
+        signature = stream.read(2)
+    opener = gzip.open if signature == _GZIP_SIGNATURE else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as stream:
+            return stream.read().splitlines()
+    except (OSError, EOFError) as error:
+        raise ValueError(f"{path}: could not read it as text: {error}") from None
+
+
+def _bracketed(text: str) -> str | None:
+    match = re.search(r"[(\[]([^)\]]*)[)\]]", text)
+    return match.group(1).strip() if match else None
+
+
+def _wavelength_unit_from_label(label: str, source, row: str) -> str | None:
+    """The length unit a column label names (None if it names none)."""
+    inner = _bracketed(label)
+    text = inner if inner is not None else label
+    words = [
+        word
+        for word in re.split(r"[\s,;:=]+", text.strip().lower())
+        if word and word not in ("wavelength", "wavelengths", "wave", "lambda", "vacuum", "in")
+    ]
+    if not words:
+        return None
+    if len(words) == 1 and words[0] in _WAVELENGTH_WORDS:
+        return _WAVELENGTH_WORDS[words[0]]
+    raise ValueError(
+        f"{source}: unrecognised wavelength unit {' '.join(words)!r} in the header row {row!r}; "
+        f"expected one of {sorted(set(_WAVELENGTH_WORDS.values()))} (e.g. 'microns')"
+    )
+
+
+def _flux_unit_from_label(label: str, source, row: str) -> u.UnitBase | None:
+    """The F_ν or F_λ unit a column label names (None if it names none)."""
+    inner = _bracketed(label)
+    text = (inner if inner is not None else label).strip()
+    if not text:
+        return None
+    return _flux_unit(text, source, f"the header row {row!r}")
+
+
+def _flux_unit(text: str, source, where: str) -> u.UnitBase:
+    """Parse a flux-density unit as model files write it (``erg/cm^2/s/Hz``, ``Watt/m2/m``,
+    ``erg/cm**2/s/cm``); only F_ν and F_λ (energy) units are accepted."""
+    cleaned = re.sub(r"\bwatts?\b", "W", text.strip(), flags=re.IGNORECASE)
+    cleaned = cleaned.replace("**", "").replace("^", "").replace(" ", "")
+    cleaned = re.sub(r"(?i)\bmicrons?\b", "micron", cleaned)
+    unit = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)  # several slashes parse, with a warning
+        try:
+            unit = u.Unit(cleaned)
+        except (ValueError, TypeError):
+            unit = None
+    energy_density = unit is not None and (
+        unit.is_equivalent(u.erg / (u.s * u.cm**2 * u.Hz))
+        or unit.is_equivalent(u.erg / (u.s * u.cm**2 * u.AA))
+    )
+    if not energy_density:
+        raise ValueError(
+            f"{source}: unrecognised flux unit {text!r} in {where}; expected a flux density "
+            "per frequency (F_ν, e.g. 'erg/cm^2/s/Hz') or per wavelength (F_λ, e.g. "
+            "'W/m2/m', 'erg/cm^2/s/cm')"
+        )
+    return unit
+
+
+def _units_from_header(header: list[str], model: _SonoraModel, source):
+    """(wavelength unit, flux unit, where they came from) from a Sonora text header.
+
+    The unit row is the last header line that names a wavelength or flux column (Bobcat:
+    ``microns  Flux (erg/cm^2/s/Hz)``); a unit it names must be one the reader knows. A
+    header without a unit row takes the model's published units.
+    """
+    rows = [line.strip() for line in header if _UNIT_ROW_KEYWORDS.search(line)]
+    if not rows:
+        return model.wavelength_unit, u.Unit(model.flux_unit), "published default"
+    row = rows[-1]
+    found = re.search(r"\bflux\b", row, flags=re.IGNORECASE)
+    if found:
+        wave_label, flux_label = row[: found.start()], row[found.end() :]
+    else:
+        tokens = row.split()
+        if len(tokens) != 2:
+            raise ValueError(
+                f"{source}: unrecognised header row {row!r}: expected the wavelength and flux "
+                "column labels, e.g. 'microns  Flux (erg/cm^2/s/Hz)'"
+            )
+        wave_label, flux_label = tokens
+    wavelength_unit = _wavelength_unit_from_label(wave_label, source, row)
+    flux_unit = _flux_unit_from_label(flux_label, source, row)
+    return (
+        wavelength_unit or model.wavelength_unit,
+        flux_unit if flux_unit is not None else u.Unit(model.flux_unit),
+        "header",
+    )
+
+
+def _sonora_text(path: Path, model: _SonoraModel):
+    """Header lines, wavelength, flux, units of a Sonora text spectrum."""
+    lines = _text_lines(path)
+    header: list[str] = []
+    start = None
+    for number, line in enumerate(lines):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) == 2 and all(_is_number(token) for token in tokens):
+            start = number
+            break
+        header.append(line)
+    if start is None:
+        raise ValueError(
+            f"{path}: no data rows (two numbers: wavelength and flux) found in this "
+            f"Sonora {model.name} file"
+        )
+    data_lines = [line.replace("D", "E").replace("d", "e") for line in lines[start:]]
+    try:
+        table = np.loadtxt(data_lines, dtype=np.float64, ndmin=2)
+    except ValueError as error:
+        raise ValueError(
+            f"{path}: could not read the two numeric columns after the "
+            f"{len(header)}-line header: {error}"
+        ) from None
+    if table.shape[1] != 2:
+        raise ValueError(f"{path}: expected 2 data columns, found {table.shape[1]}")
+    wavelength_unit, flux_unit, units_from = _units_from_header(header, model, path)
+    return header, table[:, 0], table[:, 1], wavelength_unit, flux_unit, units_from
+
+
+def _netcdf_variables(path: Path, names: tuple[str, ...]):
+    """``{name: (values, units attribute or None)}`` from a NetCDF3 or NetCDF4/HDF5 file."""
+    with open(path, "rb") as stream:
+        signature = stream.read(8)
+    out = {}
+    if signature[:3] == b"CDF":
+        from scipy.io import netcdf_file
+
+        with netcdf_file(path, "r", mmap=False) as dataset:
+            available = sorted(dataset.variables)
+            for name in names:
+                if name not in dataset.variables:
+                    raise ValueError(
+                        f"{path}: no variable {name!r} in this netCDF file; it has {available}"
+                    )
+                variable = dataset.variables[name]
+                units = getattr(variable, "units", None)
+                out[name] = (np.array(variable.data, dtype=np.float64), units)
+    elif signature == _HDF5_SIGNATURE:
+        try:
+            import h5py
+        except ImportError:
+            raise ImportError(
+                f"{path} is a NetCDF4 (HDF5) file; reading it needs the optional package "
+                "h5py (pip install h5py), which is not installed. Alternatively convert it "
+                "to NetCDF3 elsewhere, e.g. xarray.open_dataset(path).to_netcdf(new_path, "
+                "format='NETCDF3_64BIT')"
+            ) from None
+        with h5py.File(path, "r") as dataset:
+            available = sorted(dataset.keys())
+            for name in names:
+                if name not in dataset:
+                    raise ValueError(
+                        f"{path}: no variable {name!r} in this netCDF file; it has {available}"
+                    )
+                variable = dataset[name]
+                out[name] = (
+                    np.array(variable[()], dtype=np.float64),
+                    variable.attrs.get("units"),
+                )
+    else:
+        raise ValueError(
+            f"{path} is not a netCDF file (it starts with neither the NetCDF3 'CDF' nor the "
+            "HDF5 signature); Sonora Elf Owl spectra ship as .nc files"
+        )
+    return {
+        name: (values.ravel(), units.decode() if isinstance(units, bytes) else units)
+        for name, (values, units) in out.items()
+    }
+
+
+def _sonora_netcdf(path: Path, model: _SonoraModel):
+    variables = _netcdf_variables(path, ("wavelength", "flux"))
+    wavelength, wave_units = variables["wavelength"]
+    flux, flux_units = variables["flux"]
+    if wavelength.size != flux.size:
+        raise ValueError(
+            f"{path}: 'wavelength' has {wavelength.size} values but 'flux' has {flux.size}"
+        )
+    units_from = "published default"
+    wavelength_unit = model.wavelength_unit
+    if wave_units:
+        units_from = "file attributes"
+        wavelength_unit = (
+            _wavelength_unit_from_label(wave_units, path, f"units={wave_units!r} of 'wavelength'")
+            or model.wavelength_unit
+        )
+    flux_unit = u.Unit(model.flux_unit)
+    if flux_units:
+        units_from = "file attributes"
+        flux_unit = _flux_unit(flux_units, path, f"the units attribute of 'flux' ({flux_units!r})")
+    return [], wavelength, flux, wavelength_unit, flux_unit, units_from
+
+
+def _one_direction(wavelength: np.ndarray, flux: np.ndarray, source, sort: bool):
+    """Ascending order for a grid written in either direction; a mixed grid is an error."""
+    steps = np.diff(wavelength)
+    if steps.size and np.all(steps < 0):
+        return wavelength[::-1].copy(), flux[::-1].copy()
+    if sort or np.all(steps > 0):
+        return wavelength, flux
+    direction = np.sign(steps)
+    turn = int(np.flatnonzero(direction != direction[0])[0])  # steps[turn] goes the other way
+    raise ValueError(
+        f"{source}: wavelengths are neither strictly descending nor strictly ascending: they "
+        f"run {'up' if direction[0] > 0 else 'down'} from the first row, then step from "
+        f"{wavelength[turn]!r} to {wavelength[turn + 1]!r} (data rows {turn + 1}–{turn + 2}); "
+        "a Sonora spectrum runs one way (pass sort=True to sort it anyway)"
+    )
+
+
+_SONORA_NAME_PATTERNS = {
+    # Elf Owl: spectra_logzz_2.0_teff_1000.0_grav_178.0_mh_0.0_co_1.0.nc
+    "elfowl": re.compile(r"teff_(?P<teff>\d+(?:\.\d*)?)_grav_(?P<gravity>\d+(?:\.\d*)?)"),
+    # Bobcat: sp_t1000g1000nc_m0.0; Diamondback: t1000g316f2_m0.0_co1.0.spec
+    "text": re.compile(r"(?:^|_)t(?P<teff>\d+(?:\.\d*)?)g(?P<gravity>\d+(?:\.\d*)?)"),
+}
+
+
+def _sonora_name_meta(name: str) -> dict[str, float]:
+    for pattern in _SONORA_NAME_PATTERNS.values():
+        match = pattern.search(name)
+        if match:
+            return {
+                "teff": float(match.group("teff")),
+                "gravity_mks": float(match.group("gravity")),
+            }
+    return {}
+
+
+def _sonora(path, model, *, sort, wavelength_range):
+    path = _existing_file(path)
+    if model is None:
+        model = _guess_sonora_model(path)
+        if model is None:
+            raise ValueError(
+                f"{path}: cannot tell which Sonora grid this is from its name; pass "
+                f"model= one of {sorted(SONORA_MODELS)}"
+            )
+    if model not in SONORA_MODELS:
+        raise ValueError(f"Sonora model must be one of {sorted(SONORA_MODELS)}, got {model!r}")
+    entry = SONORA_MODELS[model]
+    reader = _sonora_netcdf if entry.layout == "netcdf" else _sonora_text
+    header, wavelength, flux, wavelength_unit, flux_unit, units_from = reader(path, entry)
+    wavelength = wavelength * _angstrom_per(wavelength_unit)
+    wavelength, flux = _one_direction(wavelength, flux, path, sort)
+    wavelength, flux = _checked(wavelength, flux, source=path, sort=sort)
+    flux = u.Quantity(flux, flux_unit).to_value(
+        FLAM_UNIT, equivalencies=u.spectral_density(wavelength * u.AA)
+    )
+    wavelength, flux = _cropped(wavelength, flux, wavelength_range, path)
+    meta = {
+        "source": str(path),
+        "format": f"sonora-{model}",
+        "flux_unit": FLAM_UNIT.to_string(),
+        "file_flux_unit": flux_unit.to_string(),
+        "file_wavelength_unit": wavelength_unit,
+        "units_from": units_from,
+        "medium": "vacuum",
+        "header": [line.strip() for line in header],
+        "reference": entry.reference,
+        **_sonora_name_meta(path.name),
+    }
+    return wavelength, flux, meta
+
+
+def _guess_sonora_model(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".nc"):
+        return "elfowl"
+    if re.match(r"sp_t\d", name):
+        return "bobcat"
+    if re.match(r"t\d+(\.\d+)?g\d", name) and ".spec" in name:
+        return "diamondback"
+    return None
+
+
+def read_sonora(
+    path: PathLike,
+    model: str | None = None,
+    *,
+    sort: bool = False,
+    wavelength_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read a public Sonora brown-dwarf spectrum as F_λ on ascending vacuum wavelengths.
+
+    The three grids ship differently (see :data:`SONORA_MODELS`):
+
+    * **Bobcat** (Marley et al. 2021): text, two header lines (the model parameters, then
+      ``microns  Flux (erg/cm^2/s/Hz)``), wavelength in µm *descending*, F_ν in
+      erg s⁻¹ cm⁻² Hz⁻¹; gzipped files are read as they are.
+    * **Diamondback** (Morley et al. 2024): text ``.spec`` files, text header lines,
+      µm descending, F_λ in W m⁻² m⁻¹.
+    * **Elf Owl** (Mukherjee et al. 2024): netCDF (xarray) files with ``wavelength`` (µm)
+      and ``flux`` (erg s⁻¹ cm⁻² cm⁻¹). NetCDF3 files are read with scipy; NetCDF4/HDF5
+      files need the optional package h5py (a clear ImportError says so otherwise).
+
+    Units come from the file where it names them (the header's unit row, or the netCDF
+    ``units`` attributes) and from the grid's published units where it does not; a unit
+    the reader does not recognise is an error, never a guess. The flux is converted with
+    ``F_λ = F_ν c / λ²`` where needed. Sonora wavelengths are vacuum wavelengths.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The spectrum file; no unit.
+    model : {"bobcat", "diamondback", "elfowl"}, optional
+        Which grid; guessed from the file name when omitted (``sp_t…`` → Bobcat,
+        ``t…g….spec`` → Diamondback, ``*.nc`` → Elf Owl).
+    sort : bool
+        Sort wavelengths that run in both directions instead of raising.
+    wavelength_range : (float, float), optional
+        Keep only samples within this range, in Å (inclusive).
+
+    Returns
+    -------
+    wavelength : numpy.ndarray
+        Vacuum wavelength in Å (float64, strictly increasing).
+    flux : numpy.ndarray
+        F_λ in erg s⁻¹ cm⁻² Å⁻¹ at the model's surface (:data:`FLAM_UNIT`; float64).
+
+    Raises
+    ------
+    ValueError
+        Wavelengths that change direction, a unit row or attribute naming a unit that is
+        not a length (wavelength) or an F_ν/F_λ (flux), no data rows, non-finite values.
+    ImportError
+        A NetCDF4/HDF5 Elf Owl file without h5py installed.
+    """
+    wavelength, flux, _ = _sonora(path, model, sort=sort, wavelength_range=wavelength_range)
+    return wavelength, flux
+
+
+# --------------------------------------------------------------------------- PSG
+
+#: Transmissions may exceed [0, 1] by this much (PSG prints 6 significant digits).
+TRANSMISSION_TOLERANCE = 1e-5
+_PSG_SPECTRAL_UNITS = {
+    "um": u.micron,
+    "micron": u.micron,
+    "microns": u.micron,
+    "nm": u.nm,
+    "mm": u.mm,
+    "an": u.AA,
+    "a": u.AA,
+    "angstrom": u.AA,
+    "cm-1": u.cm**-1,
+    "hz": u.Hz,
+    "khz": u.kHz,
+    "mhz": u.MHz,
+    "ghz": u.GHz,
+}
+
+
+def _psg_path(path_or_name):
+    """(a context manager giving the file's path, the source label) for a file or muler name."""
+    if isinstance(path_or_name, str) and not Path(path_or_name).expanduser().is_file():
+        key = _MULER_ALIASES.get(path_or_name.lower(), path_or_name)
+        if key in MULER_TEMPLATES and key.startswith("psg"):
+            resource = importlib.resources.files("muler") / "templates" / key
+            return importlib.resources.as_file(resource), f"muler/templates/{key}"
+    path = _existing_file(path_or_name)
+    return contextlib.nullcontext(path), str(path)
+
+
+def _psg_header(path: Path, source):
+    """(column names, spectral unit, header lines) from the '#' lines above PSG data."""
+    header = []
+    first_data = None
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if stripped.startswith("#"):
+                header.append(stripped.lstrip("#").strip())
+                continue
+            first_data = stripped.split()
+            break
+    if first_data is None:
+        raise ValueError(f"{source}: no data rows below the '#' header")
+    width = len(first_data)
+    names = None
+    for line in reversed(header):
+        tokens = line.split()
+        if tokens and tokens[0].lower().startswith(("wave", "freq")):
+            names = tokens
+            break
+    if names is None:
+        raise ValueError(
+            f"{source}: no PSG column header ('# Wave/freq Total H2O ...') above the data; "
+            "is this a PSG transmittance file?"
+        )
+    if len(names) != width:
+        raise ValueError(
+            f"{source}: the header names {len(names)} columns ({' '.join(names)}) but the "
+            f"first data row has {width}"
+        )
+    unit = None
+    for line in header:
+        match = re.match(r"spectral unit:\s*(.*)$", line, flags=re.IGNORECASE)
+        if match:
+            bracket = _bracketed(match.group(1))
+            key = (bracket if bracket is not None else match.group(1)).strip().lower()
+            if key not in _PSG_SPECTRAL_UNITS:
+                raise ValueError(
+                    f"{source}: unrecognised spectral unit {match.group(1)!r} in the PSG "
+                    f"header; known: {sorted(_PSG_SPECTRAL_UNITS)}"
+                )
+            unit = _PSG_SPECTRAL_UNITS[key]
+    if unit is None:
+        raise ValueError(
+            f"{source}: the PSG header has no '# Spectral unit: ...' line, so the first "
+            "column could be a wavelength, a wavenumber or a frequency"
+        )
+    return names, unit, header
+
+
+def _psg_table(path: Path, width: int, source) -> np.ndarray:
+    try:
+        return np.loadtxt(path, comments="#", dtype=np.float64, ndmin=2)
+    except ValueError:
+        pass
+    # find the row that does not fit, for a message that names it
+    with open(path, encoding="utf-8", errors="replace") as stream:
+        for number, line in enumerate(stream, start=1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#"):
+                continue
+            tokens = stripped.split()
+            if len(tokens) != width:
+                raise ValueError(
+                    f"{source}: line {number} has {len(tokens)} values but the header names "
+                    f"{width} columns: the columns have different lengths"
+                ) from None
+            if not all(_is_number(token) for token in tokens):
+                raise ValueError(f"{source}: line {number} is not numeric: {stripped!r}") from None
+    raise ValueError(f"{source}: could not read the numeric table")  # pragma: no cover
+
+
+def _checked_transmission(name: str, values: np.ndarray, wavelength: np.ndarray, source):
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(
+            f"{source}: column {name!r} has {int(bad.sum())} non-finite values, first at "
+            f"{wavelength[np.flatnonzero(bad)[0]]:.4f} Å"
+        )
+    for label, outside, extreme in (
+        ("above 1", values > 1 + TRANSMISSION_TOLERANCE, np.argmax(values)),
+        ("below 0", values < -TRANSMISSION_TOLERANCE, np.argmin(values)),
+    ):
+        if outside.any():
+            raise ValueError(
+                f"{source}: column {name!r} is not a transmission: {int(outside.sum())} values "
+                f"{label} beyond rounding ({TRANSMISSION_TOLERANCE:g}), the most extreme "
+                f"{values[extreme]:.6g} at {wavelength[extreme]:.4f} Å"
+            )
+    return np.clip(values, 0.0, 1.0)
+
+
+def _psg(path_or_name, molecules, *, sort, wavelength_range):
+    context, source = _psg_path(path_or_name)
+    with context as path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"PSG file not found: {path}")
+        names, spectral_unit, header = _psg_header(Path(path), source)
+        table = _psg_table(Path(path), len(names), source)
+    if table.shape[1] != len(names):
+        raise ValueError(
+            f"{source}: rows have {table.shape[1]} values but the header names {len(names)} "
+            "columns: the columns have different lengths"
+        )
+    available = names[1:]
+    if molecules is None:
+        wanted = list(available)
+    else:
+        wanted = [molecules] if isinstance(molecules, str) else list(molecules)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ValueError(
+                f"{source}: no column {', '.join(map(repr, missing))} in this PSG file; its "
+                f"columns are {available}"
+            )
+        if not wanted:
+            raise ValueError(f"{source}: molecules is empty; choose from {available}")
+    if spectral_unit.physical_type == "length":
+        wavelength = table[:, 0] * _angstrom_per(spectral_unit)
+    else:  # a wavenumber or a frequency
+        wavelength = u.Quantity(table[:, 0], spectral_unit).to_value(
+            u.AA, equivalencies=u.spectral()
+        )
+    columns = {name: table[:, names.index(name)] for name in wanted}
+    steps = np.diff(wavelength)
+    order = None
+    if steps.size and np.all(steps < 0):  # e.g. an increasing wavenumber axis
+        order = np.arange(wavelength.size)[::-1]
+    elif sort and not np.all(steps > 0):
+        order = np.argsort(wavelength, kind="stable")
+    if order is not None:
+        wavelength = wavelength[order]
+        columns = {name: values[order] for name, values in columns.items()}
+    # finite, positive, strictly increasing (unsorted: an error naming sort=True)
+    wavelength, _ = _checked(wavelength, next(iter(columns.values())), source=source)
+    columns = {
+        name: _checked_transmission(name, values, wavelength, source)
+        for name, values in columns.items()
+    }
+    if wavelength_range is not None:
+        _, kept = _cropped(
+            wavelength, np.arange(wavelength.size, dtype=np.float64), wavelength_range, source
+        )
+        keep = kept.astype(np.int64)
+        wavelength = wavelength[keep]
+        columns = {name: values[keep] for name, values in columns.items()}
+    meta = {
+        "source": source,
+        "format": "psg",
+        "flux_unit": "",
+        "columns": list(available),
+        "spectral_unit": spectral_unit.to_string(),
+        "header": header,
+    }
+    return wavelength, columns, meta
+
+
+def read_psg(
+    path_or_name: PathLike = "psg",
+    molecules: str | list[str] | tuple[str, ...] | None = None,
+    *,
+    sort: bool = False,
+    wavelength_range: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Read a NASA PSG transmittance file: one transmission per molecule.
+
+    PSG (Villanueva et al. 2018, 2022) writes ``#`` header lines, among them
+    ``# Spectral unit: Wavelength [um]`` and the column names
+    ``# Wave/freq Total H2O CO2 O3 N2O CO CH4 O2 N2 Rayleigh CIA``, then one row per
+    spectral point. The spectral axis may be a wavelength (µm, nm, mm, Å), a wavenumber
+    (cm⁻¹) or a frequency (Hz … GHz): it is converted to vacuum wavelength in Å, ascending.
+
+    Parameters
+    ----------
+    path_or_name : str or os.PathLike
+        A PSG file, or muler's packaged one (``"psg"`` or
+        ``"psg_trn_r100000_1.4_2.5_um.txt"``, the default); no unit.
+    molecules : str or sequence of str, optional
+        Columns to return (``"Total"``, ``"H2O"``, …); default: every column.
+    sort : bool
+        Sort an unsorted spectral axis instead of raising.
+    wavelength_range : (float, float), optional
+        Keep only samples within this range, in Å (inclusive).
+
+    Returns
+    -------
+    wavelength : numpy.ndarray
+        Vacuum wavelength in Å (float64, strictly increasing).
+    transmission : dict of str to numpy.ndarray
+        One dimensionless transmission per requested column, in the file's column order
+        (a plain dict, so ``transmission["H2O"]`` is an array on ``wavelength``; values
+        within rounding of [0, 1] are clipped into it).
+
+    Raises
+    ------
+    ValueError
+        A molecule the file does not have (the message lists its columns), a
+        transmission above 1 or below 0 beyond rounding (:data:`TRANSMISSION_TOLERANCE`),
+        rows with a different number of values than the header names (columns of
+        different lengths), no column header or no spectral unit in the header.
+    """
+    wavelength, columns, _ = _psg(
+        path_or_name, molecules, sort=sort, wavelength_range=wavelength_range
+    )
+    return wavelength, columns
+
+
 # --------------------------------------------------------------------------- dispatcher
+
+
+def _looks_like_psg(path: Path) -> bool:
+    try:
+        with open(path, "rb") as stream:
+            start = stream.read(2048)
+    except OSError:
+        return False
+    return b"Planetary Spectrum Generator" in start
 
 
 def _guess_format(path_or_name: PathLike) -> str:
@@ -623,6 +1343,11 @@ def _guess_format(path_or_name: PathLike) -> str:
         return "phoenix-fits"
     if lower.endswith(".dat") and re.search("phoenix", lower):
         return "phoenix-dat"
+    sonora = _guess_sonora_model(path)
+    if sonora is not None:
+        return f"sonora-{sonora}"
+    if lower.startswith("psg") or _looks_like_psg(path):
+        return "psg"
     return "two-column"
 
 
@@ -635,6 +1360,7 @@ def read_template(
     wavelength_path: PathLike | None = None,
     sort: bool = False,
     wavelength_range: tuple[float, float] | None = None,
+    column: str | None = None,
     **table_options: Any,
 ) -> Template:
     """Read any supported template into a :class:`Template`.
@@ -643,13 +1369,17 @@ def read_template(
     ----------
     path_or_name : str or os.PathLike
         A file, or the name of a muler template (see :func:`read_muler_template`).
-    format : {"muler", "phoenix-fits", "phoenix-dat", "two-column"}, optional
+    format : {"muler", "phoenix-fits", "phoenix-dat", "sonora-bobcat", \
+"sonora-diamondback", "sonora-elfowl", "psg", "two-column"}, optional
         Reader to use; guessed when omitted: muler names → ``"muler"``; ``.fits`` →
         ``"phoenix-fits"``; ``.dat`` with PHOENIX in the name → ``"phoenix-dat"``
-        (micron); anything else → ``"two-column"``.
+        (micron); Sonora file names (``sp_t…`` → Bobcat, ``t…g….spec`` → Diamondback,
+        ``*.nc`` → Elf Owl, see :func:`read_sonora`); a name starting with ``psg`` or a
+        file whose header says "Planetary Spectrum Generator" → ``"psg"``
+        (:func:`read_psg`); anything else → ``"two-column"``.
     kind : {"stellar", "telluric", "generic"}, optional
-        Overrides the guess (muler templates know theirs; PHOENIX → ``"stellar"``;
-        tables → ``"generic"``).
+        Overrides the guess (muler templates know theirs; PHOENIX and Sonora →
+        ``"stellar"``; PSG → ``"telluric"``; tables → ``"generic"``).
     wavelength_unit : str or astropy.units.UnitBase
         Wavelength unit of a ``"two-column"`` table (a length unit).
     wavelength_path : str or os.PathLike, optional
@@ -658,6 +1388,9 @@ def read_template(
         Sort unsorted wavelengths instead of raising.
     wavelength_range : (float, float), optional
         Keep only samples within this range, in Å (inclusive).
+    column : str, optional
+        The PSG column to read (``"Total"``, ``"H2O"``, …) for ``"psg"`` files and muler's
+        PSG template; default ``"Total"``.
     **table_options
         ``columns``, ``delimiter``, ``medium`` for :func:`read_two_column`.
 
@@ -674,9 +1407,20 @@ def read_template(
         raise TypeError(
             f"options {sorted(table_options)} only apply to format='two-column', not {format!r}"
         )
+    if column is not None and format not in ("psg", "muler"):
+        raise TypeError(f"column= applies to PSG files (format='psg'), not format={format!r}")
     common = {"sort": sort, "wavelength_range": wavelength_range}
     if format == "muler":
-        wavelength, flux, meta, guessed_kind = _muler(path_or_name, **common)
+        wavelength, flux, meta, guessed_kind = _muler(path_or_name, column=column, **common)
+    elif format in _SONORA_FORMATS:
+        wavelength, flux, meta = _sonora(path_or_name, _SONORA_FORMATS[format], **common)
+        guessed_kind = "stellar"
+    elif format == "psg":
+        column = "Total" if column is None else column
+        wavelength, columns, meta = _psg(path_or_name, column, **common)
+        flux = columns[column]
+        meta = {**meta, "column": column}
+        guessed_kind = "telluric"
     elif format == "phoenix-fits":
         wavelength, flux, meta = _phoenix_fits(path_or_name, wavelength_path, **common)
         guessed_kind = "stellar"

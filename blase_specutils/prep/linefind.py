@@ -13,7 +13,7 @@ from scipy.signal import find_peaks, peak_widths
 
 from ._checks import check_spectrum
 
-__all__ = ["LineList", "find_lines"]
+__all__ = ["LineList", "find_lines", "find_optical_depth_lines"]
 
 
 @dataclass(frozen=True)
@@ -258,4 +258,91 @@ def find_lines(
         fwhm = np.minimum(fwhm, float(max_fwhm_angstrom))
     return LineList(
         center=center, depth=depth, prominence=prominences, fwhm=fwhm, pixel_index=peaks
+    )
+
+
+def find_optical_depth_lines(
+    wavelength_angstrom,
+    transmission,
+    *,
+    prominence: float = 0.01,
+    max_optical_depth: float = 20.0,
+    min_separation_pixels: int = 1,
+    max_fwhm_angstrom: float | None = None,
+) -> LineList:
+    """Find lines of a (possibly saturated) transmission on its optical depth.
+
+    Where lines saturate, the transmission sits at zero over whole stretches: a blend of
+    saturated lines makes one flat trough with no minimum inside it, so prominence on the
+    transmission finds one line or none there (muler's PSG water band at 1.75–1.82 µm:
+    45 % of the pixels below 1 %). The optical depth ``τ = −ln T`` keeps rising into
+    those cores, so its peaks are the lines. ``T`` is floored at ``exp(−max_optical_depth)``
+    first (PSG prints 0 where ``T`` underflows), so ``τ`` is finite everywhere and a core
+    deeper than the floor becomes a flat top, found as one line across it. Beyond both
+    ends of the range the spectrum is taken as transparent, so a trough that runs off the
+    edge is a line too.
+
+    Parameters
+    ----------
+    wavelength_angstrom : array_like
+        Wavelengths (Å), finite, strictly increasing.
+    transmission : array_like
+        Transmission (dimensionless, continuum ≈ 1, non-negative), finite.
+    prominence : float
+        Minimum prominence of a peak of ``τ`` (dimensionless optical depth), in (0, 1).
+    max_optical_depth : float
+        Largest optical depth considered (> 0); deeper cores are cut flat there.
+    min_separation_pixels : int
+        Minimum separation between lines (pixels), >= 1.
+    max_fwhm_angstrom : float, optional
+        Further cap on the width (Å).
+
+    Returns
+    -------
+    LineList
+        Lines sorted by centre. ``prominence`` is the line's optical depth above the
+        higher of the saddles beside it (what the line adds to ``τ``); ``depth`` is the
+        transmission depth of that alone, ``1 − exp(−prominence)``; ``center``, ``fwhm``
+        and ``pixel_index`` as :func:`find_lines` measures them on ``−τ``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`find_lines`, or a negative transmission, or ``max_optical_depth``
+        not finite and positive.
+    """
+    wavelength, flux = _validate(wavelength_angstrom, transmission, prominence)
+    if np.any(flux < 0):
+        raise ValueError(
+            f"transmission has {int(np.sum(flux < 0))} negative values; an optical depth "
+            "needs a transmission >= 0"
+        )
+    if not (np.isfinite(max_optical_depth) and max_optical_depth > 0):
+        raise ValueError(f"max_optical_depth must be finite and > 0, got {max_optical_depth!r}")
+    tau = -np.log(np.maximum(flux, np.exp(-float(max_optical_depth))))
+    # Transparent (τ = 0) one pixel beyond each end: a trough that runs off the edge of
+    # the range (a band head; muler's PSG beyond 18,000 Å) then still has a base on both
+    # sides, so it is found as a line instead of leaving the clone at 1 there.
+    padded_wavelength = np.concatenate(
+        [
+            [wavelength[0] - (wavelength[1] - wavelength[0])],
+            wavelength,
+            [wavelength[-1] + (wavelength[-1] - wavelength[-2])],
+        ]
+    )
+    padded_tau = np.concatenate([[0.0], tau, [0.0]])
+    found = find_lines(
+        padded_wavelength,
+        -padded_tau,
+        prominence=prominence,
+        min_separation_pixels=min_separation_pixels,
+        max_fwhm_angstrom=max_fwhm_angstrom,
+    )
+    strength = np.asarray(found.prominence, dtype=np.float64)
+    return LineList(
+        center=np.clip(found.center, wavelength[0], wavelength[-1]),
+        depth=-np.expm1(-strength),
+        prominence=strength,
+        fwhm=found.fwhm,
+        pixel_index=np.asarray(found.pixel_index) - 1,
     )
