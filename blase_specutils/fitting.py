@@ -1478,8 +1478,14 @@ def fit(
     # together, the amplitudes of blended lines follow the RV as it wanders and lock it off
     # its optimum (injection tests at v sin i = 15 km/s, S/N 300: +69 ± 77 m/s jointly,
     # +3 ± 24 m/s this way, reported σ 21 m/s).
+    # The line strength and the veiling hold still too: trained with the amplitudes, they
+    # drift along a valley the amplitudes make flat (an unveiled injection: veiling 0.39,
+    # line strength 1.39, "± 0.02"), so they stay what the global stage measured against
+    # the clone as it was.
+    held = [p for p in (model.rv, model.ln_line_strength, model.veiling) if p.requires_grad]
     fit_rv_now = model.rv.requires_grad
-    model.rv.requires_grad_(False)
+    for p in held:
+        p.requires_grad_(False)
     if line_groups and epochs > 0:
         groups = global_groups() + line_groups
         h = optimize(
@@ -1513,7 +1519,8 @@ def fit(
     # sized from the lines as learnt (the layout the result is evaluated on; polishing
     # first and re-sizing after left χ² computed on a model the polish never saw).
     model.relayout()
-    model.rv.requires_grad_(fit_rv_now)
+    for p in held:
+        p.requires_grad_(True)
     history.loss += fit_profiled_globals(_fit_globals_lowering_r, "polish")
     with torch.no_grad():
         chi2_after_lines = float(chi2())

@@ -990,3 +990,134 @@ def test_fit_line_table_keeps_which_pass_found_each_line(y_clone, recovered):
     found = np.asarray(recovered.line_table["found_in_pass"])
     np.testing.assert_array_equal(found, y_clone.initial["found_in_pass"])
     assert (found == 1).sum() == sum(y_clone.meta["lines_added"]) > 0
+
+
+# --------------------------------------------------------------- what a result says of itself
+def test_a_clean_fit_is_converged_with_consistent_orders_and_counted_line_dof(recovered):
+    assert recovered.converged, recovered.flags
+    table = recovered.orders
+    assert len(table) == 1 and table["rv"].unit == u.km / u.s
+    # one order: its own Gauss–Newton RV is the joint one, within a small fraction of σ
+    assert abs(table["rv"][0].value - recovered.rv) < 0.3 * recovered.rv_uncertainty
+    assert table["n_good_pixels"][0] == recovered.meta["n_good_pixels"]
+    # trained amplitudes count as degrees of freedom (lasso: those off the prior's kink)
+    assert 0 < recovered.meta["n_line_dof"] < 381
+    n_globals = 4 + recovered.meta["continuum_degree"] + 1  # RV, v sin i, s, r; continuum
+    assert recovered.meta["n_dof"] == (
+        recovered.meta["n_good_pixels"] - recovered.meta["n_line_dof"] - n_globals
+    )
+    search = recovered.meta["search"]
+    assert abs(search["best_rv"] - 12.3) < 1.0 and search["minima"][0]["rv"] == pytest.approx(
+        12.3, abs=3.0
+    )
+    assert "line_strength" in recovered.meta["free"] and "veiling" in recovered.meta["free"]
+
+
+def test_free_parameters_as_a_set_and_booleans_as_overrides(y_clone, observation):
+    from blase_specutils.fitting import DEFAULT_FREE, free_parameters
+
+    assert free_parameters() == DEFAULT_FREE
+    assert free_parameters({"rv"}, vsini=True) == {"rv", "vsini"}
+    assert "vsini" not in free_parameters(None, vsini=False)
+    with pytest.raises(ValueError, match=r"unknown free parameter\(s\) \['rvv'\]"):
+        free_parameters({"rvv"})
+    args = (observation.wavelength, observation.flux, observation.uncertainty)
+    kw = dict(stellar=y_clone, progress=False, epochs=0, vsini=6.0, rv=12.3, rv_search=20)
+    held = bs.fit(*args, free={"rv"}, **kw)
+    assert held.vsini == pytest.approx(6.0) and held.meta["free"] == ["rv"]
+    assert np.isnan(held.uncertainties["vsini"]) and np.isfinite(held.uncertainties["rv"])
+    same = bs.fit(*args, fit_vsini=False, fit_line_strength=False, fit_veiling=False, **kw)
+    assert same.rv == pytest.approx(held.rv, abs=1e-4)
+
+
+def test_a_diverging_line_stage_is_undone_and_flagged(y_clone, observation):
+    args = (observation.wavelength, observation.flux, observation.uncertainty)
+    with pytest.warns(FitQualityWarning, match="line stage left chi2 worse"):
+        result = bs.fit(*args, stellar=y_clone, progress=False, learning_rate=10.0, epochs=60)
+    assert "line_stage_undone" in result.flags and not result.converged
+    assert result.meta["line_stage_undone"]
+    assert result.chi2_reduced < 20  # measured 195,449 before: the lines had diverged
+    assert abs(result.rv - 12.3) < 5 * result.rv_uncertainty
+
+
+def test_too_few_pixels_for_the_free_parameters_give_nan_errors_and_a_flag(y_clone, observation):
+    sl = slice(400, 406)  # six pixels: continuum, RV, v sin i, line strength, veiling
+    with pytest.warns(UserWarning):
+        result = bs.fit(
+            observation.wavelength[sl], observation.flux[sl], observation.uncertainty[sl],
+            stellar=y_clone, progress=False, epochs=0, rv=12.3, rv_search=5,
+        )  # fmt: skip
+    assert "too_few_pixels" in result.flags and not result.converged
+    assert np.isnan(result.rv_uncertainty)  # never a zero error bar
+    assert "free parameters" in result.meta["uncertainty_notes"]["rv"]
+
+
+def test_orders_that_disagree_are_flagged(y_clone, observation):
+    # two halves of the order, the second shifted by 3 km/s (a wrong wavelength solution)
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    half = w.size // 2
+    orders_w = [w[:half], w[half:] * (1 + 3.0 / C_KMS)]
+    with pytest.warns(FitQualityWarning, match="orders_disagree"):
+        result = bs.fit(
+            orders_w, [f[:half], f[half:]], [s[:half], s[half:]], stellar=y_clone,
+            progress=False, epochs=0,
+        )  # fmt: skip
+    table = result.orders
+    assert len(table) == 2
+    assert (table["rv"][1] - table["rv"][0]).to_value(u.km / u.s) == pytest.approx(3.0, abs=0.5)
+    assert result.meta["order_rv_dof"] == 1 and result.meta["order_rv_chi2"] > 10
+
+
+def test_an_equal_mass_binary_is_an_ambiguous_rv(y_clone):
+    # Two identical stars 150 km/s apart: the search finds two minima of equal depth.
+    pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
+    a = observe(y_clone.wavelength, y_clone.target_flux, pixels, rv=-60.0, vsini=6.0,
+                resolving_power=55000, snr=200, seed=1)  # fmt: skip
+    b = observe(y_clone.wavelength, y_clone.target_flux, pixels, rv=90.0, vsini=6.0,
+                resolving_power=55000, snr=200, seed=2)  # fmt: skip
+    flux = 0.5 * (a.noiseless + b.noiseless) + np.random.default_rng(0).normal(0, 0.005, 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        result = bs.fit(pixels, flux, np.full(1000, 0.005), stellar=y_clone, progress=False,
+                        epochs=0)  # fmt: skip
+    assert "rv_ambiguous" in result.flags
+    minima = sorted(m["rv"] for m in result.meta["search"]["minima"][:2])
+    assert minima == [pytest.approx(-60.0, abs=4.0), pytest.approx(90.0, abs=4.0)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"rv": 3.1e5}, ValueError, "at or beyond the speed of light"),
+        ({"rv_max": 3.0e5}, ValueError, "rv_max = 300000 km/s is at or beyond"),
+        ({"rv_search": 2.0e5}, ValueError, "narrow rv_search"),
+        ({"resume": "no/such/checkpoint.pt"}, FileNotFoundError, "no checkpoint file"),
+        ({"free": {"vsini", "rotation"}}, ValueError, "unknown free parameter"),
+    ],
+)
+def test_more_bad_numbers_fail_early(y_clone, observation, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        bs.fit(observation.wavelength, observation.flux, observation.uncertainty,
+               stellar=y_clone, progress=False, **kwargs)  # fmt: skip
+
+
+def test_one_pixel_orders_and_plain_lists(y_clone, observation):
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    with pytest.raises(ValueError, match="order 1 has 1 pixel"):
+        bs.fit([w[:500], w[500:501]], [f[:500], f[500:501]], [s[:500], s[500:501]],
+               stellar=y_clone)  # fmt: skip
+    # one order given as plain Python lists is one order, not a list of 1000 orders
+    kw = dict(stellar=y_clone, progress=False, epochs=0, rv=12.3, rv_search=10)
+    plain = bs.fit(list(w), list(f), list(s), **kw)
+    arrays = bs.fit(w, f, s, **kw)
+    assert plain.rv == arrays.rv and len(plain.orders) == 1
+
+
+def test_an_order_without_uncertainties_keeps_the_others(y_clone, observation):
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    with pytest.warns(BadPixelWarning, match=r"order\(s\) 1 of 2 have no uncertainties"):
+        result = bs.fit([w[:500], w[500:]], [f[:500], f[500:]], [s[:500], None],
+                        stellar=y_clone, progress=False, epochs=0)  # fmt: skip
+    sigma = result.uncertainty
+    np.testing.assert_allclose(sigma[0], s[:500])
+    assert np.allclose(sigma[1], sigma[1][0]) and 0.5 < sigma[1][0] / np.median(s) < 2.0

@@ -328,11 +328,13 @@ def rv_vsini_search(
         return convolve_same(star, inst_kernel)
 
     chi2 = np.zeros((len(orders), len(vsini_grid), len(shifts)))
+    strides = []
     for j, vsini in enumerate(vsini_grid):
         # Broader lines need fewer RVs: a third of the total width (instrument and
         # rotation), interpolated onto the common grid afterwards.
         width = math.hypot(fwhm, 1.1 * vsini)
         stride_j = max(stride, int(round(width / 3.0 / step)))
+        strides.append(stride_j)
         shifts_j = np.arange(shift_lo, shift_hi + 1, stride_j)
         if shifts_j[-1] != shift_hi:
             shifts_j = np.append(shifts_j, shift_hi)
@@ -344,8 +346,9 @@ def rv_vsini_search(
     at_edge = len(shifts) > 2 and i_best in (0, len(shifts) - 1)
 
     # Refine the RV in whole model steps around the coarse minimum, at the best v sin i.
+    reach = 2 * strides[j_best]
     fine = np.arange(
-        max(shift_lo, shifts[i_best] - 2 * stride), min(shift_hi, shifts[i_best] + 2 * stride) + 1
+        max(shift_lo, shifts[i_best] - reach), min(shift_hi, shifts[i_best] + reach) + 1
     )
     fine_total = np.zeros(len(fine))
     fine_depth = np.zeros(len(fine))
