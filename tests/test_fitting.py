@@ -1121,3 +1121,23 @@ def test_an_order_without_uncertainties_keeps_the_others(y_clone, observation):
     sigma = result.uncertainty
     np.testing.assert_allclose(sigma[0], s[:500])
     assert np.allclose(sigma[1], sigma[1][0]) and 0.5 < sigma[1][0] / np.median(s) < 2.0
+
+
+def test_trained_lines_get_fisher_uncertainties_in_the_line_table(recovered):
+    table = recovered.line_table
+    sigma = np.asarray(table["ln_amplitude_uncertainty"])
+    trained = np.isfinite(sigma)
+    assert recovered.meta["n_active_lines"] == trained.sum() > 50
+    assert np.all(sigma[trained] > 0)
+    # deep, unblended lines are measured to a few per cent at S/N 200; weak ones worse
+    # (blended neighbours trade amplitude with each other: σ(ln a) of order 1 there)
+    depth = np.asarray(table["depth"])
+    alone = trained & ~np.asarray(table["blended"])
+    assert np.median(sigma[alone & (depth > 0.3)]) < 0.1 < np.median(sigma[alone & (depth < 0.05)])
+    # the EW error follows: dEW/dln a · σ(ln a) ≤ EW · σ(ln a) (saturation makes it smaller)
+    ew = table["equivalent_width"].to_value(u.AA)
+    ew_sigma = table["equivalent_width_uncertainty"].to_value(u.AA)
+    assert np.all(ew_sigma[trained] <= ew[trained] * sigma[trained] * 1.0001)
+    # the globals' errors with the lines marginalised are larger than with them held
+    held = recovered.meta["curvature_uncertainties"]["rv"]
+    assert recovered.meta["uncertainties_lines_marginalised"]["rv"] > held

@@ -253,3 +253,25 @@ def test_covariance_of_an_unconstrained_parameter_is_not_a_zero():
     columns = torch.zeros(50, 1, dtype=torch.float64)
     cov = covariance(columns, None)
     assert cov is None or not float(cov[0, 0]) > 0
+
+
+def test_marginal_covariance_equals_the_dense_inverse():
+    # Arrow-shaped Fisher matrix: 2 globals coupled to two blocks of 3 and 4 parameters
+    # that live on disjoint pixels; the Schur-complement solution is the dense inverse.
+    from blase_specutils.core.uncertainty import marginal_covariance
+
+    rng = np.random.default_rng(7)
+    n = 60
+    rows = [np.arange(n) < 25, np.arange(n) >= 25]
+    g = torch.as_tensor(rng.normal(size=(n, 2)))
+    cols = [torch.as_tensor(rng.normal(size=(int(r.sum()), m))) for r, m in zip(rows, (3, 4))]
+    dense = torch.zeros(n, 2 + 3 + 4, dtype=torch.float64)
+    dense[:, :2] = g
+    dense[torch.as_tensor(rows[0]), 2:5] = cols[0]
+    dense[torch.as_tensor(rows[1]), 5:9] = cols[1]
+    reference = torch.linalg.inv(dense.T @ dense)
+    cov, variances = marginal_covariance(g, [(torch.as_tensor(r), c) for r, c in zip(rows, cols)])
+    np.testing.assert_allclose(cov.numpy(), reference[:2, :2].numpy(), rtol=1e-9)
+    diagonal = torch.diagonal(reference).numpy()
+    np.testing.assert_allclose(variances[0].numpy(), diagonal[2:5], rtol=1e-9)
+    np.testing.assert_allclose(variances[1].numpy(), diagonal[5:9], rtol=1e-9)

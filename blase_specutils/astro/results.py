@@ -509,9 +509,32 @@ def line_table(
         snr = pix = instrument_fwhm = np.full(n_lines, np.nan)
     fwhm_observed = np.hypot(fwhm, instrument_fwhm)
     table["equivalent_width"] = ew * u.AA
-    table["equivalent_width_uncertainty"] = (
-        cayrel_equivalent_width_uncertainty(fwhm_observed, pix, snr) * u.AA
-    )
+    ew_sigma = cayrel_equivalent_width_uncertainty(fwhm_observed, pix, snr)
+    ln_a_sigma = getattr(forest_or_result, "line_ln_amplitude_uncertainty", None)
+    if ln_a_sigma is not None and len(ln_a_sigma) == n_lines:
+        # The fit's own errors where the amplitude trained: σ(ln a) from the Fisher matrix
+        # (globals and continua marginalised, Birge-scaled), carried to the EW through
+        # dEW/d ln a (a finite difference of the same EW integral: sublinear when saturated).
+        ln_a_sigma = np.asarray(ln_a_sigma, dtype=np.float64)
+        amplitude = table["amplitude"].to_value(u.AA)
+        step = 0.01
+        ew_up, ew_down = (
+            equivalent_widths(
+                amplitude * np.exp(sign * step),
+                table["sigma"].to_value(u.AA),
+                table["gamma"].to_value(u.AA),
+                mode=forest.mode,
+                profile=forest.profile,
+                emission=np.asarray(table["emission"]),
+            )
+            for sign in (1.0, -1.0)
+        )
+        slope = np.abs(ew_up - ew_down) / (2 * step)
+        trained = np.isfinite(ln_a_sigma)
+        ew_sigma = np.where(trained, slope * ln_a_sigma, ew_sigma)
+        table["ln_amplitude_uncertainty"] = ln_a_sigma
+        table["amplitude_uncertainty"] = amplitude * ln_a_sigma * u.AA
+    table["equivalent_width_uncertainty"] = ew_sigma * u.AA
     if initial_values is not None and all(
         k in initial_values for k in ("amplitude", "sigma", "gamma")
     ):
@@ -541,7 +564,14 @@ def line_table(
         "fwhm": "pseudo-Voigt FWHM (Thompson-Cox-Hastings)",
         "depth": "single-line depth at the centre (negative: emission)",
         "equivalent_width": "equivalent width of the line alone, positive for absorption",
-        "equivalent_width_uncertainty": "Cayrel (1988) 1.5 sqrt(FWHM_obs dλ)/SNR; NaN without data",
+        "equivalent_width_uncertainty": (
+            "from the fit's Fisher matrix where the amplitude trained (ln_amplitude_uncertainty"
+            " finite), else Cayrel (1988) 1.5 sqrt(FWHM_obs dλ)/SNR; NaN without data"
+        ),
+        "ln_amplitude_uncertainty": (
+            "1σ of ln a, Fisher matrix with the globals and continua marginalised, scaled by "
+            "sqrt(chi2_red); NaN where the L1 prior held the line at the clone's value"
+        ),
         "saturated": f"depth > {SATURATION_DEPTH}",
         "blended": "another line closer than this line's FWHM",
         "in_data": "the line's observed centre lies inside the fitted data (else unconstrained)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["covariance", "gauss_newton_step"]
+__all__ = ["covariance", "gauss_newton_step", "marginal_covariance"]
 
 
 def _scaled_pinv(fisher: torch.Tensor) -> torch.Tensor | None:
@@ -59,3 +59,54 @@ def gauss_newton_step(
     p = columns.shape[1]
     step = inverse @ (full.T @ residual)
     return step[:p], inverse[:p, :p]
+
+
+def marginal_covariance(
+    global_columns: torch.Tensor,
+    blocks: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+    """Covariance of the global parameters with per-block nuisance parameters
+    marginalised, and the variances of each block's own parameters.
+
+    The Fisher matrix is arrow-shaped: the globals couple to everything, each block (an
+    order's trained lines and continuum) only to itself. Its global block is the Schur
+    complement ``A − Σ_k B_kᵀ F_k⁻¹ B_k``; a block's own covariance is
+    ``F_k⁻¹ + F_k⁻¹ B_k C B_kᵀ F_k⁻¹`` with ``C`` the globals' covariance.
+
+    Parameters
+    ----------
+    global_columns : torch.Tensor
+        ``[n, p]`` weighted derivatives of the model with respect to the globals.
+    blocks : list of (rows, columns)
+        Per block, the boolean pixel selection ``[n]`` and its own weighted derivative
+        columns ``[n_k, m_k]`` at those pixels.
+
+    Returns
+    -------
+    covariance : torch.Tensor or None
+        ``[p, p]``, None when singular.
+    block_variances : list of torch.Tensor or None
+        Per block, ``[m_k]`` variances of its parameters (None when singular).
+    """
+    p = global_columns.shape[1]
+    schur = global_columns.T @ global_columns
+    pieces = []
+    for rows, columns in blocks:
+        jg = global_columns[rows]
+        inverse = _scaled_pinv(columns.T @ columns) if columns.shape[1] else None
+        if inverse is None:
+            pieces.append(None)
+            continue
+        coupling = columns.T @ jg  # [m_k, p]
+        schur = schur - coupling.T @ inverse @ coupling
+        pieces.append((inverse, coupling))
+    cov = _scaled_pinv(schur) if p else torch.zeros(0, 0, dtype=global_columns.dtype)
+    variances = []
+    for piece in pieces:
+        if piece is None or cov is None:
+            variances.append(None)
+            continue
+        inverse, coupling = piece
+        lifted = inverse @ coupling  # [m_k, p]
+        variances.append(torch.diagonal(inverse) + torch.sum((lifted @ cov) * lifted, dim=1))
+    return cov, variances
