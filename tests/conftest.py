@@ -70,4 +70,5 @@ def data_dir() -> Path:
     try:
         return example_data_dir()
     except RuntimeError as error:
-        pytest.fail(str(error), pytrace=False)
+        message = str(error)
+    pytest.fail(message, pytrace=False)
