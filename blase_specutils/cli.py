@@ -116,8 +116,17 @@ def _template_source(spec: str) -> tuple[str | Path, str]:
         raise UsageError(
             f"unknown dataset {spec!r}: the only dataset prefix is 'phoenix:' (Z, Y or H)"
         )
-    if Path(spec).expanduser().is_dir():
+    path = Path(spec).expanduser()
+    if path.is_dir():
         raise UsageError(f"the template {spec} is a folder; give a template file")
+    if path.is_file():
+        with path.open("rb") as stream:
+            what = _what_file(stream.read(64))
+        if what in _NOT_TEMPLATES:
+            raise UsageError(
+                f"the template {spec} is {what}; give a synthetic spectrum (PHOENIX .dat or "
+                ".fits, a two-column text table) or a dataset name such as phoenix:Z"
+            )
     return spec, spec
 
 
@@ -129,6 +138,14 @@ _MAGIC = (
     (b"#ASDF", "an ASDF file (a saved fit: read it with blase_specutils.read_fit)"),
     (b"PK\x03\x04", "a zip archive"),
     (b"\x1f\x8b", "a gzip archive"),
+)
+
+
+#: What a template can never be (FITS, text and others go to the template readers).
+_NOT_TEMPLATES = frozenset(
+    what
+    for magic, what in _MAGIC
+    if magic not in (b"SIMPLE  =", b"\x1f\x8b")  # .fits.gz
 )
 
 
@@ -802,6 +819,13 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (with a pointer to ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -1039,7 +1063,7 @@ SUBCOMMANDS = {"clone": _add_clone_parser, "fit": _add_fit_parser, "demo": _add_
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``blase-specutils``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG,
         description="Clone synthetic spectra into tunable line forests and transfer-learn them on "
         "observed échelle spectra (the blasé method).",
