@@ -710,6 +710,13 @@ def _cmd_fit(args, out, err) -> int:
         )
     except ValueError as error:  # fit counts the orders it was given: use the file's numbers
         raise UsageError(_relabel(str(error), labels)) from error
+    except RuntimeError as error:
+        # torch.save reports a failed write (a full disk) as a RuntimeError
+        if args.checkpoint is None or "writ" not in str(error).lower():
+            raise
+        raise UsageError(
+            f"could not write the checkpoint {args.checkpoint}: {_one_line(str(error), 200)}"
+        ) from error
     result.meta["resolving_power_source"] = source
     _report(result, out)
     _write_fit_outputs(result, Path(args.output), out)

@@ -243,8 +243,16 @@ def test_version_and_defaults_in_every_help(capsys):
                 assert f"(default: {shown})" in " ".join(block.split()), (name, flag)
     assert main(["fit", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
-    for option in ("--mask FILE", "--mask-range LO HI", "--trainable", "--prior-scale",
-                   "--prior-center", "--checkpoint FILE", "--resume FILE", "(default: 300.0)"):
+    for option in (
+        "--mask FILE",
+        "--mask-range LO HI",
+        "--trainable",
+        "--prior-scale",
+        "--prior-center",
+        "--checkpoint FILE",
+        "--resume FILE",
+        "(default: 300.0)",
+    ):
         assert option in help_text, option
     assert main(["clone", "--help"]) == 0
     assert "{pseudo_voigt,voigt}" in capsys.readouterr().out
@@ -342,8 +350,9 @@ def test_a_full_disk_is_a_one_line_error(tmp_path, capsys, monkeypatch, data_dir
     assert message == expected
 
 
-def test_fit_writes_fail_cleanly_and_options_reach_fit(tmp_path, capsys, monkeypatch, small_clone,
-                                                       data_dir):
+def test_fit_writes_fail_cleanly_and_options_reach_fit(
+    tmp_path, capsys, monkeypatch, small_clone, data_dir
+):
     import errno
 
     import numpy as np
@@ -395,6 +404,19 @@ def test_fit_writes_fail_cleanly_and_options_reach_fit(tmp_path, capsys, monkeyp
         main([*base, "--trainable", "--prior-weight", "2"])
     assert calls[-1]["trainable"] == () and calls[-1]["prior_weight"] == 2.0
     assert np.all(calls[-1]["wavelength"][0] >= 8690)
+    # a checkpoint that cannot be written (torch says so with a RuntimeError)
+    import torch
+
+    def torch_no_space(*args, **kwargs):
+        raise RuntimeError("[enforce fail] PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(fitting, "fit", real_fit)
+    monkeypatch.setattr(torch, "save", torch_no_space)
+    argv_checkpoint = [*base, "--epochs", "2", "--global-epochs", "1", "--rv-search", "15"]
+    message = _cli_error(capsys, [*argv_checkpoint, "--checkpoint", str(checkpoint)])
+    expected = f"blase-specutils fit: error: could not write the checkpoint {checkpoint}"
+    assert message.startswith(expected)
+    assert "PytorchStreamWriter failed writing" in message
     missing = tmp_path / "none.pt"
     assert "--resume: the checkpoint" in _cli_error(capsys, [*base, "--resume", str(missing)])
     assert "invalid choice: 'width'" in " ".join(
