@@ -511,3 +511,80 @@ def test_orders_are_named_by_the_files_numbers_and_slivers_dropped(capsys):
     assert "order 124" not in labels and "order 124 (" in err.getvalue()
     with pytest.raises(UsageError, match="no order keeps 200 good pixels.*order 125"):
         _prepare_orders(orders[:1], [_FakeClone(8600.0, 8700.0)], _prepare_args(), io.StringIO())
+
+
+# ---------------------------------------------------------------------------
+# Install weight and the README's promises
+# ---------------------------------------------------------------------------
+README_COMMANDS = (
+    "pip install torch==2.13.0 . && blase-specutils demo",
+    'pip install torch==2.13.0 -e ".[test]" && python -m pytest',
+)
+
+
+def test_triton_is_its_own_extra_and_torch_is_not_capped():
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    extras = config["options.extras_require"]
+
+    def names(text):
+        return {Requirement(line).name for line in text.splitlines() if line.strip()}
+
+    assert "triton" not in names(extras["test"])  # about 1 GB on a CPU-only machine
+    assert "triton" in names(extras["triton-tests"]) and "pytest" in names(extras["triton-tests"])
+    requires = {
+        Requirement(line).name: Requirement(line)
+        for line in config["options"]["install_requires"].splitlines()
+        if line.strip()
+    }
+    torch = requires["torch"].specifier
+    assert torch.contains("2.1.0") and torch.contains("2.15.0") and torch.contains("3.0")
+    assert not torch.contains("2.0.1")
+    raw = (ROOT / "setup.cfg").read_text()
+    why = raw[: raw.index("astroquery>=")].rsplit("muler>=", 1)[1]
+    assert "muler" in why and "astroquery" in why and "tynt" in why  # the comment says why
+
+
+def test_ci_runs_the_readme_command_and_the_triton_step_and_readme_starts_with_it():
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
+    assert [line.split("  #")[0].strip() for line in first_block[:2]] == list(README_COMMANDS)
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = [line for line in ci.splitlines() if line and not line.lstrip().startswith("#")]
+    assert README_COMMANDS[1] in commands
+    triton_step = ci[ci.index(README_COMMANDS[1]) :]
+    assert 'pip install -e ".[triton-tests]"' in triton_step
+    assert "BLASE_SPECUTILS_REQUIRE_TRITON=1" in triton_step
+    for module in ("tests/test_triton_kernels.py", "tests/test_triton_voigt.py"):
+        assert module in triton_step.split('pip install -e ".[triton-tests]"', 1)[1]
+    tox = (ROOT / "tox.ini").read_text()
+    assert "[testenv:triton]" in tox and "triton-tests" in tox
+
+
+def test_triton_tests_skip_with_a_reason_without_triton_unless_required(tmp_path):
+    code = (
+        "import sys, pytest\n"
+        "sys.modules['triton'] = None  # as if triton were not installed\n"
+        f"sys.exit(pytest.main(['-q', '-rs', '-p', 'no:cacheprovider', '--rootdir', {str(ROOT)!r},"
+        f" {str(ROOT / 'tests' / 'test_triton_voigt.py')!r}]))\n"
+    )
+    skipped = _run_python(code, tmp_path)
+    # 5: pytest's "no tests ran" (the whole module skipped)
+    assert skipped.returncode in (0, 5), skipped.stdout + skipped.stderr
+    assert "SKIPPED" in skipped.stdout and "[triton-tests]" in skipped.stdout
+    required = _run_python(code, tmp_path, BLASE_SPECUTILS_REQUIRE_TRITON="1")
+    assert required.returncode != 0 and "ImportError" in required.stdout + required.stderr
+
+
+def test_docs_pages_exist_and_are_in_the_toctree():
+    index = (ROOT / "docs" / "index.rst").read_text()
+    for page in ("tutorial", "benchmarks", "design"):
+        assert (ROOT / "docs" / f"{page}.rst").is_file() and f"   {page}\n" in index
+    readme = (ROOT / "README.md").read_text()
+    assert "Choices worth knowing" not in readme  # moved to docs/design.rst
+    assert readme.count("\n|---") == 1  # one benchmark table
+    assert "Choices worth knowing" in (ROOT / "docs" / "design.rst").read_text()
