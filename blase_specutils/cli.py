@@ -427,6 +427,8 @@ def _prepare_orders(orders: list, clones: list, args, err) -> tuple[list, list[s
     Returns the orders to fit and their labels (the file's order numbers); every message
     names orders by those labels.
     """
+    if not orders:
+        raise UsageError("the data file holds no spectral order")
     labels = [_order_label(order, k) for k, order in enumerate(orders)]
     orders = _apply_mask(orders, args.mask_ranges)
     lo = max(_clone_range(c)[0] for c in clones)

@@ -509,6 +509,8 @@ def test_orders_are_named_by_the_files_numbers_and_slivers_dropped(capsys):
     err = io.StringIO()
     kept, labels = _prepare_orders(orders, [_FakeClone(8600.0, 8900.0)], args, err)
     assert "order 124" not in labels and "order 124 (" in err.getvalue()
+    with pytest.raises(UsageError, match="holds no spectral order"):
+        _prepare_orders([], [_FakeClone(8600.0, 8700.0)], _prepare_args(), io.StringIO())
     with pytest.raises(UsageError, match="no order keeps 200 good pixels.*order 125"):
         _prepare_orders(orders[:1], [_FakeClone(8600.0, 8700.0)], _prepare_args(), io.StringIO())
 
