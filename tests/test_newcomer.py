@@ -400,6 +400,7 @@ def test_fit_writes_fail_cleanly_and_options_reach_fit(
     # --trainable alone holds the lines; --resume needs an existing file
     monkeypatch.setattr(fitting, "fit", lambda **kw: calls.append(kw) or 1 / 0)
     base = ["fit", str(datasets.wasp69_path()), "--stellar", str(small_clone), "-q"]
+    base += ["-o", str(tmp_path / "never-written")]
     with pytest.raises(ZeroDivisionError):
         main([*base, "--trainable", "--prior-weight", "2"])
     assert calls[-1]["trainable"] == () and calls[-1]["prior_weight"] == 2.0
@@ -419,6 +420,7 @@ def test_fit_writes_fail_cleanly_and_options_reach_fit(
     assert "PytorchStreamWriter failed writing" in message
     missing = tmp_path / "none.pt"
     assert "--resume: the checkpoint" in _cli_error(capsys, [*base, "--resume", str(missing)])
+    assert not (tmp_path / "never-written").exists()
     assert "invalid choice: 'width'" in " ".join(
         _cli_error(capsys, [*base, "--trainable", "width"]).split()
     )
