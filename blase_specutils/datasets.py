@@ -10,7 +10,9 @@ How a file is found, in order:
 
 1. a local mirror: if the environment variable ``BLASE_SPECUTILS_DATA`` names a
    folder holding ``<folder>/<file>`` (e.g. ``phoenix/Z_band_...dat``), that file
-   is verified and returned where it lies;
+   is verified and returned where it lies. A variable that names no existing folder
+   (a typo, an unmounted disk) raises :class:`DataFolderError` naming it, rather
+   than quietly downloading; a folder that lacks one file goes on to steps 2 and 3;
 2. a copy under its real file name in this package's cache folder
    (``<cache>/files/<folder>/<file>``, with ``<cache>`` from
    ``astropy.config.paths.get_cache_dir("blase_specutils")``), verified;
@@ -45,7 +47,9 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "ChecksumError",
     "DataUnavailableError",
+    "DataFolderError",
     "DataFile",
+    "mirror_folder",
     "REGISTRY",
     "list_files",
     "url_for",
@@ -73,6 +77,10 @@ class ChecksumError(ValueError):
 
 class DataUnavailableError(ConnectionError):
     """A data file could not be fetched from its origin."""
+
+
+class DataFolderError(FileNotFoundError):
+    """``BLASE_SPECUTILS_DATA`` is set but names no existing folder."""
 
 
 @dataclass(frozen=True)
@@ -276,11 +284,39 @@ def _named_cache_path(entry: DataFile) -> Path:
     return Path(get_cache_dir(rootname=_PKGNAME)) / "files" / entry.folder / entry.filename
 
 
-def _mirror_path(entry: DataFile) -> Path | None:
+def mirror_folder() -> Path | None:
+    """The local mirror named by ``BLASE_SPECUTILS_DATA``, checked.
+
+    Returns
+    -------
+    pathlib.Path or None
+        The folder, or None when the variable is unset or empty (files are then
+        downloaded into the astropy cache).
+
+    Raises
+    ------
+    DataFolderError
+        If the variable is set but names no existing folder.
+    """
     mirror = os.environ.get(DATA_ENV_VAR)
     if not mirror:
         return None
-    candidate = Path(mirror).expanduser() / entry.folder / entry.filename
+    folder = Path(mirror).expanduser()
+    if not folder.is_dir():
+        what = "a file, not a folder" if folder.exists() else "no such folder"
+        raise DataFolderError(
+            f"{DATA_ENV_VAR} is set to {folder}, but that is {what}; point it at a folder "
+            "laid out like shared/data (phoenix/, hpf/, igrins/, wasp69/), or unset it to "
+            "download the example files, checksum-verified, into the astropy cache"
+        )
+    return folder
+
+
+def _mirror_path(entry: DataFile) -> Path | None:
+    folder = mirror_folder()
+    if folder is None:
+        return None
+    candidate = folder / entry.folder / entry.filename
     return candidate if candidate.is_file() else None
 
 
@@ -309,10 +345,19 @@ def _download(entry: DataFile, url: str) -> Path:
     except (urllib.error.URLError, OSError) as error:  # HTTPError and timeouts included
         if isinstance(error, urllib.error.HTTPError):
             error.close()  # release the response's socket now, not at garbage collection
+        mirror = os.environ.get(DATA_ENV_VAR)
+        if mirror:
+            advice = (
+                f"{DATA_ENV_VAR} is set to {mirror}, but that folder has no "
+                f"{entry.folder}/{entry.filename}; copy the file there"
+            )
+        else:
+            advice = (
+                f"without network access, set the environment variable {DATA_ENV_VAR} "
+                f"to a folder holding {entry.folder}/{entry.filename}"
+            )
         raise DataUnavailableError(
-            f"could not download {entry.name} from {url} ({error}); without network access, "
-            f"set the environment variable {DATA_ENV_VAR} to a folder holding "
-            f"{entry.folder}/{entry.filename}"
+            f"could not download {entry.name} from {url} ({error}); {advice}"
         ) from error
 
 
@@ -351,6 +396,8 @@ def get_path(name: str) -> Path:
         (a bad download is removed from the cache first).
     DataUnavailableError
         If the file has to be downloaded and its origin cannot be reached.
+    DataFolderError
+        If ``BLASE_SPECUTILS_DATA`` is set but names no existing folder.
     """
     entry = _lookup(name)
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import gc
 import importlib
-import os
 import warnings
 import weakref
-from pathlib import Path
 from types import SimpleNamespace
 
 import astropy.units as u
@@ -17,6 +15,7 @@ from astropy.nddata import StdDevUncertainty
 from specutils import Spectrum, Spectrum1D, SpectrumList
 
 import blase_specutils
+from blase_specutils import datasets
 from blase_specutils.astro import accessor as accessor_module
 from blase_specutils.astro.accessor import (
     AccessorRegistrationWarning,
@@ -25,11 +24,6 @@ from blase_specutils.astro.accessor import (
     register_spectrum_list_accessor,
 )
 from blase_specutils.astro.adapters import OrderArrays
-
-DATA_DIR = Path(
-    os.environ.get("BLASE_SPECUTILS_DATA", Path(__file__).parents[2] / "shared" / "data")
-)
-HPF_FILE = DATA_DIR / "hpf" / "Goldilocks_20210212T072837_v1.0_0037.spectra.fits"
 
 
 def read_muler(reader, path):
@@ -47,7 +41,7 @@ def read_muler(reader, path):
 def hpf_list():
     from muler.hpf import HPFSpectrumList
 
-    return read_muler(HPFSpectrumList, HPF_FILE)
+    return read_muler(HPFSpectrumList, datasets.hpf_path(0))  # HR 3039, 2021-02-12
 
 
 def make_spectrum(n=40, start=10000.0, cls=Spectrum, **kwargs):

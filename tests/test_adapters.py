@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import gc
-import os
 import warnings
-from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -25,6 +23,7 @@ from astropy.wcs import WCS
 from specutils import Spectrum, SpectrumList
 from specutils.utils import wcs_utils
 
+from blase_specutils import datasets
 from blase_specutils.astro.adapters import (
     InvalidUncertaintyWarning,
     OrderArrays,
@@ -37,12 +36,18 @@ from blase_specutils.astro.adapters import (
     vacuum_to_air,
 )
 
-DATA_DIR = Path(
-    os.environ.get("BLASE_SPECUTILS_DATA", Path(__file__).parents[2] / "shared" / "data")
-)
-HPF_FILES = sorted((DATA_DIR / "hpf").glob("Goldilocks_*.spectra.fits"))
-IGRINS_FILES = {band: DATA_DIR / "igrins" / f"SDC{band}_20201202_0059.spec.fits" for band in "HK"}
-WASP69_FILE = DATA_DIR / "wasp69" / "WASP_69_hpf_stack.fits"
+
+# The real files, found as a user's code finds them (BLASE_SPECUTILS_DATA or the cache).
+def _hpf_files():
+    return [datasets.hpf_path(0), datasets.hpf_path(1)]
+
+
+def _igrins_file(band):
+    return datasets.igrins_path(band)
+
+
+def _wasp69_file():
+    return datasets.wasp69_path()
 
 
 def read_muler(reader, path):
@@ -60,15 +65,14 @@ def read_muler(reader, path):
 def hpf_lists():
     from muler.hpf import HPFSpectrumList
 
-    assert len(HPF_FILES) == 2, f"expected two HPF files in {DATA_DIR / 'hpf'}"
-    return [read_muler(HPFSpectrumList, path) for path in HPF_FILES]
+    return [read_muler(HPFSpectrumList, path) for path in _hpf_files()]
 
 
 @pytest.fixture(scope="module")
 def igrins_lists():
     from muler.igrins import IGRINSSpectrumList
 
-    return {band: read_muler(IGRINSSpectrumList, path) for band, path in IGRINS_FILES.items()}
+    return {band: read_muler(IGRINSSpectrumList, _igrins_file(band)) for band in "HK"}
 
 
 def simple_spectrum(n=50, **kwargs):
@@ -445,8 +449,8 @@ def test_arrays_to_spectrum_errors():
 
 
 def test_read_table_spectrum_wasp69():
-    spectrum = read_table_spectrum(WASP69_FILE)
-    table = Table.read(WASP69_FILE, hdu=1)  # independent read of the same columns
+    spectrum = read_table_spectrum(_wasp69_file())
+    table = Table.read(_wasp69_file(), hdu=1)  # independent read of the same columns
     assert len(spectrum.flux) == 2048
     assert spectrum.spectral_axis.unit == u.AA
     assert spectrum.flux.unit == u.dimensionless_unscaled
@@ -483,7 +487,7 @@ def test_read_table_spectrum_units_and_columns(tmp_path):
     with pytest.raises(ValueError, match="'ERR' is in mJy, which does not convert"):
         read_table_spectrum(path, flux_column="other")
     with pytest.raises(ValueError, match="ImageHDU, not a table"):
-        read_table_spectrum(HPF_FILES[0], hdu=1)
+        read_table_spectrum(_hpf_files()[0], hdu=1)
     bare = tmp_path / "bare.fits"
     Table({"x": np.arange(3.0), "y": np.ones(3)}).write(bare)
     with pytest.raises(ValueError, match="no wavelength column found"):
@@ -504,7 +508,7 @@ def test_hpf_real_orders(hpf_lists, file_index):
     assert all(o.flux_unit == u.ct and o.meta["instrument"] == "HPF" for o in orders)
 
     # Independent read of the Goldilocks file: science fiber (Sci Flux/Error/Wavl).
-    with fits.open(HPF_FILES[file_index]) as hdul:
+    with fits.open(_hpf_files()[file_index]) as hdul:
         flux = hdul["Sci Flux"].data.astype(float)
         sigma = hdul["Sci Error"].data.astype(float)
         wavelength = hdul["Sci Wavl"].data.astype(float)
@@ -529,7 +533,7 @@ def test_igrins_real_orders(igrins_lists, band, n_orders, low, high):
     assert all(o.meta["instrument"] == "IGRINS" for o in orders)
 
     # Independent read: flux, variance and wavelength (micron) images, row by row.
-    spec_path = IGRINS_FILES[band]
+    spec_path = _igrins_file(band)
     with (
         fits.open(spec_path) as spec_hdul,
         fits.open(str(spec_path).replace(".spec.fits", ".variance.fits")) as var_hdul,

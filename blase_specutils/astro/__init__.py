@@ -14,6 +14,27 @@ models
     :class:`BlaseFitter`) over the torch engine.
 results
     Line tables with equivalent widths, result spectra, plots, ASDF save/read.
+
+The names re-exported here (``CloneResult``, ``load_clone``, ``forest_from_table``,
+``forest_to_table``) load :mod:`~blase_specutils.astro.clones`, and with it torch, on
+first use, so that registering the ``.blase`` accessor (``accessor``, ``adapters``)
+imports neither torch nor matplotlib.
 """
 
-from .clones import CloneResult, forest_from_table, forest_to_table, load_clone  # noqa: F401
+from importlib import import_module
+
+__all__ = ["CloneResult", "forest_from_table", "forest_to_table", "load_clone"]
+
+_FROM_CLONES = frozenset(__all__)
+
+
+def __getattr__(name):
+    if name in _FROM_CLONES:
+        value = getattr(import_module(".clones", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
