@@ -62,7 +62,7 @@ MIN_ORDER_PIXELS = 200
 #: fit's signature).
 FIT_DEFAULTS = {
     "rv": 0.0,
-    "rv_search": 300.0,
+    "rv_search": 1000.0,
     "epochs": 300,
     "global_epochs": 150,  # more than fit's 30: the command line is used on whole spectra
     "trainable": ("amplitude",),
