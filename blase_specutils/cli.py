@@ -701,7 +701,7 @@ def _cmd_fit(args, out, err) -> int:
     clones = [c for c in (stellar, telluric) if c is not None]
     orders, labels = _prepare_orders(orders, clones, args, err)
     # the instrument's nominal R unless given (as spectrum.blase.fit does)
-    resolving_power, source = fitting._initial_resolving_power(args.resolving_power, instrument)
+    resolving_power, source = fitting.initial_resolving_power(args.resolving_power, instrument)
     try:
         result = fitting.fit(
             **_fit_inputs(orders),

@@ -350,7 +350,8 @@ def test_trainable_centres_with_a_prior_keep_the_rv(y_clone, observation):
 
 
 def test_auto_continuum_degree_follows_the_blaze(y_clone, observation):
-    from blase_specutils.fitting import _envelope_degree, _Order
+    from blase_specutils.fitting import Order as _Order
+    from blase_specutils.fitting import envelope_degree as _envelope_degree
 
     w, f, s = observation.wavelength, observation.flux, observation.uncertainty
     good = np.ones(w.size, bool)
@@ -526,7 +527,7 @@ def test_too_few_good_pixels_warn(y_clone, observation):
 
 
 def test_noise_estimate_without_uncertainties_follows_the_injected_noise(y_clone, observation):
-    from blase_specutils.fitting import _pixel_noise
+    from blase_specutils.fitting import pixel_noise as _pixel_noise
 
     good = np.ones(observation.flux.size, bool)
     truth = float(np.median(observation.uncertainty))
@@ -626,7 +627,8 @@ def test_auto_continuum_degree_sees_a_gentle_blaze_through_the_lines(y_clone, ob
     """0.6 + 0.4 sin: its quartic term hides in the ~1 % scatter of a line-rich order's
     upper envelope (degree 2 was chosen, v sin i came out 0.13–0.2 km/s high); divided by
     the template the order's median follows it."""
-    from blase_specutils.fitting import _envelope_degree, _Order
+    from blase_specutils.fitting import Order as _Order
+    from blase_specutils.fitting import envelope_degree as _envelope_degree
 
     w, f, s = observation.wavelength, observation.flux, observation.uncertainty
     blaze = 0.6 + 0.4 * np.sin(np.pi * (w - w[0]) / (w[-1] - w[0]))
@@ -688,7 +690,7 @@ def test_invalid_numbers_fail_early_naming_the_argument(y_clone, observation, kw
     args = (observation.wavelength, observation.flux, observation.uncertainty)
     with pytest.raises(ValueError, match=message):
         bs.fit(*args, stellar=y_clone, progress=False, **kwargs)
-    from blase_specutils.fitting import _check_fit_numbers
+    from blase_specutils.fitting import check_fit_numbers as _check_fit_numbers
 
     checked = _check_fit_numbers({"rv": 12.3 * u.km / u.s, "prior_center": 2 * u.mAA, "x": "y"})
     assert checked == {"rv": pytest.approx(12.3), "prior_center": pytest.approx(0.002), "x": "y"}
@@ -772,7 +774,8 @@ def test_continuum_degree_test_statistic_on_binned_polynomials():
     median, as much as the cubic and quartic terms are worth) get their own degree for
     every one of 10 seeds (the old rule: 13 of these 30 cases one or two degrees low),
     and a quadratic never more."""
-    from blase_specutils.fitting import _envelope_degree, _Order
+    from blase_specutils.fitting import Order as _Order
+    from blase_specutils.fitting import envelope_degree as _envelope_degree
 
     w = np.linspace(10000.0, 10060.0, 2400)
     x = np.linspace(-1.0, 1.0, w.size)
@@ -846,7 +849,9 @@ def test_vsini_below_the_resolution_is_found_along_its_valley_with_r(y_clone, mo
     assert r.resolving_power > 50_000
     assert abs(r.resolving_power - 60_000) < 3 * r.resolving_power_uncertainty
     # the same fit without the search: v sin i stays near 0 and R short of the truth
-    monkeypatch.setattr(bs.fitting, "_search_rotation_resolution_valley", lambda *a, **k: [])
+    from blase_specutils.fitting import pipeline
+
+    monkeypatch.setattr(pipeline, "search_rotation_resolution_valley", lambda *a, **k: [])
     with warnings.catch_warnings():
         # it may stop below half the grid step (0.18 km/s with numpy 1.26), where v sin i
         # has no error bar and says so
@@ -1141,3 +1146,45 @@ def test_trained_lines_get_fisher_uncertainties_in_the_line_table(recovered):
     # the globals' errors with the lines marginalised are larger than with them held
     held = recovered.meta["curvature_uncertainties"]["rv"]
     assert recovered.meta["uncertainties_lines_marginalised"]["rv"] > held
+
+
+def test_options_objects_and_keyword_overrides_give_the_same_fit(y_clone, observation):
+    from blase_specutils.fitting import FitOptions, LineOptions, SearchOptions
+
+    args = (observation.wavelength, observation.flux, observation.uncertainty)
+    options = FitOptions(
+        free=frozenset({"rv", "vsini"}), rv=12.0,
+        search=SearchOptions(rv_search=20.0), lines=LineOptions(epochs=20),
+    )  # fmt: skip
+    with_options = bs.fit(*args, stellar=y_clone, options=options, progress=False)
+    with_keywords = bs.fit(
+        *args, stellar=y_clone, free={"rv", "vsini"}, rv=12.0, rv_search=20.0, epochs=20,
+        progress=False,
+    )  # fmt: skip
+    assert with_options.rv == with_keywords.rv and with_options.vsini == with_keywords.vsini
+    assert with_options.meta["search"]["rv_range"] == pytest.approx([-8.0, 32.0], abs=0.6)
+    # a keyword besides the options overrides that one setting, the rest stays
+    wider = bs.fit(*args, stellar=y_clone, options=options, rv_search=40.0, progress=False)
+    assert wider.meta["search"]["rv_range"] == pytest.approx([-28.0, 52.0], abs=0.6)
+    assert wider.meta["free"] == ["rv", "vsini"]
+    # the options are frozen data
+    with pytest.raises(AttributeError):
+        options.rv = 3.0
+    with pytest.raises(TypeError, match="options must be a FitOptions"):
+        bs.fit(*args, stellar=y_clone, options={"rv": 3.0})
+
+
+def test_v_sin_i_on_a_default_ceiling_reruns_the_model_stages(y_clone, monkeypatch):
+    # The search capped at 10 km/s (as if it had missed the star) starts a 100 km/s star at
+    # 10 with a ceiling of 60: the pipeline raises the ceiling (60 → 180) and runs the model
+    # stages again from it, instead of ending pinned with a warning.
+    import blase_specutils.core.search as search
+
+    monkeypatch.setattr(search, "MAX_SEARCH_VSINI", 10.0)
+    obs = _observe_order(y_clone, y_clone.target_flux, rv=30.0, vsini=100.0, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "ended at its ceiling" warning
+        result = bs.fit(obs.wavelength, obs.flux, obs.uncertainty, stellar=y_clone,
+                        progress=False, epochs=50)  # fmt: skip
+    assert result.meta["vsini_ceilings_raised_from"] == [pytest.approx(60.0, abs=1.0)]
+    assert abs(result.vsini - 100.0) < 5 * result.uncertainties["vsini"]

@@ -351,16 +351,16 @@ class BlaseAccessor:
         """
         import blase_specutils
 
-        from ..fitting import _check_fit_numbers, _initial_resolving_power
+        from ..fitting import check_fit_numbers, initial_resolving_power
 
         # the same checks as fit's, before the spectrum is converted
-        kwargs = _check_fit_numbers(kwargs)
+        kwargs = check_fit_numbers(kwargs)
         orders = self._orders(kwargs.pop("medium", None))
         has_sigma = all(arrays.uncertainty is not None for arrays in orders)
         source = None
         if kwargs.get("resolving_power") is None:
             instrument = orders[0].meta.get("instrument")
-            kwargs["resolving_power"], source = _initial_resolving_power(None, instrument)
+            kwargs["resolving_power"], source = initial_resolving_power(None, instrument)
         result = blase_specutils.fit(
             wavelength=[arrays.wavelength for arrays in orders],
             flux=[arrays.flux * arrays.flux_unit for arrays in orders],
