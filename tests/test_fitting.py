@@ -1088,6 +1088,9 @@ def test_an_equal_mass_binary_is_an_ambiguous_rv(y_clone):
     assert "rv_ambiguous" in result.flags
     minima = sorted(m["rv"] for m in result.meta["search"]["minima"][:2])
     assert minima == [pytest.approx(-60.0, abs=4.0), pytest.approx(90.0, abs=4.0)]
+    # the error bar spans the two: never a precise-looking wrong answer
+    assert result.rv_uncertainty > 140.0
+    assert "rv_ambiguous" in result.meta["uncertainty_notes"]["rv"]
 
 
 @pytest.mark.parametrize(

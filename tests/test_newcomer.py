@@ -251,7 +251,7 @@ def test_version_and_defaults_in_every_help(capsys):
         "--prior-center",
         "--checkpoint FILE",
         "--resume FILE",
-        "(default: 300.0)",
+        "(default: 1000.0)",
     ):
         assert option in help_text, option
     assert main(["clone", "--help"]) == 0

@@ -15,6 +15,7 @@ from blase_specutils.core.lineforest import LineForest
 from blase_specutils.core.losses import profiled_chi2_batch, solve_continuum
 from blase_specutils.core.search import (
     SearchOrder,
+    SearchResult,
     default_vsini_grid,
     local_minima,
     log_shift_to_velocity,
@@ -275,3 +276,49 @@ def test_marginal_covariance_equals_the_dense_inverse():
     diagonal = torch.diagonal(reference).numpy()
     np.testing.assert_allclose(variances[0].numpy(), diagonal[2:5], rtol=1e-9)
     np.testing.assert_allclose(variances[1].numpy(), diagonal[5:9], rtol=1e-9)
+
+
+def test_flags_from_constructed_cases():
+    # fit_flags alone: each reason from a case built to trip it, and none from a clean one.
+    import warnings
+
+    from blase_specutils.fitting.diagnostics import fit_flags
+    from blase_specutils.fitting.result import FitQualityWarning
+
+    def search(best_rv=10.0, second=None, at_edge=False):
+        minima = [{"rv": best_rv, "vsini": 5.0, "chi2": 1000.0}]
+        if second is not None:
+            minima.append({"rv": second[0], "vsini": 5.0, "chi2": second[1]})
+        return SearchResult(
+            rv=np.linspace(-100, 100, 201), vsini=np.array([0.0, 5.0]), chi2=np.zeros((1, 2, 201)),
+            n_good=np.array([1000]), best_rv=best_rv, best_vsini=5.0, best_chi2=1000.0,
+            minima=minima, at_edge=at_edge,
+        )  # fmt: skip
+
+    base = dict(rv=10.0, rv_max=500.0, n_dof=900, n_good=1000, n_free=10, uncertainty_notes={},
+                line_stage_undone=False, order_chi2=1.0, order_dof=1, rest_frame_outside=0.0,
+                chi2_red=1.0, vsini=5.0, resolution_kms=5.45)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_flags(search=search(), **base) == {}
+    cases = {
+        "left_search_basin": dict(search=search(best_rv=40.0)),
+        "rv_ambiguous": dict(search=search(second=(-60.0, 1010.0))),
+        "rv_beyond_rv_max": dict(search=None, rv=620.0),
+        "too_few_pixels": dict(search=None, n_dof=0),
+        "orders_disagree": dict(search=None, order_chi2=40.0, order_dof=2),
+    }
+    for code, changes in cases.items():
+        with pytest.warns(FitQualityWarning, match=code):
+            flags = fit_flags(**{**base, **changes})
+        assert code in flags, code
+    # a second minimum on the search's edge is not a second basin
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_flags(search=search(second=(100.0, 1001.0)), **base) == {}
+    # flags with a warning of their own do not warn twice
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flags = fit_flags(**{**base, "search": search(at_edge=True), "line_stage_undone": True,
+                             "uncertainty_notes": {"vsini": "v sin i ended at its ceiling"}})
+    assert set(flags) == {"search_edge", "line_stage_undone", "vsini_at_bound"}

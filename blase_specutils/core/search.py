@@ -64,6 +64,9 @@ def default_vsini_grid(resolving_power: float, vsini_max: float = MAX_SEARCH_VSI
     return np.concatenate([[0.0], np.geomspace(low, vsini_max, n)])
 #: Shapes evaluated per batch (memory: batch × fine-window length × 8 bytes).
 BATCH = 384
+#: Width of the Gaussian prior on the log of the depth scale the additive term implies
+#: (a factor 1.65 at 1σ): it picks between minima of similar χ², not against the data.
+DEPTH_PRIOR_WIDTH = 0.5
 
 
 def velocity_to_log_shift(rv_kms: float, relativistic: bool = False) -> float:
@@ -129,6 +132,9 @@ class SearchResult:
         (``rv``, ``vsini``, ``chi2``), at most five.
     at_edge : bool
         The best RV lies on the first or last grid point (the star may lie beyond).
+    vsini_at_edge : bool
+        The best v sin i is the largest sampled (the star may rotate faster, or the
+        template's lines are too narrow for broad intrinsic lines).
     order_rv, order_vsini : numpy.ndarray
         Per order, the minimum of its own surface.
     depth_scale : float
@@ -144,6 +150,7 @@ class SearchResult:
     best_chi2: float
     minima: list = field(default_factory=list)
     at_edge: bool = False
+    vsini_at_edge: bool = False
     order_rv: np.ndarray = field(default_factory=lambda: np.zeros(0))
     order_vsini: np.ndarray = field(default_factory=lambda: np.zeros(0))
     depth_scale: float = 1.0
@@ -163,6 +170,7 @@ class SearchResult:
             "rv_range": [float(self.rv[0]), float(self.rv[-1])],
             "vsini_grid": [float(v) for v in self.vsini],
             "at_edge": bool(self.at_edge),
+            "vsini_at_edge": bool(self.vsini_at_edge),
             "order_rv": [float(v) for v in self.order_rv],
             "order_vsini": [float(v) for v in self.order_vsini],
             "depth_scale": float(self.depth_scale),
@@ -328,6 +336,7 @@ def rv_vsini_search(
         return convolve_same(star, inst_kernel)
 
     chi2 = np.zeros((len(orders), len(vsini_grid), len(shifts)))
+    log_depth = np.zeros_like(chi2)
     strides = []
     for j, vsini in enumerate(vsini_grid):
         # Broader lines need fewer RVs: a third of the total width (instrument and
@@ -339,10 +348,20 @@ def rv_vsini_search(
         if shifts_j[-1] != shift_hi:
             shifts_j = np.append(shifts_j, shift_hi)
         for k, surface in enumerate(surfaces):
-            values, _ = surface.chi2(broaden(surface.star, vsini), shifts_j)
+            values, depth = surface.chi2(broaden(surface.star, vsini), shifts_j)
             chi2[k, j] = np.interp(shifts, shifts_j, values)
+            log_depth[k, j] = np.interp(shifts, shifts_j, np.log(depth))
     total = chi2.sum(0)
-    j_best, i_best = np.unravel_index(int(np.argmin(total)), total.shape)
+    # Which minimum: χ² plus a weak prior on each order's depth scale, in units of the
+    # surface's own χ²_red. Against a template far from the star (χ²_red in the
+    # hundreds) a broadened, deepened template at a wrong RV can fit the mismatch as well
+    # as the right one (WASP 69 on a 40 Å clone: v sin i 48 and RV −40 with lines 2.6×
+    # deeper, Δχ² = 1 χ²_red below RV −10, v sin i 12); the prior costs a factor 2.6
+    # in depth 3.7 χ²_red and a veiling of 1 (depth 0.5) 1.9: nothing against real signal.
+    n_good_total = max(int(sum(int((o.weight > 0).sum()) for o in orders)), 1)
+    scale = max(1.0, float(total.min()) / n_good_total)
+    score = total + scale * np.sum((log_depth / DEPTH_PRIOR_WIDTH) ** 2, axis=0)
+    j_best, i_best = np.unravel_index(int(np.argmin(score)), score.shape)
     at_edge = len(shifts) > 2 and i_best in (0, len(shifts) - 1)
 
     # Refine the RV in whole model steps around the coarse minimum, at the best v sin i.
@@ -351,22 +370,24 @@ def rv_vsini_search(
         max(shift_lo, shifts[i_best] - reach), min(shift_hi, shifts[i_best] + reach) + 1
     )
     fine_total = np.zeros(len(fine))
+    fine_score = np.zeros(len(fine))
     fine_depth = np.zeros(len(fine))
     for surface in surfaces:
         c, dscale = surface.chi2(broaden(surface.star, vsini_grid[j_best]), fine)
         fine_total += c
+        fine_score += c + scale * (np.log(dscale) / DEPTH_PRIOR_WIDTH) ** 2
         fine_depth += dscale / len(surfaces)
-    m = int(np.argmin(fine_total))
+    m = int(np.argmin(fine_score))
     best_shift = float(fine[m])
     if 0 < m < len(fine) - 1:
-        y0, y1, y2 = fine_total[m - 1 : m + 2]
+        y0, y1, y2 = fine_score[m - 1 : m + 2]
         den = y0 - 2 * y1 + y2
         if den > 0:
             best_shift += 0.5 * (y0 - y2) / den
     # v sin i: a parabola in the grid index through the best and its neighbours.
     best_vsini = float(vsini_grid[j_best])
     if 0 < j_best < len(vsini_grid) - 1:
-        y0, y1, y2 = total[j_best - 1 : j_best + 2, i_best]
+        y0, y1, y2 = score[j_best - 1 : j_best + 2, i_best]
         den = y0 - 2 * y1 + y2
         if den > 0:
             offset = float(np.clip(0.5 * (y0 - y2) / den, -0.5, 0.5))
@@ -374,17 +395,18 @@ def rv_vsini_search(
             best_vsini += abs(offset) * (neighbour - best_vsini)
 
     rv_grid = log_shift_to_velocity(shifts * step, relativistic)
-    profile = total.min(0)
+    profile = score.min(0)
     width = math.hypot(fwhm, 1.1 * best_vsini)
     minima = []
     for i in local_minima(profile, rv_grid, max(3.0 * width, 10.0))[:5]:
-        j = int(np.argmin(total[:, i]))
+        j = int(np.argmin(score[:, i]))
         minima.append(
             {"rv": float(rv_grid[i]), "vsini": float(vsini_grid[j]), "chi2": float(profile[i])}
         )
     order_rv, order_vsini = [], []
     for k in range(len(orders)):
-        jj, ii = np.unravel_index(int(np.argmin(chi2[k])), chi2[k].shape)
+        own = chi2[k] + scale * (log_depth[k] / DEPTH_PRIOR_WIDTH) ** 2
+        jj, ii = np.unravel_index(int(np.argmin(own)), own.shape)
         order_rv.append(float(rv_grid[ii]))
         order_vsini.append(float(vsini_grid[jj]))
     n_good = np.array([int((o.weight > 0).sum()) for o in orders])
@@ -398,6 +420,7 @@ def rv_vsini_search(
         best_chi2=float(fine_total[m]),
         minima=minima,
         at_edge=bool(at_edge),
+        vsini_at_edge=bool(len(vsini_grid) > 2 and j_best == len(vsini_grid) - 1),
         order_rv=np.array(order_rv),
         order_vsini=np.array(order_vsini),
         depth_scale=float(fine_depth[m]),

@@ -357,7 +357,7 @@ def order_agreement(columns: dict, rv: float) -> tuple[float, int]:
 
 def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                line_stage_undone, order_chi2, order_dof, rest_frame_outside,
-               chi2_red) -> dict:  # fmt: skip
+               chi2_red, vsini=0.0, resolution_kms=0.0) -> dict:  # fmt: skip
     """Reasons to distrust a fit, ``{code: message}`` (empty when there are none).
 
     Flags that already have their own warning (a bound, the search edge, the rest-frame
@@ -373,8 +373,15 @@ def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                 f"{search.rv[0]:.0f} to {search.rv[-1]:.0f} km/s"
             )
             quiet.add("search_edge")
-        if len(search.minima) > 1:
-            best, second = search.minima[0], search.minima[1]
+        if search.vsini_at_edge:
+            flags["search_vsini_edge"] = (
+                f"the search's best v sin i is the largest it sampled ({search.best_vsini:.0f} "
+                "km/s): a faster rotator, or broad lines the template cannot match"
+            )
+        # a second minimum on the search's edge is the surface running off, not a basin
+        inner = [m for m in search.minima[1:] if search.rv[0] < m["rv"] < search.rv[-1]]
+        if inner:
+            best, second = search.minima[0], inner[0]
             scale = max(1.0, best["chi2"] / max(int(search.n_good.sum()), 1))
             delta = (second["chi2"] - best["chi2"]) / scale
             if delta < AMBIGUOUS_DELTA_CHI2:
@@ -383,6 +390,14 @@ def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                     f"(v sin i {second['vsini']:.0f}) only Δχ² = {delta:.1f} (scaled by "
                     f"χ²_red {scale:.3g}) above the best at {best['rv']:.1f} km/s"
                 )
+    if search is not None and len(search.rv) > 2:
+        width = math.hypot(resolution_kms, 1.1 * vsini)
+        moved = abs(rv - search.best_rv)
+        if moved > max(2.0 * width, 5.0):
+            flags["left_search_basin"] = (
+                f"the fitted RV {rv:.2f} km/s lies {moved:.1f} km/s from the search's best "
+                f"{search.best_rv:.2f} km/s, more than twice the line width ({width:.1f} km/s)"
+            )
     if abs(rv) > rv_max:
         flags["rv_beyond_rv_max"] = f"|RV| = {abs(rv):.1f} km/s exceeds rv_max = {rv_max:g} km/s"
     if n_dof <= 0:

@@ -163,7 +163,9 @@ def joint_search(star0, tell0, orders, *, rv, rv_half_width, vsini, fit_vsini, v
         search_orders,
         lambda g: star(star.make_layout(g)),
         telluric_flux=None if tell is None else (lambda g: tell(tell.make_layout(g))),
-        step_kms=step_kms,
+        # a sixth of the instrumental FWHM is fine enough to choose the basin, and up to
+        # 3× cheaper than the model's step (the fit refines from there)
+        step_kms=max(step_kms, min(1.5, C_KMS / resolving_power / 6.0)),
         resolving_power=resolving_power,
         rv_center=rv,
         rv_half_width=rv_half_width,

@@ -161,6 +161,7 @@ class FitState:
     order_chi2: float = float("nan")
     order_dof: int = 0
     rest_frame_outside: float = 0.0
+    rv_error_floor: float = 0.0
     flags: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- helpers
@@ -741,7 +742,18 @@ def check(state: FitState) -> None:
         uncertainty_notes=state.uncertainty_notes, line_stage_undone=state.line_stage_undone,
         order_chi2=state.order_chi2, order_dof=state.order_dof,
         rest_frame_outside=state.rest_frame_outside, chi2_red=state.chi2_reduced,
+        vsini=values["vsini"], resolution_kms=C_KMS / float(model.instrument.resolving_power),
     )  # fmt: skip
+    if "rv_ambiguous" in state.flags:
+        # A curvature error describes one basin; with a second of similar χ² the RV is
+        # known only to within their distance: the error bar says so.
+        search = state.search
+        inner = [m for m in search.minima[1:] if search.rv[0] < m["rv"] < search.rv[-1]]
+        state.rv_error_floor = abs(inner[0]["rv"] - search.minima[0]["rv"])
+        state.uncertainty_notes["rv"] = (
+            f"widened to {state.rv_error_floor:.1f} km/s, the distance between the search's "
+            "two best minima (rv_ambiguous)"
+        )
 
 
 def make_result(state: FitState) -> FitResult:
@@ -764,6 +776,9 @@ def make_result(state: FitState) -> FitResult:
             meta={"transfer_learned": True},
         )  # fmt: skip
     scale = state.uncertainty_scale
+    uncertainties = {k: v * scale for k, v in state.curvature_uncertainties.items()}
+    if state.rv_error_floor > 0 and "rv" in uncertainties:
+        uncertainties["rv"] = max(uncertainties["rv"], state.rv_error_floor)
     meta = {
         "free": sorted(state.free),
         "line_strength": float(model.line_strength().detach()),
@@ -809,7 +824,7 @@ def make_result(state: FitState) -> FitResult:
         vsini=float(model.rotation.effective_vsini().detach()),
         resolving_power=float(model.instrument.resolving_power.detach()),
         limb_darkening=float(model.rotation.limb_darkening.detach()),
-        uncertainties={k: v * scale for k, v in state.curvature_uncertainties.items()},
+        uncertainties=uncertainties,
         chi2_reduced=state.chi2_reduced,
         forward_model=model,
         template=template,
