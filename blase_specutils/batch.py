@@ -58,6 +58,8 @@ from astropy.table import Table
 __all__ = [
     "Job",
     "run",
+    "connect",
+    "NO_WORKER_TIMEOUT_S",
     "TASKS",
     "CONNECT_TIMEOUT_S",
     "JOB_FILE",
