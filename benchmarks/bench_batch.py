@@ -10,6 +10,8 @@ every worker and one warm-up clone, is reported separately):
 
 * ``1 worker x 1 thread`` and ``2 workers x 1 thread``: parallel efficiency
   ``T1 / (2 T2)`` (target >= 80 %);
+* the share of each worker's time spent inside clones, and the mean time of one clone
+  on its worker (it grows with 2 workers only when the cores are not free);
 * overhead: a batch of one chunk on a warm 1-worker cluster against ``clone`` of the
   same chunk in this process (warm too), median of ``--repeats`` (target <= 3 s).
 
@@ -124,6 +126,8 @@ def main() -> None:
             cluster.close()
         per_item = float(summary["wall_time"].mean())
         runs[(n_workers, threads)] = elapsed
+        # the share of the workers' time spent inside clones (the rest: dask, I/O, idle)
+        runs[("busy", n_workers)] = float(summary["wall_time"].sum()) / (n_workers * elapsed)
         rows.append((n_workers, threads, start, elapsed, per_item, int(summary["n_lines"].sum())))
         print(
             f"#   {n_workers} worker(s) x {threads} thread(s): {elapsed:.2f} s "
@@ -150,6 +154,14 @@ def main() -> None:
     print("|---|---:|---|")
     print(f"| speed-up 2 workers vs 1 (1 thread each) | {t1 / t2:.2f}x | |")
     print(f"| parallel efficiency T1 / (2 T2) | {100 * efficiency:.0f} % | >= 80 % |")
+    print(
+        f"| workers busy inside clones, 1 / 2 workers | {100 * runs[('busy', 1)]:.0f} % / "
+        f"{100 * runs[('busy', 2)]:.0f} % | (dask overhead = the rest) |"
+    )
+    print(
+        f"| mean s per clone on its worker, 1 / 2 workers | {rows[0][4]:.2f} / {rows[1][4]:.2f} |"
+        " equal on an idle machine |"
+    )
     print(f"| clone() directly, one chunk (median of {args.repeats}) | {direct:.2f} s | |")
     print(f"| batch.run of that one chunk, warm cluster | {single:.2f} s | |")
     print(f"| overhead of a 1-item batch | {single - direct:.2f} s | <= 3 s |")

@@ -20,7 +20,7 @@ input reruns it. ``summary.ecsv`` (one row per input) is rewritten atomically as
 finish and returned as an astropy Table. Per-item logs go to ``logs/<name>.log``.
 
 Without a ``client`` a :class:`~distributed.LocalCluster` of worker processes is
-started, one dask thread per worker and ``cores // workers`` torch threads each. Any
+started, one dask thread and one torch thread per worker (one worker per core). Any
 :class:`~distributed.Client` works too (a dask-jobqueue cluster on SLURM or PBS, a
 worker per GPU): workers must read the input files; the outputs come back to the
 caller, which writes them, so the output folder need not be shared.
@@ -202,7 +202,8 @@ class Job:
     options : dict
         Keyword arguments of that function (JSON values), e.g. ``{"teff": 3900,
         "epochs": 300}``. ``progress`` and the data are the batch's; ``num_threads``
-        defaults to the torch threads of a worker. For fits ``outside`` defaults to
+        defaults to 1 (one torch thread per worker; keep workers × threads ≤ cores).
+        For fits ``outside`` defaults to
         ``"crop"`` (as the command line's ``fit``).
     read : dict
         Clone only: keyword arguments of
@@ -966,7 +967,10 @@ def _cluster(client, n_workers: int | None, n_items: int, out):
 
     cores = _cores()
     n = int(n_workers) if n_workers is not None else max(1, min(cores, n_items))
-    threads = max(1, cores // n)
+    # One torch thread per worker (workers x threads <= cores): on a busy machine torch's
+    # OpenMP pool makes 2 threads several times slower than 1 (see the README), and the
+    # workers already use the cores. A job's options["num_threads"] overrides it.
+    threads = 1
     cluster = _local_cluster(n, threads)
     try:
         with Client(cluster, set_as_default=False) as local:
@@ -1068,7 +1072,7 @@ def run(
         worker processes, closed at the end.
     n_workers : int, optional
         Workers of the local cluster (default: one per core, at most one per item);
-        each gets ``cores // n_workers`` torch threads.
+        each trains with one torch thread (``options["num_threads"]`` to change it).
     progress : bool
         Show a progress bar over the items (and print the local dashboard's address).
 
