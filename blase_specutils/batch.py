@@ -1054,7 +1054,7 @@ def run(
     Parameters
     ----------
     inputs : path-like, glob, spectrum, or a list of them
-        Files (PHOENIX ``.dat``/``.fits``, two-column tables and muler template names for
+        Files (PHOENIX ``.dat``/``.fits`` and two-column tables for
         a clone job; HPF Goldilocks, IGRINS ``.spec.fits`` and FITS binary tables for a
         fit job), glob patterns (``"grid/*.dat"``), ``phoenix:Z``-style dataset names,
         or :class:`~blase_specutils.astro.templates.Template` / specutils ``Spectrum``
