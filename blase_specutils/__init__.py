@@ -21,6 +21,8 @@ LineForestModel, ExtrinsicModel, BlaseFitter
     astropy.modeling facades over the torch engine (unit-aware RV, v sin i, R).
 datasets
     Example data (PHOENIX, HPF, IGRINS, WASP 69) with checksums and a cache.
+batch
+    Clone or fit many spectra at once on dask.distributed (``batch.run``).
 
 Importing the package registers the ``.blase`` accessor on
 ``specutils.Spectrum`` and ``specutils.SpectrumList``.
@@ -48,6 +50,7 @@ __all__ = [
     "ExtrinsicModel",
     "BlaseFitter",
     "datasets",
+    "batch",
 ]
 
 _LAZY = {
@@ -61,6 +64,7 @@ _LAZY = {
     "ExtrinsicModel": ("astro.models", "ExtrinsicModel"),
     "BlaseFitter": ("astro.models", "BlaseFitter"),
     "datasets": ("datasets", None),
+    "batch": ("batch", None),
 }
 
 

@@ -805,6 +805,125 @@ def _cmd_demo(args, out, err) -> int:
 
 
 # ---------------------------------------------------------------------------
+# batch: many inputs on dask (self-contained: parser and command)
+# ---------------------------------------------------------------------------
+def _job_value(text: str):
+    """``KEY=VALUE`` of ``--set``: the value as JSON when it parses, else a string."""
+    import json
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except ValueError:
+        return key.strip(), value
+
+
+def _add_batch_parser(sub) -> None:
+    p = sub.add_parser(
+        "batch",
+        help="clone or fit many inputs at once on dask (a local cluster, or --scheduler)",
+        description="Clone every template, or fit every observation, on dask.distributed; "
+        "outputs per input, summary.ecsv and job.json go to --out. A rerun with the same job "
+        "skips the inputs already done. Exit status 1 when an input failed.",
+    )
+    tasks = p.add_subparsers(dest="task", required=True, metavar="{clone,fit}")
+    for task, help_text in (
+        ("clone", "clone every template (PHOENIX .dat/.fits, two-column tables)"),
+        ("fit", "fit every observation (HPF, IGRINS, FITS tables) with the same clone(s)"),
+    ):
+        q = tasks.add_parser(task, help=help_text)
+        q.add_argument("inputs", nargs="+", metavar="INPUTS", help="files or globs (quoted)")
+        q.add_argument("--out", required=True, metavar="DIR", help="output folder")
+        where = q.add_mutually_exclusive_group()
+        where.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            metavar="N",
+            help="worker processes of the local cluster (default: one per core)",
+        )
+        where.add_argument(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="address of a running dask scheduler (tcp://HOST:PORT) instead",
+        )
+        q.add_argument("--job", default=None, help="job file (JSON/YAML) to start from")
+        q.add_argument(
+            "--set",
+            dest="settings",
+            action="append",
+            type=_job_value,
+            default=[],
+            metavar="KEY=VALUE",
+            help=f"an option of blase_specutils.{task} (VALUE read as JSON), repeatable",
+        )
+        q.add_argument("--epochs", type=_non_negative_int, default=None, help="training epochs")
+        if task == "clone":
+            q.add_argument("--teff", type=float, default=None, help="black-body temperature, K")
+            q.add_argument(
+                "--range",
+                nargs=2,
+                type=float,
+                metavar=("LO", "HI"),
+                help="wavelength range to clone, Å",
+            )
+        else:
+            q.add_argument("--stellar", required=True, help="stellar clone (ECSV from `clone`)")
+            q.add_argument("--telluric", default=None, help="telluric clone (ECSV)")
+        q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+        q.set_defaults(handler=_cmd_batch)
+
+
+def _cmd_batch(args, out, err) -> int:
+    from . import batch
+
+    try:
+        job = batch.Job.load(args.job).to_dict() if args.job else {"task": args.task}
+        if job.get("task") != args.task:
+            raise UsageError(
+                f"the job file {args.job} is a {job.get('task')!r} job, not {args.task!r}"
+            )
+        options = dict(job.get("options") or {})
+        options.update(dict(args.settings))
+        if args.epochs is not None:
+            options["epochs"] = args.epochs
+        if args.task == "clone":
+            if args.teff is not None:
+                options["teff"] = args.teff
+            if args.range is not None:
+                job["read"] = {**(job.get("read") or {}), "wavelength_range": sorted(args.range)}
+        else:
+            job["stellar"], job["telluric"] = args.stellar, args.telluric
+        job["options"] = options
+        started = time.perf_counter()
+        summary = batch.run(
+            args.inputs,
+            batch.Job.from_dict(job),
+            args.out,
+            client=args.scheduler,
+            n_workers=args.workers,
+            progress=not args.quiet,
+        )
+    except (ConnectionError, NotADirectoryError, IsADirectoryError, TypeError) as error:
+        raise UsageError(str(error)) from error
+    counts = {
+        s: int(np.count_nonzero(summary["status"] == s)) for s in ("done", "reused", "failed")
+    }
+    print(
+        f"{len(summary)} input(s): {counts['done']} done, {counts['reused']} reused from an "
+        f"earlier run, {counts['failed']} failed, in {time.perf_counter() - started:.1f} s; "
+        f"summary in {Path(args.out) / batch.SUMMARY_FILE}",
+        file=out,
+    )
+    for row in summary[summary["status"] == "failed"]:
+        print(f"failed: {row['input']}: {row['error']}", file=err)
+    return 1 if counts["failed"] else 0
+
+
+# ---------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -1067,7 +1186,12 @@ def _add_demo_parser(sub) -> None:
 
 
 #: The subcommands, in the order ``--help`` lists them: name → function adding its parser.
-SUBCOMMANDS = {"clone": _add_clone_parser, "fit": _add_fit_parser, "demo": _add_demo_parser}
+SUBCOMMANDS = {
+    "clone": _add_clone_parser,
+    "fit": _add_fit_parser,
+    "demo": _add_demo_parser,
+    "batch": _add_batch_parser,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
