@@ -1007,7 +1007,7 @@ def test_a_clean_fit_is_converged_with_consistent_orders_and_counted_line_dof(re
     assert table["n_good_pixels"][0] == recovered.meta["n_good_pixels"]
     # trained amplitudes count as degrees of freedom (lasso: those off the prior's kink)
     assert 0 < recovered.meta["n_line_dof"] < 381
-    n_globals = 4 + recovered.meta["continuum_degree"] + 1  # RV, v sin i, s, r; continuum
+    n_globals = 2 + recovered.meta["continuum_degree"] + 1  # RV, v sin i; the continuum
     assert recovered.meta["n_dof"] == (
         recovered.meta["n_good_pixels"] - recovered.meta["n_line_dof"] - n_globals
     )
@@ -1015,7 +1015,7 @@ def test_a_clean_fit_is_converged_with_consistent_orders_and_counted_line_dof(re
     assert abs(search["best_rv"] - 12.3) < 1.0 and search["minima"][0]["rv"] == pytest.approx(
         12.3, abs=3.0
     )
-    assert "line_strength" in recovered.meta["free"] and "veiling" in recovered.meta["free"]
+    assert recovered.meta["free"] == ["rv", "telluric_scale", "vsini"]
 
 
 def test_free_parameters_as_a_set_and_booleans_as_overrides(y_clone, observation):
@@ -1031,7 +1031,7 @@ def test_free_parameters_as_a_set_and_booleans_as_overrides(y_clone, observation
     held = bs.fit(*args, free={"rv"}, **kw)
     assert held.vsini == pytest.approx(6.0) and held.meta["free"] == ["rv"]
     assert np.isnan(held.uncertainties["vsini"]) and np.isfinite(held.uncertainties["rv"])
-    same = bs.fit(*args, fit_vsini=False, fit_line_strength=False, fit_veiling=False, **kw)
+    same = bs.fit(*args, fit_vsini=False, **kw)
     assert same.rv == pytest.approx(held.rv, abs=1e-4)
 
 
@@ -1046,7 +1046,7 @@ def test_a_diverging_line_stage_is_undone_and_flagged(y_clone, observation):
 
 
 def test_too_few_pixels_for_the_free_parameters_give_nan_errors_and_a_flag(y_clone, observation):
-    sl = slice(400, 406)  # six pixels: continuum, RV, v sin i, line strength, veiling
+    sl = slice(400, 405)  # five pixels: three continuum coefficients, RV, v sin i
     with pytest.warns(UserWarning):
         result = bs.fit(
             observation.wavelength[sl], observation.flux[sl], observation.uncertainty[sl],
@@ -1191,3 +1191,31 @@ def test_v_sin_i_on_a_default_ceiling_reruns_the_model_stages(y_clone, monkeypat
                         progress=False, epochs=50)  # fmt: skip
     assert result.meta["vsini_ceilings_raised_from"] == [pytest.approx(60.0, abs=1.0)]
     assert abs(result.vsini - 100.0) < 5 * result.uncertainties["vsini"]
+
+
+def test_line_strength_and_veiling_when_freed(y_clone):
+    # A veiled star (r = 0.5: every line's depth / 1.5) seen through the unveiled clone:
+    # freed, veiling and line strength absorb it and the RV stays put; the line strength
+    # is bounded, and a bound reached is a flag.
+    from blase_specutils.fitting import DEFAULT_FREE
+
+    pixels = 10300.0 * np.exp(np.arange(1000) * 1.9 / C_KMS)
+    veiled = (y_clone.target_flux + 0.5) / 1.5
+    obs = observe(y_clone.wavelength, veiled, pixels, rv=12.3, vsini=6.0,
+                  resolving_power=55000, snr=300, seed=3)  # fmt: skip
+    args = (obs.wavelength, obs.flux, obs.uncertainty)
+    free = DEFAULT_FREE | {"line_strength", "veiling"}
+    result = bs.fit(*args, stellar=y_clone, free=free, epochs=0, progress=False)
+    # depth / 1.5 is what (S + r)/(1 + r) makes of r = 0.5, and s = 1 makes of nothing
+    assert result.meta["veiling"] == pytest.approx(0.5, abs=0.1)
+    assert result.meta["line_strength"] == pytest.approx(1.0, abs=0.15)
+    assert np.isfinite(result.uncertainties["veiling"]) and result.uncertainties["veiling"] > 0
+    assert abs(result.rv - 12.3) < 4 * result.rv_uncertainty
+    assert abs(result.vsini - 6.0) < 4 * result.vsini_uncertainty
+    # held (the default), the depth goes into the continuum-profiled fit as best it can,
+    # with χ² worse than when freed
+    held = bs.fit(*args, stellar=y_clone, epochs=0, progress=False)
+    assert held.chi2_reduced > result.chi2_reduced
+    from blase_specutils.core.forward import ForwardModel
+
+    assert ForwardModel.LINE_STRENGTH_RANGE == (0.1, 10.0)

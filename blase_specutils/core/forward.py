@@ -268,13 +268,21 @@ class ForwardModel(nn.Module):
         )
 
     # ------------------------------------------------------------- components
+    #: Range of the line strength s and largest veiling r the model uses: a fit that
+    #: presses on them says so (the fit flags it) instead of erasing or saturating the
+    #: template's lines.
+    LINE_STRENGTH_RANGE = (0.1, 10.0)
+    MAX_VEILING = 10.0
+
     def line_strength(self) -> torch.Tensor:
-        """The global optical-depth scale of the stellar clone (scalar tensor)."""
-        return torch.exp(self.ln_line_strength)
+        """The global optical-depth scale of the stellar clone, within
+        :attr:`LINE_STRENGTH_RANGE` (scalar tensor)."""
+        lo, hi = self.LINE_STRENGTH_RANGE
+        return torch.clamp(torch.exp(self.ln_line_strength), lo, hi)
 
     def effective_veiling(self) -> torch.Tensor:
-        """Veiling as used, ``max(veiling, 0)`` (scalar tensor)."""
-        return torch.clamp(self.veiling, min=0.0)
+        """Veiling as used, ``min(max(veiling, 0), MAX_VEILING)`` (scalar tensor)."""
+        return torch.clamp(self.veiling, min=0.0, max=self.MAX_VEILING)
 
     def stellar_fine(self) -> torch.Tensor:
         """RV-shifted, rotationally broadened (and veiled) stellar flux on the fine grid."""
@@ -282,7 +290,7 @@ class ForwardModel(nn.Module):
         # point (1·x and (x + 0)/1), so a model that frees neither is unchanged bit for bit;
         # no test of their values here, which would synchronise a GPU every epoch.
         log_t = self.stellar.log_transmission(self.stellar_layout, self.rv)
-        star = self.rotation(torch.exp(torch.exp(self.ln_line_strength) * log_t))
+        star = self.rotation(torch.exp(self.line_strength() * log_t))
         veil = self.effective_veiling()
         return (star + veil) / (1.0 + veil)
 

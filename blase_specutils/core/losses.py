@@ -36,6 +36,8 @@ def _weighted_lstsq(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     ``gelsy`` may then fail inside torch); a failing or non-finite solve falls back to
     the SVD pseudo-inverse; None when even that fails.
     """
+    if not (bool(torch.all(torch.isfinite(a))) and bool(torch.all(torch.isfinite(b)))):
+        return None  # LAPACK would only complain on stderr (MKL: "DGELSY parameter 4")
     norms = torch.linalg.vector_norm(a, dim=0)
     norms = torch.where(norms > 0, norms, torch.ones_like(norms))
     scaled = a / norms

@@ -357,7 +357,7 @@ def order_agreement(columns: dict, rv: float) -> tuple[float, int]:
 
 def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                line_stage_undone, order_chi2, order_dof, rest_frame_outside,
-               chi2_red, vsini=0.0, resolution_kms=0.0) -> dict:  # fmt: skip
+               chi2_red, vsini=0.0, resolution_kms=0.0, bounds=None) -> dict:  # fmt: skip
     """Reasons to distrust a fit, ``{code: message}`` (empty when there are none).
 
     Flags that already have their own warning (a bound, the search edge, the rest-frame
@@ -398,6 +398,15 @@ def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                 f"the fitted RV {rv:.2f} km/s lies {moved:.1f} km/s from the search's best "
                 f"{search.best_rv:.2f} km/s, more than twice the line width ({width:.1f} km/s)"
             )
+    if search is not None and len(search.vsini) > 2 and vsini > 1.05 * float(search.vsini[-1]):
+        flags["vsini_beyond_search"] = (
+            f"v sin i {vsini:.0f} km/s is beyond the largest the search sampled "
+            f"({float(search.vsini[-1]):.0f} km/s)"
+        )
+    for name, (value, lo, hi) in (bounds or {}).items():
+        if not lo * 1.01 < value < hi * 0.99 and not (name == "veiling" and value <= lo):
+            label = name.replace("_", " ")
+            flags[f"{name}_at_bound"] = f"{label} {value:.3g} is on its bound ({lo:g}–{hi:g})"
     if abs(rv) > rv_max:
         flags["rv_beyond_rv_max"] = f"|RV| = {abs(rv):.1f} km/s exceeds rv_max = {rv_max:g} km/s"
     if n_dof <= 0:

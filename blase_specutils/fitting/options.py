@@ -33,7 +33,13 @@ FREE_PARAMETERS = frozenset(
 
 
 #: The global parameters free by default.
-DEFAULT_FREE = frozenset({"rv", "vsini", "line_strength", "veiling", "telluric_scale"})
+#: The global parameters free by default. The clone's line strength and veiling are not:
+#: free, they let rotation and depth trade against each other on single orders of a
+#: template far from the star (IGRINS CPD-57 1131: line strength 10–14 with v sin i 300,
+#: or 0 with nothing left of the lines) and moved WASP 69's RV by 65 m/s (2.4σ). The
+#: start's search absorbs depth mismatch on its own (an additive term per order); free
+#: them for veiled stars: ``free=DEFAULT_FREE | {"line_strength", "veiling"}``.
+DEFAULT_FREE = frozenset({"rv", "vsini", "telluric_scale"})
 
 
 def free_parameters(free=None, **overrides) -> frozenset:

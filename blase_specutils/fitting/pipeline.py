@@ -743,6 +743,7 @@ def check(state: FitState) -> None:
         order_chi2=state.order_chi2, order_dof=state.order_dof,
         rest_frame_outside=state.rest_frame_outside, chi2_red=state.chi2_reduced,
         vsini=values["vsini"], resolution_kms=C_KMS / float(model.instrument.resolving_power),
+        bounds=_bounds_of_free(state),
     )  # fmt: skip
     if "rv_ambiguous" in state.flags:
         # A curvature error describes one basin; with a second of similar χ² the RV is
@@ -754,6 +755,17 @@ def check(state: FitState) -> None:
             f"widened to {state.rv_error_floor:.1f} km/s, the distance between the search's "
             "two best minima (rv_ambiguous)"
         )
+
+
+def _bounds_of_free(state: FitState) -> dict:
+    """Free globals with hard bounds: (value, lower, upper)."""
+    model, out = state.model, {}
+    if "line_strength" in state.free:
+        lo, hi = model.LINE_STRENGTH_RANGE
+        out["line_strength"] = (float(model.line_strength().detach()), lo, hi)
+    if "veiling" in state.free:
+        out["veiling"] = (float(model.effective_veiling().detach()), 0.0, model.MAX_VEILING)
+    return out
 
 
 def make_result(state: FitState) -> FitResult:
