@@ -445,6 +445,9 @@ def section_mismatch(args) -> None:
 # ---------------------------------------------------------------------------
 # 3. IGRINS CPD-57 1131
 # ---------------------------------------------------------------------------
+IGRINS_R = 45000.0
+
+
 def igrins_orders():
     import muler.igrins
 
@@ -486,6 +489,8 @@ def section_igrins(args) -> None:
         and o.wavelength[o.good][-1] > lo and o.wavelength[o.good][0] < hi
     ]  # fmt: skip
     singles = inside[::2] if args.quick else inside
+    # plain arrays carry no instrument: IGRINS's R is given (the fit's default is 55,000)
+    kw = {"stellar": clone, "outside": "crop", "resolving_power": IGRINS_R}
     print(
         f"Clone: PHOENIX 3900 K H band {lo:.0f}–{hi:.0f} Å, {clone.n_lines} lines, "
         f"native RMS {100 * clone.rms:.2f} %, {how}. Data: IGRINS H, CPD-57 1131, "
@@ -493,11 +498,11 @@ def section_igrins(args) -> None:
         f"indices {[o.meta['index'] for o in inside]}; partly inside (not fitted): "
         f"{[o.meta['index'] for o in partial]}. Single-order fits: "
         f"{'every other order (--quick)' if args.quick else 'all of them'}. Defaults, "
-        "R from the instrument (IGRINS 45,000), `outside='crop'`.\n"
+        f"R {IGRINS_R:,.0f} (IGRINS, fixed), `outside='crop'`.\n"
     )
     rows, single = [], {}
     for o in singles:
-        r, wall, before, _ = fit_orders([o], stellar=clone, outside="crop")
+        r, wall, before, _ = fit_orders([o], **kw)
         single[o.meta["index"]] = r
         rows.append(
             [
@@ -510,7 +515,7 @@ def section_igrins(args) -> None:
             ]
         )  # fmt: skip
         print(f"<!-- order {o.meta['index']} done -->", flush=True)
-    joint, wall, before, _ = fit_orders(inside, stellar=clone, outside="crop")
+    joint, wall, before, _ = fit_orders(inside, **kw)
     rows.append(
         [
             f"**joint ({len(inside)} orders)**", "", pm(joint.rv, joint.rv_uncertainty, 3),
@@ -553,7 +558,7 @@ def section_igrins(args) -> None:
         size = int(rng.integers(3, min(6, len(inside)) + 1))
         pick = sorted(rng.choice(len(inside), size=size, replace=False))
         subset = [inside[k] for k in pick]
-        r, wall, before, _ = fit_orders(subset, stellar=clone, outside="crop")
+        r, wall, before, _ = fit_orders(subset, **kw)
         diff = r.vsini - joint.vsini
         srows.append(
             [
@@ -625,7 +630,7 @@ def section_a0v(args) -> None:
     print(
         f"Single orders fitted: {picks}{' (--quick)' if args.quick else ''}; "
         f"fit: defaults{'' if args.a0v_vsini is None else f', vsini={args.a0v_vsini:g}'}, "
-        "R from the instrument (HPF 55,000), muler-deblazed orders.\n"
+        "R 55,000 (the fit's default, HPF's nominal value), muler-deblazed orders.\n"
     )
     summary = []
     for which, name in stars.items():
