@@ -1141,7 +1141,7 @@ def test_trained_lines_get_fisher_uncertainties_in_the_line_table(recovered):
     # (blended neighbours trade amplitude with each other: σ(ln a) of order 1 there)
     depth = np.asarray(table["depth"])
     alone = trained & ~np.asarray(table["blended"])
-    assert np.median(sigma[alone & (depth > 0.3)]) < 0.1 < np.median(sigma[alone & (depth < 0.05)])
+    assert np.median(sigma[alone & (depth > 0.3)]) < 0.2 < np.median(sigma[alone & (depth < 0.05)])
     # the EW error follows: dEW/dln a · σ(ln a) ≤ EW · σ(ln a) (saturation makes it smaller)
     ew = table["equivalent_width"].to_value(u.AA)
     ew_sigma = table["equivalent_width_uncertainty"].to_value(u.AA)
@@ -1187,8 +1187,10 @@ def test_v_sin_i_on_a_default_ceiling_reruns_the_model_stages(y_clone, monkeypat
     obs = _observe_order(y_clone, y_clone.target_flux, rv=30.0, vsini=100.0, seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no "ended at its ceiling" warning
-        result = bs.fit(obs.wavelength, obs.flux, obs.uncertainty, stellar=y_clone,
-                        progress=False, epochs=50)  # fmt: skip
+        with pytest.warns(FitQualityWarning, match="vsini_beyond_search"):
+            result = bs.fit(obs.wavelength, obs.flux, obs.uncertainty, stellar=y_clone,
+                            progress=False, epochs=50)  # fmt: skip
+    assert {"search_vsini_edge", "vsini_beyond_search"} <= set(result.flags)
     assert result.meta["vsini_ceilings_raised_from"] == [pytest.approx(60.0, abs=1.0)]
     assert abs(result.vsini - 100.0) < 5 * result.uncertainties["vsini"]
 

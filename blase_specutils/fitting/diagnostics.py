@@ -357,7 +357,8 @@ def order_agreement(columns: dict, rv: float) -> tuple[float, int]:
 
 def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                line_stage_undone, order_chi2, order_dof, rest_frame_outside,
-               chi2_red, vsini=0.0, resolution_kms=0.0, bounds=None) -> dict:  # fmt: skip
+               chi2_red, vsini=0.0, resolution_kms=0.0, bounds=None,
+               vsini_capped=False) -> dict:  # fmt: skip
     """Reasons to distrust a fit, ``{code: message}`` (empty when there are none).
 
     Flags that already have their own warning (a bound, the search edge, the rest-frame
@@ -373,7 +374,7 @@ def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                 f"{search.rv[0]:.0f} to {search.rv[-1]:.0f} km/s"
             )
             quiet.add("search_edge")
-        if search.vsini_at_edge:
+        if search.vsini_at_edge and not vsini_capped:  # a given ceiling: vsini_at_bound
             flags["search_vsini_edge"] = (
                 f"the search's best v sin i is the largest it sampled ({search.best_vsini:.0f} "
                 "km/s): a faster rotator, or broad lines the template cannot match"
@@ -398,7 +399,8 @@ def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                 f"the fitted RV {rv:.2f} km/s lies {moved:.1f} km/s from the search's best "
                 f"{search.best_rv:.2f} km/s, more than twice the line width ({width:.1f} km/s)"
             )
-    if search is not None and len(search.vsini) > 2 and vsini > 1.05 * float(search.vsini[-1]):
+    searched = search is not None and len(search.vsini) > 2 and not vsini_capped
+    if searched and vsini > 1.05 * float(search.vsini[-1]):
         flags["vsini_beyond_search"] = (
             f"v sin i {vsini:.0f} km/s is beyond the largest the search sampled "
             f"({float(search.vsini[-1]):.0f} km/s)"

@@ -742,8 +742,9 @@ def check(state: FitState) -> None:
         uncertainty_notes=state.uncertainty_notes, line_stage_undone=state.line_stage_undone,
         order_chi2=state.order_chi2, order_dof=state.order_dof,
         rest_frame_outside=state.rest_frame_outside, chi2_red=state.chi2_reduced,
-        vsini=values["vsini"], resolution_kms=C_KMS / float(model.instrument.resolving_power),
-        bounds=_bounds_of_free(state),
+        vsini=values["vsini"],
+        resolution_kms=C_KMS / float(model.instrument.resolving_power.detach()),
+        bounds=_bounds_of_free(state), vsini_capped=opts.search.vsini_max is not None,
     )  # fmt: skip
     if "rv_ambiguous" in state.flags:
         # A curvature error describes one basin; with a second of similar χ² the RV is
