@@ -18,8 +18,10 @@ from __future__ import annotations
 import torch
 
 from .fused import PseudoVoigtLogTransmission, pseudo_voigt_coefficients, unbucket
-from .triton_common import (
+from .triton_common import (  # BLOCK_COLUMNS, BLOCK_ELEMENTS: importable from here as before
     BACKWARD_BLOCK_ELEMENTS,
+    BLOCK_COLUMNS,  # noqa: F401
+    BLOCK_ELEMENTS,  # noqa: F401
     BLOCK_LINES,
     available,
     block_shape,
