@@ -22,13 +22,13 @@ import astropy.units as u
 import numpy as np
 import torch
 
-from ._validation import as_flux_array, ascending_angstrom, check_grid, unpack_spectra
 from .astro.clones import CloneResult, forest_from_table, forest_to_table, load_clone
+from .astro.inputs import as_flux_array, ascending_angstrom, check_grid, unpack_spectra
 from .astro.templates import Template
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
-from .prep._checks import check_spectrum
+from .prep.checks import check_spectrum
 from .prep.continuum import flatten_continuum
 from .prep.linefind import find_lines, find_optical_depth_lines
 

@@ -85,6 +85,43 @@ def test_lbfgs_recovers_true_amplitudes():
     assert history.loss[-1] < history.loss[0]
 
 
+def test_lbfgs_until_converged_stops_on_lbfgs_own_tolerances():
+    """The one L-BFGS driver with BlaseFitter's settings: end-of-epoch losses, and a stop
+    when a step ends before its 20 iterations (here a quadratic, solved in one epoch)."""
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.x = torch.nn.Parameter(torch.tensor([3.0, -2.0], dtype=torch.float64))
+
+    target = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    weights = torch.tensor([1.0, 10.0], dtype=torch.float64)
+
+    def runs(**options):
+        module = Quadratic()
+
+        def loss_fn():
+            return torch.sum(weights * (module.x - target) ** 2)
+
+        history = optimize(
+            module, loss_fn, epochs=50, learning_rate=1.0, optimizer="lbfgs", rtol=0,
+            progress=False, num_threads=None, **options,
+        )
+        return module, history
+
+    module, history = runs(
+        lbfgs_options={"tolerance_grad": 1e-12, "tolerance_change": 1e-15, "history_size": 5},
+        lbfgs_until_converged=True,
+    )
+    assert history.stop_reason == "converged" and history.epochs < 5
+    torch.testing.assert_close(module.x.detach(), target, rtol=0, atol=1e-8)
+    assert history.loss[-1] < 1e-14  # the loss where the last step ended, not where it began
+    # without it: the losses are those at each step's start, and all 50 epochs run
+    _, plain = runs()
+    assert plain.stop_reason == "max_epochs" and plain.epochs == 50
+    assert plain.loss[0] == pytest.approx(4.0 + 10.0 * 2.5**2)
+
+
 def test_stopping_rule_converges_before_max_epochs():
     model, loss_fn, amplitude = _problem(seed=2)
     history = optimize(

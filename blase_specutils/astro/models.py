@@ -84,8 +84,9 @@ from ..core.broadening import (
     rotation_kernel_half_width,
 )
 from ..core.lineforest import LineForest
+from ..core.losses import chi2, l1_prior
 from ..core.resample import PixelAverager, pixel_edges_from_centers
-from ..core.train import TrainingHistory, optimize
+from ..core.train import optimize
 
 __all__ = ["LineForestModel", "ExtrinsicModel", "BlaseFitter"]
 
@@ -818,61 +819,17 @@ class _GlobalParameters(nn.Module):
         return out
 
 
-def _lbfgs(
-    module: nn.Module,
-    loss_fn,
-    *,
-    maxiter: int,
-    learning_rate: float,
-    after_step,
-    iterations_per_epoch: int = 20,
-) -> TrainingHistory:
-    """L-BFGS with tight tolerances (the loss is already relative to its start).
-
-    ``core.train.optimize`` keeps torch's default tolerances (gradient 1e-7),
-    which stop noise-free fits of a few global parameters early; this loop
-    stops when L-BFGS itself converges (gradient below 1e-12 or no change)
-    or after ``maxiter`` epochs of ``iterations_per_epoch`` iterations.
-    """
-    params = [p for p in module.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("nothing to train: no parameter requires a gradient")
-    opt = torch.optim.LBFGS(
-        params,
-        lr=learning_rate,
-        max_iter=iterations_per_epoch,
-        tolerance_grad=1e-12,
-        tolerance_change=1e-15,
-        history_size=50,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        opt.zero_grad(set_to_none=True)
-        value = loss_fn()
-        value.backward()
-        return value
-
-    history = TrainingHistory(stop_reason="max_epochs")
-    t0 = time.perf_counter()
-    for epoch in range(1, maxiter + 1):
-        before = opt.state[params[0]].get("n_iter", 0)
-        opt.step(closure)
-        with torch.no_grad():  # the step returns the loss at its start; record the end
-            loss = float(loss_fn())
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss} at epoch {epoch}; check the data and the initial parameters"
-            )
-        history.loss.append(loss)
-        history.epochs = epoch
-        if after_step is not None:
-            after_step(epoch)
-        if opt.state[params[0]].get("n_iter", 0) - before < iterations_per_epoch:
-            history.stop_reason = "converged"
-            break
-    history.wall_time = time.perf_counter() - t0
-    return history
+#: L-BFGS settings of :class:`BlaseFitter` for :func:`~blase_specutils.core.train.optimize`:
+#: tight tolerances (the loss is already relative to its start). torch's defaults (gradient
+#: 1e-7) stop noise-free fits of a few global parameters early; with these the fit stops
+#: when L-BFGS itself converges (gradient below 1e-12 or no change) or after ``maxiter``
+#: epochs of 20 iterations.
+LBFGS_OPTIONS = {
+    "max_iter": 20,
+    "tolerance_grad": 1e-12,
+    "tolerance_change": 1e-15,
+    "history_size": 50,
+}
 
 
 class BlaseFitter:
@@ -1054,6 +1011,7 @@ class BlaseFitter:
         device = forest.center_ref.device
         y_t = torch.as_tensor(y_data, device=device)
         w_t = torch.as_tensor(w_data, device=device)
+        every_pixel = torch.ones(y_t.shape, dtype=torch.bool, device=device)
         ln_a0 = forest.ln_amplitude.detach().clone()
         # the layout is built once for the pixel grid; windows follow the RV by re-centring
         fitted._layout(x_grid)
@@ -1061,14 +1019,12 @@ class BlaseFitter:
         def residual_sum():
             flux = fitted._torch_flux(x_grid, holder.values(bounds), reuse_layout=True)
             flux = fitted._restore_x_torch(flux, how)
-            return torch.sum((w_t * (y_t - flux)) ** 2)
+            return chi2(flux, y_t, w_t, every_pixel)  # Σ (w (y − F))²
 
         def raw_loss():
             loss = 0.5 * residual_sum()
             if fit_lines and forest.ln_amplitude.requires_grad:
-                loss = loss + (prior_weight / prior_scale) * torch.sum(
-                    torch.abs(forest.ln_amplitude - ln_a0)
-                )
+                loss = loss + prior_weight * l1_prior(forest.ln_amplitude, ln_a0, prior_scale)
             return loss
 
         # The optimiser sees the loss relative to its initial value, so that the
@@ -1105,18 +1061,25 @@ class BlaseFitter:
                 description="BlaseFitter",
                 after_step=after_step,
             )
-        else:
-            history = _lbfgs(
+        else:  # the one L-BFGS driver, with tight tolerances and L-BFGS's own stopping
+            history = optimize(
                 holder,
                 loss_fn,
-                maxiter=maxiter,
+                epochs=maxiter,
                 learning_rate=self.learning_rate,
+                optimizer="lbfgs",
+                rtol=0.0,
+                progress=progress,
+                description="BlaseFitter",
                 after_step=after_step,
+                num_threads=None,
+                lbfgs_options=LBFGS_OPTIONS,
+                lbfgs_until_converged=True,
             )
         with torch.no_grad():
             final_values = holder.values(bounds)
             fitted._cache.key = None
-            chi2 = float(residual_sum())
+            chi2_final = float(residual_sum())
             final_loss = float(raw_loss())
         for name, tensor in final_values.items():
             param = getattr(fitted, name)
@@ -1135,6 +1098,6 @@ class BlaseFitter:
             "stop_reason": history.stop_reason,
             "wall_time": time.perf_counter() - t0,
             "final_loss": final_loss,
-            "chi2": chi2,
+            "chi2": chi2_final,
         }
         return fitted

@@ -17,6 +17,11 @@ properties):
 
 Equivalent widths follow the specutils sign convention: positive for absorption,
 ``EW = ∫ (1 − F/F_c) dλ``.
+
+The :class:`CloneResult` container is defined here too, beside the functions its views
+call, so that the import graph has no cycle (``astro.clones`` re-exports it and adds
+:func:`~blase_specutils.astro.clones.load_clone`; the file format is
+:mod:`~blase_specutils.astro.clone_files`, below both).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +46,16 @@ from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
 from ..core.train import TrainingHistory
 from .adapters import arrays_to_spectrum
-from .clones import CloneResult, forest_from_table, forest_to_table
+from .clone_files import (
+    CLONE_FORMAT,
+    forest_from_table,
+    forest_to_table,
+    lines_digest,
+    spectrum_path,
+    spectrum_summary,
+    write_atomically,
+)
+from .inputs import ascending_angstrom, check_grid
 
 __all__ = [
     "line_table",
@@ -1019,6 +1034,215 @@ def plot_clone(clone_result: Any, region: Any = None, *, ax: Any = None):
     else:
         top.set_xlabel(_WAVELENGTH_LABEL)
     return fig
+
+
+
+# ---------------------------------------------------------------------------
+# The clone container (beside the functions its views call)
+# ---------------------------------------------------------------------------
+@dataclass
+class CloneResult:
+    """A trained clone of a synthetic spectrum.
+
+    Attributes
+    ----------
+    forest : LineForest
+        The trained line forest (the emulator).
+    wavelength : numpy.ndarray
+        Native wavelength grid, Å.
+    target_flux : numpy.ndarray
+        The continuum-flattened input spectrum.
+    continuum : numpy.ndarray
+        The continuum divided out (black body × smooth fit), same units as the input flux;
+        ``target_flux * continuum`` restores the input.
+    history : TrainingHistory
+        Loss per epoch and stopping information.
+    initial : dict
+        Initial line properties (Å) from the line finder, and ``found_in_pass`` per
+        line (0: the prominence search; k: the k-th refinement pass).
+    meta : dict
+        Settings (prominence, teff, mode, profile, …).
+    """
+
+    forest: LineForest
+    wavelength: np.ndarray
+    target_flux: np.ndarray
+    continuum: np.ndarray
+    history: TrainingHistory = field(default_factory=TrainingHistory)
+    initial: dict | None = None
+    meta: dict = field(default_factory=dict)
+    _model_flux: np.ndarray | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        # The arrays hold ~10⁵ samples: summarise rather than print them.
+        span = (
+            f"{self.wavelength[0]:.2f}–{self.wavelength[-1]:.2f} Å, {self.wavelength.size} px"
+            if self.wavelength.size
+            else "no samples"
+        )
+        teff = self.meta.get("teff")
+        return (
+            f"CloneResult(n_lines={self.n_lines}, {span}, profile={self.forest.profile!r}, "
+            f"teff={teff}, epochs={self.history.epochs}, "
+            f"stop_reason={self.history.stop_reason!r})"
+        )
+
+    @property
+    def n_lines(self) -> int:
+        """Number of lines in the clone."""
+        return self.forest.n_lines
+
+    def _require_spectrum(self, what: str) -> None:
+        if self.wavelength.size == 0:
+            raise ValueError(
+                f"{what} needs the cloned spectrum, and this clone was loaded without it "
+                "(saved with include_spectrum=False, or its .spectrum.ecsv file is missing); "
+                "evaluate the lines on a grid of your own with clone.evaluate(wavelength)"
+            )
+
+    @property
+    def model_flux(self) -> np.ndarray:
+        """The emulator evaluated on :attr:`wavelength` (flattened units)."""
+        if self._model_flux is None:
+            self._require_spectrum("model_flux")
+            self._model_flux = self.evaluate(self.wavelength)
+        return self._model_flux
+
+    @property
+    def residual(self) -> np.ndarray:
+        """``target_flux − model_flux``."""
+        self._require_spectrum("residual")
+        return self.target_flux - self.model_flux
+
+    @property
+    def rms(self) -> float:
+        """Root-mean-square residual at native resolution (fraction of the continuum)."""
+        return float(np.sqrt(np.mean(self.residual**2)))
+
+    @property
+    def lines(self) -> QTable:
+        """Line properties as a QTable (Å), with initial values."""
+        return forest_to_table(self.forest, initial=self.initial, meta=self.meta)
+
+    @property
+    def line_table(self) -> QTable:
+        """Line table with equivalent widths, flags and provenance (see
+        :func:`blase_specutils.astro.results.line_table`)."""
+        return line_table(self)
+
+    @property
+    def spectrum(self):
+        """The clone at native resolution as a :class:`specutils.Spectrum` (flattened flux)."""
+        return template_spectrum(self)
+
+    def to_spectrum(self, wavelength=None, *, absolute: bool = False):
+        """The clone as a :class:`specutils.Spectrum` on ``wavelength`` (default: native grid);
+        ``absolute=True`` multiplies by the stored continuum."""
+        return template_spectrum(self, wavelength, absolute=absolute)
+
+    def plot(self, region=None, **kwargs):
+        """Target, clone and residual (a matplotlib Figure)."""
+        return plot_clone(self, region, **kwargs)
+
+    def lines_per_100_angstrom(self) -> float:
+        """Mean line density over the cloned range, lines per 100 Å."""
+        if self.wavelength.size:
+            span = float(self.wavelength[-1] - self.wavelength[0])
+        elif "wavelength_min" in self.meta and "wavelength_max" in self.meta:
+            span = float(self.meta["wavelength_max"]) - float(self.meta["wavelength_min"])
+        else:
+            self._require_spectrum("lines_per_100_angstrom")
+        return 100.0 * self.n_lines / span
+
+    def evaluate(self, wavelength, velocity_kms: float = 0.0) -> np.ndarray:
+        """Evaluate the clone on any grid (Å or Quantity), optionally Doppler shifted.
+
+        The grid may be a frequency or wavenumber Quantity in either order; the flux comes
+        back in the order of the grid given. A single wavelength gives a float.
+        """
+        scalar = np.ndim(wavelength) == 0
+        wl, reversed_axis = ascending_angstrom(np.atleast_1d(wavelength), "wavelength")
+        v = None if velocity_kms == 0 else float(velocity_kms)
+        if wl.size < 3:
+            # A point or two: every line on every sample (cheap, and no wing is cut off;
+            # on a grid the windows truncate each line's wings below `tolerance`).
+            check_grid(wl, min_size=1)
+            with torch.no_grad():
+                flux = self.forest.dense_flux(wl, v).double().cpu().numpy()
+            return float(flux[0]) if scalar else flux
+        check_grid(wl)
+        with torch.no_grad():
+            layout = self.forest.make_layout(wl)
+            flux = self.forest(layout, v).double().cpu().numpy()
+        # on a frequency or wavenumber grid, in the order of the grid given
+        return flux[::-1].copy() if reversed_axis else flux
+
+    def save(self, path, *, overwrite: bool = False, include_spectrum: bool = True) -> Path:
+        """Write the clone as an ECSV line table (plus the spectrum beside it).
+
+        The two files are written atomically as a pair: each goes first to a uniquely
+        named temporary file in the same folder, and only once both are complete are they
+        renamed into place, so a failed write (a full disk, …) leaves the previous files
+        and no temporary ones. The line table records a SHA-256 of its own columns and of
+        the spectrum (with its number of pixels and wavelength range), and the spectrum
+        one of the lines: :func:`load_clone` checks them, so a truncated or altered file,
+        or a table and a spectrum from two different saves, is an error, never a clone.
+
+        Parameters
+        ----------
+        path : path-like
+            The line table, ``*.ecsv``. With ``include_spectrum`` the native grid, target
+            and continuum go to ``<stem>.spectrum.ecsv`` beside it.
+        overwrite : bool
+            Replace existing files. Without it, nothing is written when either file exists.
+        include_spectrum : bool
+            Also write the native-resolution spectrum.
+
+        Returns
+        -------
+        pathlib.Path
+            The line table's path.
+
+        Raises
+        ------
+        FileExistsError
+            If ``overwrite`` is False and the table or its spectrum file exists.
+        OSError
+            If a file cannot be written (the message names it).
+        """
+        path = Path(path)
+        spath = spectrum_path(path)
+        targets = [path, spath] if include_spectrum else [path]
+        existing = [str(p) for p in targets if p.exists()]
+        if existing and not overwrite:
+            raise FileExistsError(
+                f"{' and '.join(existing)} exist{'s' if len(existing) == 1 else ''}; "
+                "pass overwrite=True to replace, nothing was written"
+            )
+        meta = dict(self.meta)
+        meta["history_loss"] = [float(x) for x in self.history.loss]
+        meta["history_epochs"] = int(self.history.epochs)
+        meta["history_wall_time"] = float(self.history.wall_time)
+        meta["history_stop_reason"] = self.history.stop_reason
+        table = forest_to_table(self.forest, initial=self.initial, meta=meta)
+        digest = lines_digest(table)
+        table.meta["lines_sha256"] = digest
+        table.meta["n_lines_saved"] = len(table)
+        pairs = [(path, table)]
+        if include_spectrum:
+            spec = QTable()
+            spec["wavelength"] = np.asarray(self.wavelength, dtype=np.float64) * u.AA
+            spec["target_flux"] = np.asarray(self.target_flux, dtype=np.float64)
+            spec["continuum"] = np.asarray(self.continuum, dtype=np.float64)
+            spec.meta["format"] = CLONE_FORMAT + ".spectrum"
+            spec.meta["lines_sha256"] = digest
+            table.meta["spectrum"] = spectrum_summary(spec)
+            pairs.insert(0, (spath, spec))
+        else:
+            table.meta["spectrum"] = None  # lines only: a spectrum file beside is not ours
+        write_atomically(pairs)
+        return path
+
 
 
 # ---------------------------------------------------------------------------

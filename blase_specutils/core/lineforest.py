@@ -36,11 +36,13 @@ __all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES"]
 SPEED_OF_LIGHT_KMS = 299792.458
 #: Names accepted by ``trainable``.
 PARAMETER_NAMES = ("center", "amplitude", "sigma", "gamma")
-_LOG_BOUNDS = {
+#: Bounds every optimiser step clamps the log parameters to (ln of Å for σ, γ).
+LOG_BOUNDS = {
     "ln_amplitude": (-40.0, 5.0),
     "ln_sigma": (math.log(1e-6), math.log(50.0)),
     "ln_gamma": (math.log(1e-6), math.log(50.0)),
 }
+_LOG_BOUNDS = LOG_BOUNDS  # the name it had before it was public
 
 
 def _check_finite(name: str, value: np.ndarray) -> None:
@@ -178,7 +180,7 @@ class LineForest(nn.Module):
     @torch.no_grad()
     def clamp_(self) -> None:
         """Keep parameters finite and inside physical bounds (called after optimiser steps)."""
-        for name, (lo, hi) in _LOG_BOUNDS.items():
+        for name, (lo, hi) in LOG_BOUNDS.items():
             p = getattr(self, name)
             p.nan_to_num_(nan=0.5 * (lo + hi)).clamp_(lo, hi)
         self.center_shift.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)

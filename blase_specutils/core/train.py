@@ -284,6 +284,8 @@ def optimize(
     num_threads: int | None = 1,
     cuda_graph: bool = False,
     graph_key: Callable[[], object] | None = None,
+    lbfgs_options: dict | None = None,
+    lbfgs_until_converged: bool = False,
 ) -> TrainingHistory:
     """Minimise ``loss_fn()`` over the trainable parameters of ``module``.
 
@@ -341,6 +343,16 @@ def optimize(
     graph_key : callable, optional
         Returns a token that changes whenever the loss's inputs are replaced (e.g. a new
         sparse layout); the step is then captured again.
+    lbfgs_options : dict, optional
+        Keyword arguments for :class:`torch.optim.LBFGS` over the defaults here
+        (``max_iter=20`` iterations per epoch, ``line_search_fn="strong_wolfe"``, torch's
+        tolerances), e.g. ``tolerance_grad``, ``tolerance_change``, ``history_size``.
+    lbfgs_until_converged : bool
+        L-BFGS only: record each epoch's loss at its end (one more evaluation, without
+        gradients) instead of its start, and stop with ``stop_reason="converged"`` once an
+        epoch's step ends before ``max_iter`` iterations, i.e. when L-BFGS's own tolerances
+        are met. (With ``rtol=0`` that is the only convergence test, as for a fit of a few
+        global parameters whose loss is already relative to its start.)
 
     Returns
     -------
@@ -358,12 +370,9 @@ def optimize(
     if optimizer == "adam":
         opt = adam(groups, learning_rate, capturable=use_graph)
     elif optimizer == "lbfgs":
-        opt = torch.optim.LBFGS(
-            [p for g in groups for p in g["params"]],
-            lr=learning_rate,
-            max_iter=20,
-            line_search_fn="strong_wolfe",
-        )
+        settings = {"max_iter": 20, "line_search_fn": "strong_wolfe", **(lbfgs_options or {})}
+        params = [p for g in groups for p in g["params"]]
+        opt = torch.optim.LBFGS(params, lr=learning_rate, **settings)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', not {optimizer!r}")
 
@@ -410,7 +419,16 @@ def optimize(
                     value.backward()
                     return value
 
+                first = opt.param_groups[0]["params"][0]
+                iterations_before = opt.state[first].get("n_iter", 0)
                 loss = opt.step(closure)
+                lbfgs_stopped_early = (
+                    opt.state[first].get("n_iter", 0) - iterations_before
+                    < opt.param_groups[0]["max_iter"]
+                )
+                if lbfgs_until_converged:  # the loss where the step ended
+                    with torch.no_grad():
+                        loss = loss_fn()
             elif use_graph:
                 try:
                     loss = graphed.step()
@@ -451,6 +469,9 @@ def optimize(
             ):
                 save_checkpoint(checkpoint, module, opt, epoch, history.loss, compare_from)
                 last_checkpoint = now
+            if optimizer == "lbfgs" and lbfgs_until_converged and lbfgs_stopped_early:
+                history.stop_reason = "converged"
+                break
             if rtol > 0 and len(history.loss) - compare_from > patience:
                 # Best loss of the last `patience` epochs against the best before them:
                 # robust to the small oscillations of Adam.

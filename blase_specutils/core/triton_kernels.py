@@ -5,7 +5,7 @@ operations per bucket, forward and backward; on a GPU each is a kernel launch, s
 epoch is bound by launches, not arithmetic. Here each bucket costs one kernel forward
 (profile, log transmission, scatter-add into the pixels) and one backward (the five
 per-line gradient sums, accumulated in registers over the window), with the same
-numbers as :class:`~blase_specutils.core.sparse._PseudoVoigtLogTransmission` up to
+numbers as :class:`~blase_specutils.core.fused.PseudoVoigtLogTransmission` up to
 the order of floating-point additions.
 
 Triton is optional: :func:`available` says whether these kernels can run on a device.
@@ -15,11 +15,27 @@ the test suite checks them against the PyTorch kernel without a GPU.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .sparse import _PseudoVoigtLogTransmission, _unbucket, pseudo_voigt_coefficients
+from .fused import PseudoVoigtLogTransmission, pseudo_voigt_coefficients, unbucket
+from .triton_common import (  # BLOCK_COLUMNS, BLOCK_ELEMENTS: importable from here as before
+    BACKWARD_BLOCK_ELEMENTS,
+    BLOCK_COLUMNS,  # noqa: F401
+    BLOCK_ELEMENTS,  # noqa: F401
+    BLOCK_LINES,
+    available,
+    block_shape,
+    bucket_arguments,
+    require_triton,
+    tl,
+    triton,
+)
+
+if triton is not None:
+    from .triton_common import log1p_kernel, window_positions
+
+#: the window helpers by the names they had when they lived here
+_blocks = block_shape
 
 __all__ = [
     "available",
@@ -27,36 +43,12 @@ __all__ = [
     "pseudo_voigt_log_transmission_triton",
 ]
 
-try:  # pragma: no cover - exercised only where triton is installed
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover
-    triton = None
-    tl = None
 
 
-def available(device: torch.device | str) -> bool:
-    """Whether the Triton kernels can run on ``device``.
-
-    True on a CUDA device when ``triton`` imports; on the CPU only under Triton's
-    interpreter (environment variable ``TRITON_INTERPRET=1``, set before import).
-    """
-    if triton is None:
-        return False
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    return device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
 
 
 if triton is not None:
 
-    @triton.jit
-    def _log1p(x):
-        # log(1 + x) to a few ulp with only log (Kahan): exact where 1 + x rounds to 1.
-        u = 1.0 + x
-        safe = tl.where(u == 1.0, 2.0, u)
-        return tl.where(u == 1.0, x, tl.log(safe) * x / (safe - 1.0))
 
     @triton.jit
     def _row_parameters(r, row_ok, shift_ptr, a_ptr, h2_ptr, b_ptr, c_ptr, sign_ptr):
@@ -69,20 +61,6 @@ if triton is not None:
         sign = tl.load(sign_ptr + r, mask=row_ok, other=1.0)
         return shift, a, h2, b, c, sign
 
-    @triton.jit
-    def _window(r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift):
-        # The window of each row, formed here instead of read from memory: pixel indices
-        # start + col clamped into the grid, whether they were inside it, and the offsets
-        # λ − λc_ref in float64, rounded once to the working dtype (that of ``shift``).
-        mask = row_ok[:, None] & (col < width)[None, :]
-        start = tl.load(start_ptr + r, mask=row_ok, other=0)
-        raw = start[:, None] + col[None, :]
-        inside = mask & (raw >= 0) & (raw < n_pixels)
-        pixel = tl.minimum(tl.maximum(raw, 0), n_pixels - 1)
-        center = tl.load(center_ptr + r, mask=row_ok, other=0.0)
-        wavelength = tl.load(wavelength_ptr + pixel, mask=mask, other=0.0)
-        offset = (wavelength - center[:, None]).to(shift.dtype)
-        return inside, pixel, offset
 
     @triton.jit
     def _profile(off, shift, a, h2, b, c, core):
@@ -123,7 +101,7 @@ if triton is not None:
         shift, a, h2, b, c, sign = _row_parameters(
             r, row_ok, shift_ptr, a_ptr, h2_ptr, b_ptr, c_ptr, sign_ptr
         )
-        inside, pixel, off = _window(
+        inside, pixel, off = window_positions(
             r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift
         )
         core = (col >= core_lo) & (col < core_hi)
@@ -133,7 +111,7 @@ if triton is not None:
         if LINEAR:
             # the guard in the working dtype: a bare float constexpr becomes float32 in
             # tl.minimum on some Triton versions (1 − 1e-6 → 0.99999899, ln off by 0.013)
-            value = _log1p(-tl.minimum(av, tl.full([1, 1], CLIP, av.dtype)))
+            value = log1p_kernel(-tl.minimum(av, tl.full([1, 1], CLIP, av.dtype)))
         else:
             value = -av
         # relaxed: the additions commute (their order was never fixed), no fences needed
@@ -181,7 +159,7 @@ if triton is not None:
         sum_gauss_x = zero
         for start in range(0, width, BLOCK_W):
             col = start + tl.arange(0, BLOCK_W)
-            inside, pixel, off = _window(
+            inside, pixel, off = window_positions(
                 r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift
             )
             core = (col >= core_lo) & (col < core_hi)
@@ -360,46 +338,16 @@ if triton is not None:
         tl.store(out_shift_ptr + line, tl.load(grad_shift_ptr + r, mask=ok, other=0.0), mask=ok)
 
 
-#: Window elements per program (rows × columns) forward and backward, and the widest
-#: column block: narrow windows get narrower column blocks and more rows, so no lanes idle
-#: on padding. The backward keeps six running sums per row and more temporaries: with
-#: 1,024 elements it needed 255 registers and spilled in float64 (sm_90, compiled
-#: offline); 256 fit in 128.
-BLOCK_ELEMENTS = 1024
-BACKWARD_BLOCK_ELEMENTS = 256
-BLOCK_COLUMNS = 64
-#: Lines per program of the per-line coefficient kernels.
-BLOCK_LINES = 128
 
 
-def _bucket_arguments(layout):
-    """Each non-empty bucket with its row slice and the kernels' integer arguments.
-
-    Yields ``(bucket, rows_slice, scalars)`` with ``scalars`` = pixels in the grid, rows,
-    width, first and last-plus-one core column.
-    """
-    for bucket in layout.buckets:
-        rows = bucket.rows.stop - bucket.rows.start
-        if rows == 0:
-            continue
-        core = bucket.core
-        core_lo = 0 if core.start is None else int(core.start)
-        core_hi = bucket.width if core.stop is None else int(core.stop)
-        yield bucket, bucket.rows, (layout.n_pixels, rows, bucket.width, core_lo, core_hi)
-
-
-def _blocks(width: int, elements: int = BLOCK_ELEMENTS) -> tuple[int, int]:
-    """Rows and columns per program for windows of ``width`` pixels (powers of two)."""
-    columns = min(BLOCK_COLUMNS, triton.next_power_of_2(width))
-    return max(elements // columns, 1), columns
 
 
 def _launch_forward(layout, start, per_line, linear, clip, emission, dtype):
     """Per-bucket forward kernels; ``per_line`` = shift, A, h2, B, C, sign in bucket order."""
     out = torch.zeros(layout.n_pixels, dtype=dtype, device=layout.device)
-    for _, rows, scalars in _bucket_arguments(layout):
+    for _, rows, scalars in bucket_arguments(layout):
         n_rows, width = scalars[1:3]
-        block_rows, block_columns = _blocks(width)
+        block_rows, block_columns = block_shape(width)
         _forward_kernel[(triton.cdiv(n_rows, block_rows), triton.cdiv(width, block_columns))](
             layout.wavelength,
             layout.row_center[rows],
@@ -420,8 +368,8 @@ def _launch_backward(layout, start, per_line, grad_out, linear, clip, emission):
     """Per-bucket backward kernels: gradients of A, h2, B, C, shift in bucket order."""
     grad_out = grad_out.contiguous()
     grads = [torch.empty_like(per_line[0]) for _ in range(5)]
-    for _, rows, scalars in _bucket_arguments(layout):
-        block_rows, block_columns = _blocks(scalars[2], BACKWARD_BLOCK_ELEMENTS)
+    for _, rows, scalars in bucket_arguments(layout):
+        block_rows, block_columns = block_shape(scalars[2], BACKWARD_BLOCK_ELEMENTS)
         _backward_kernel[(triton.cdiv(scalars[1], block_rows),)](
             layout.wavelength,
             layout.row_center[rows],
@@ -462,7 +410,7 @@ class _TritonPseudoVoigtLogTransmission(torch.autograd.Function):
         grads = _launch_backward(
             ctx.layout, start, per_line, grad_out, ctx.linear, ctx.clip, ctx.emission
         )
-        line_grads = _unbucket(grads, [[g] for g in grads], ctx.layout.order)
+        line_grads = unbucket(grads, [[g] for g in grads], ctx.layout.order)
         return (*line_grads, None, None, None, None, None)
 
 
@@ -523,12 +471,6 @@ class _TritonForestLogTransmission(torch.autograd.Function):
         return (*grads_in, None, None, None, None, None)
 
 
-def _require(device):
-    if not available(device):
-        raise RuntimeError(
-            f"the Triton kernels cannot run on {device}: they need triton and a CUDA device "
-            "(or TRITON_INTERPRET=1 on the CPU)"
-        )
 
 
 def pseudo_voigt_log_transmission_triton(A, h2, B, C, shift, sign, layout, linear, clip, emission):
@@ -539,7 +481,7 @@ def pseudo_voigt_log_transmission_triton(A, h2, B, C, shift, sign, layout, linea
     RuntimeError
         If Triton cannot run on the tensors' device (see :func:`available`).
     """
-    _require(A.device)
+    require_triton(A.device)
     return _TritonPseudoVoigtLogTransmission.apply(
         A, h2, B, C, shift, sign, layout, linear, clip, emission
     )
@@ -573,7 +515,7 @@ def forest_log_transmission_triton(
     RuntimeError
         If Triton cannot run on the tensors' device (see :func:`available`).
     """
-    _require(ln_amplitude.device)
+    require_triton(ln_amplitude.device)
     return _TritonForestLogTransmission.apply(
         ln_amplitude, ln_sigma, ln_gamma, shift, sign, layout, linear, clip, emission
     )
@@ -605,67 +547,96 @@ def self_check(device: torch.device | str, dtype: torch.dtype = torch.float64) -
         return _compare_kernels(torch.device(device), dtype)
 
 
-def _compare_kernels(device: torch.device, dtype: torch.dtype) -> str | None:
+def _check_forest(device: torch.device, dtype: torch.dtype):
+    """The self-check's lines as plain tensors (no LineForest): parameters, sign, layout.
+
+    The same numbers a ``LineForest(..., emission=line 9, trainable=all)`` holds and the
+    layout its ``make_layout(grid)`` gives (tolerance 1e-4, 4 FWHM, 8 pixels, ratio 2).
+    """
     import numpy as np
 
-    from .lineforest import LineForest
-    from .profiles import tch_fwhm_and_eta
+    from .layout import SparseLayout, window_half_widths
 
     rng = np.random.default_rng(2024)
     n = 24
     grid = np.linspace(8600.0, 8606.0, 600)
     amplitude = rng.uniform(0.002, 0.05, n)
-    amplitude[4] = 0.5
-    forest = LineForest(
-        np.sort(rng.uniform(8599.8, 8606.2, n)),
-        amplitude,
-        rng.uniform(0.01, 0.05, n),
-        rng.uniform(0.005, 0.03, n),
-        emission=[i == 9 for i in range(n)],
-        trainable=("center", "amplitude", "sigma", "gamma"),
-        dtype=dtype,
-        device=device,
+    amplitude[4] = 0.5  # saturated
+    center = np.sort(rng.uniform(8599.8, 8606.2, n))  # windows off both grid ends
+    sigma = rng.uniform(0.01, 0.05, n)
+    gamma = rng.uniform(0.005, 0.03, n)
+    center_ref = torch.as_tensor(center, dtype=torch.float64, device=device)
+    sign = torch.ones(n, dtype=dtype, device=device)
+    sign[9] = -1.0  # an emission line
+    parameters = {
+        "center_shift": torch.zeros(n, dtype=dtype, device=device),
+        "ln_amplitude": torch.as_tensor(np.log(amplitude), dtype=dtype, device=device),
+        "ln_sigma": torch.as_tensor(np.log(sigma), dtype=dtype, device=device),
+        "ln_gamma": torch.as_tensor(np.log(gamma), dtype=dtype, device=device),
+    }
+    for tensor in parameters.values():
+        tensor.requires_grad_(True)
+    with torch.no_grad():  # the windows from the working-dtype widths, as LineForest sizes them
+        widths = (parameters[k].double() for k in ("ln_amplitude", "ln_sigma", "ln_gamma"))
+        a, s, g = (torch.exp(t).cpu().numpy() for t in widths)
+        half, core = window_half_widths(
+            a, s, g, tolerance=1e-4, n_fwhm=4.0, budget=0.0, max_half_width=50.0
+        )
+    wavelength = torch.as_tensor(grid, dtype=torch.float64, device=device)
+    layout = SparseLayout(
+        wavelength, center_ref, half, core, dtype=dtype, min_pixels=8, bucket_ratio=2
     )
-    layout = forest.make_layout(grid)
+    return parameters, sign, center_ref, layout
+
+
+def _compare_kernels(device: torch.device, dtype: torch.dtype) -> str | None:
+    from .profiles import tch_fwhm_and_eta
+
+    parameters, sign, center_ref, layout = _check_forest(device, dtype)
+    p = parameters
     velocity = torch.tensor(4.0, dtype=dtype, device=device, requires_grad=True)
-    inputs = [*forest.parameters(), velocity]
+    inputs = [*parameters.values(), velocity]
+
+    def shift_of(v):  # classical Doppler shift of every line, as LineForest.shift
+        return p["center_shift"] + (center_ref.to(dtype) + p["center_shift"]) * (v / 299792.458)
+
     weights = torch.linspace(-1.0, 2.0, layout.n_pixels, dtype=dtype, device=device)
     fused = forest_log_transmission_triton(
         layout,
-        forest.ln_amplitude,
-        forest.ln_sigma,
-        forest.ln_gamma,
-        forest.shift(velocity),
-        forest.sign,
+        p["ln_amplitude"],
+        p["ln_sigma"],
+        p["ln_gamma"],
+        shift_of(velocity),
+        sign,
         linear=True,
         clip=1.0 - 1e-6,
         emission=True,
     )
     got = [fused.detach(), *torch.autograd.grad((fused * weights).sum(), inputs)]
     # the PyTorch kernel, called directly (never through the kernel choice)
-    shift = forest.shift(velocity)
+    shift = shift_of(velocity)
     layout.refresh(shift)
-    fwhm, eta = tch_fwhm_and_eta(torch.exp(forest.ln_sigma), torch.exp(forest.ln_gamma))
-    coefficients = pseudo_voigt_coefficients(torch.exp(forest.ln_amplitude), fwhm, eta)
-    reference = _PseudoVoigtLogTransmission.apply(
-        *coefficients, shift, forest.sign, layout, True, 1.0 - 1e-6, True
+    fwhm, eta = tch_fwhm_and_eta(torch.exp(p["ln_sigma"]), torch.exp(p["ln_gamma"]))
+    coefficients = pseudo_voigt_coefficients(torch.exp(p["ln_amplitude"]), fwhm, eta)
+    reference = PseudoVoigtLogTransmission.apply(
+        *coefficients, shift, sign, layout, True, 1.0 - 1e-6, True
     )
     expected = [reference.detach(), *torch.autograd.grad((reference * weights).sum(), inputs)]
-    names = ("log transmission", *(name for name, _ in forest.named_parameters()), "velocity")
+    names = ("log transmission", *parameters, "velocity")
     problem = _first_difference(names, got, expected, dtype)
     if problem is not None:
         return problem
     # the exact-Voigt kernels (triton_voigt), on the same lines and windows
-    from .sparse import _VoigtLogTransmission
+    from .fused import VoigtLogTransmission
     from .triton_voigt import voigt_log_transmission_triton
 
     results = []
-    for kernel in (voigt_log_transmission_triton, _VoigtLogTransmission.apply):
-        shift = forest.shift(velocity)
+    for kernel in (voigt_log_transmission_triton, VoigtLogTransmission.apply):
+        shift = shift_of(velocity)
         layout.refresh(shift)
-        width_parameters = (forest.ln_amplitude, forest.ln_sigma, forest.ln_gamma)
+        width_parameters = (p["ln_amplitude"], p["ln_sigma"], p["ln_gamma"])
         a, sigma, gamma = (torch.exp(t) for t in width_parameters)
-        out = kernel(a, sigma, gamma, shift, forest.sign, layout, True, 1.0 - 1e-6, True)
+        out = kernel(a, sigma, gamma, shift, sign, layout, True, 1.0 - 1e-6, True)
         results.append([out.detach(), *torch.autograd.grad((out * weights).sum(), inputs)])
     return _first_difference([f"Voigt {name}" for name in names], *results, dtype)
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .sparse import _unbucket
-from .triton_kernels import _blocks, _bucket_arguments, _require, triton
+from .fused import unbucket
+from .triton_common import block_shape, bucket_arguments, require_triton, triton
 
 __all__ = ["voigt_log_transmission_triton"]
 
@@ -32,7 +32,7 @@ VOIGT_BACKWARD_BLOCK_ELEMENTS = 128
 if triton is not None:
     import triton.language as tl
 
-    from .triton_kernels import _log1p, _window
+    from .triton_common import log1p_kernel, window_positions
 
     @triton.jit
     def _far_wing(x, sigma, gamma):
@@ -252,7 +252,7 @@ if triton is not None:
         shift, a, sigma, gamma, sign = _voigt_rows(
             r, row_ok, shift_ptr, a_ptr, sigma_ptr, gamma_ptr, sign_ptr
         )
-        inside, pixel, off = _window(
+        inside, pixel, off = window_positions(
             r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift
         )
         x = off - shift[:, None]
@@ -262,7 +262,7 @@ if triton is not None:
             av = av * sign[:, None]
         if LINEAR:
             # the guard in the working dtype (see triton_kernels._forward_kernel)
-            out = _log1p(-tl.minimum(av, tl.full([1, 1], CLIP, av.dtype)))
+            out = log1p_kernel(-tl.minimum(av, tl.full([1, 1], CLIP, av.dtype)))
         else:
             out = -av
         tl.atomic_add(out_ptr + pixel, out, mask=inside, sem="relaxed")
@@ -303,7 +303,7 @@ if triton is not None:
         sum_dx = zero
         for start in range(0, width, BLOCK_W):
             col = start + tl.arange(0, BLOCK_W)
-            inside, pixel, off = _window(
+            inside, pixel, off = window_positions(
                 r, row_ok, col, width, start_ptr, center_ptr, wavelength_ptr, n_pixels, shift
             )
             x = off - shift[:, None]
@@ -342,11 +342,11 @@ def _launch(layout, start, per_line, linear, clip, emission, grad_out=None):
     # under Triton's CPU interpreter the kernels are numpy: a formula outside its region
     # may overflow there (harmless, never selected) and must not warn
     with np.errstate(all="ignore"):
-        for _, rows, scalars in _bucket_arguments(layout):
+        for _, rows, scalars in bucket_arguments(layout):
             n_pixels, n_rows, width = scalars[:3]
             line_args = (layout.wavelength, layout.row_center[rows], start[rows])
             if grad_out is None:
-                block_rows, block_columns = _blocks(width, VOIGT_BLOCK_ELEMENTS)
+                block_rows, block_columns = block_shape(width, VOIGT_BLOCK_ELEMENTS)
                 grid = (triton.cdiv(n_rows, block_rows), triton.cdiv(width, block_columns))
                 _voigt_forward_kernel[grid](
                     *line_args,
@@ -360,7 +360,7 @@ def _launch(layout, start, per_line, linear, clip, emission, grad_out=None):
                     **constants,
                 )
             else:
-                block_rows, block_columns = _blocks(width, VOIGT_BACKWARD_BLOCK_ELEMENTS)
+                block_rows, block_columns = block_shape(width, VOIGT_BACKWARD_BLOCK_ELEMENTS)
                 _voigt_backward_kernel[(triton.cdiv(n_rows, block_rows),)](
                     *line_args,
                     grad_out,
@@ -400,7 +400,7 @@ class _TritonVoigtLogTransmission(torch.autograd.Function):
             ctx.layout, start, per_line, ctx.linear, ctx.clip, ctx.emission, grad_out
         )
         grads = (g_a, g_sigma, g_gamma, g_shift)
-        line_grads = _unbucket(grads, [[g] for g in grads], ctx.layout.order)
+        line_grads = unbucket(grads, [[g] for g in grads], ctx.layout.order)
         needed = ctx.needs_input_grad
         line_grads = (g if needed[i] else None for i, g in enumerate(line_grads))
         return (*line_grads, None, None, None, None, None)
@@ -421,7 +421,7 @@ def voigt_log_transmission_triton(
         If Triton cannot run on the tensors' device (see
         :func:`~blase_specutils.core.triton_kernels.available`).
     """
-    _require(amplitude.device)
+    require_triton(amplitude.device)
     return _TritonVoigtLogTransmission.apply(
         amplitude, sigma, gamma, shift, sign, layout, linear, clip, emission
     )

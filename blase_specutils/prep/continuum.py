@@ -12,7 +12,7 @@ import numpy as np
 from numpy.polynomial import chebyshev
 from scipy.interpolate import make_lsq_spline
 
-from ._checks import check_spectrum
+from .checks import check_spectrum
 
 __all__ = [
     "ContinuumFit",

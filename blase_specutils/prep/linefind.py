@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.signal import find_peaks, peak_widths
 
-from ._checks import check_spectrum
+from .checks import check_spectrum
 
 __all__ = ["LineList", "find_lines", "find_optical_depth_lines"]
 

@@ -1,4 +1,4 @@
-"""Input checks shared by the preprocessing functions (numpy only)."""
+"""Input checks shared by the preprocessing functions (numpy only): ``check_spectrum``."""
 
 from __future__ import annotations
 
