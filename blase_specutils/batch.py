@@ -640,7 +640,7 @@ def _read_observation_input(source):
     if not isinstance(source, str):
         return source
     from .astro.adapters import arrays_to_spectrum
-    from .cli import read_observation
+    from .astro.observations import read_observation
 
     return [
         arrays_to_spectrum(
