@@ -399,6 +399,19 @@ def fit_flags(*, search, rv, rv_max, n_dof, n_good, n_free, uncertainty_notes,
                 f"the fitted RV {rv:.2f} km/s lies {moved:.1f} km/s from the search's best "
                 f"{search.best_rv:.2f} km/s, more than twice the line width ({width:.1f} km/s)"
             )
+        # v sin i more than a factor 1.5 (about a step of the search grid) from the search's,
+        # where both exceed the instrumental FWHM: the global stage broadened (or
+        # sharpened) the template to fit a mismatch, and the RV went with it
+        searched_vsini = search.best_vsini
+        if min(vsini, searched_vsini) > resolution_kms > 0:
+            ratio = max(vsini, searched_vsini) / min(vsini, searched_vsini)
+            if ratio > 1.5:
+                flags["left_search_basin"] = (
+                    f"v sin i {vsini:.1f} km/s moved a factor {ratio:.2f} from the search's "
+                    f"{searched_vsini:.1f} km/s (RV {search.best_rv:.2f} → {rv:.2f} km/s): the "
+                    "template's lines are likely too deep or too narrow for this star; try "
+                    "free=DEFAULT_FREE | {'line_strength'}"
+                )
     searched = search is not None and len(search.vsini) > 2 and not vsini_capped
     if searched and vsini > 1.05 * float(search.vsini[-1]):
         flags["vsini_beyond_search"] = (
