@@ -8,11 +8,12 @@ the astro modules can use it too; ``blase_specutils._validation`` re-exports it.
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import astropy.units as u
 import numpy as np
+
+from ..prep.noise import pixel_noise
 
 __all__ = [
     "as_angstrom",
@@ -79,7 +80,7 @@ def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
         for order in orders:
             if order.uncertainty is None:
                 usable = order.good & np.isfinite(order.flux)
-                sigma = np.full(order.flux.shape, _scatter_noise(order.flux, usable))
+                sigma = np.full(order.flux.shape, pixel_noise(order.flux, usable))
             else:
                 sigma = order.uncertainty
             sigmas.append(sigma * order.flux_unit)
@@ -104,21 +105,6 @@ def _listed(indices: list[int]) -> str:
     """``3`` or ``1, 4 and 6`` (indices into the list of spectra, from 0)."""
     text = [str(k) for k in indices]
     return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " and " + text[-1]
-
-
-def _scatter_noise(flux: np.ndarray, good: np.ndarray) -> float:
-    """Robust per-pixel noise from second differences of good neighbouring pixels.
-
-    ``2 f_i − f_{i−1} − f_{i+1}`` has variance 6σ² for white noise and cancels a line
-    profile to second order: 1.4826 × median|·|/√6 (the estimate ``fit`` makes when no
-    spectrum has uncertainties), or 1 with too few pixels.
-    """
-    triple = good[1:-1] & good[:-2] & good[2:]
-    second = (2.0 * flux[1:-1] - flux[:-2] - flux[2:])[triple]
-    if second.size <= 5:
-        return 1.0
-    noise = 1.4826 * float(np.median(np.abs(second))) / math.sqrt(6.0)
-    return noise if noise > 0 else 1.0
 
 
 #: Unitless wavelengths are taken as Å; when even the longest is below this many Å (an

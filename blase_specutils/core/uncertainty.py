@@ -29,12 +29,17 @@ def _scaled_pinv(fisher: torch.Tensor) -> torch.Tensor | None:
     return inverse / (scale[:, None] * scale[None, :])
 
 
+def _with_nuisance(columns: torch.Tensor, nuisance: torch.Tensor | None) -> torch.Tensor:
+    """The parameters' columns followed by the nuisance parameters' (if any)."""
+    if nuisance is None or nuisance.numel() == 0:
+        return columns
+    return torch.cat([columns, nuisance], dim=1)
+
+
 def covariance(columns: torch.Tensor, nuisance: torch.Tensor | None = None) -> torch.Tensor | None:
     """Covariance ``[p, p]`` of the parameters behind ``columns`` (``[n, p]``, weighted),
     with the ``nuisance`` columns (``[n, q]``) marginalised; None when singular."""
-    full = columns if nuisance is None or nuisance.numel() == 0 else torch.cat(
-        [columns, nuisance], dim=1
-    )
+    full = _with_nuisance(columns, nuisance)
     inverse = _scaled_pinv(full.T @ full)
     if inverse is None:
         return None
@@ -50,9 +55,7 @@ def gauss_newton_step(
     ``residual`` is the weighted residual (data − model)/σ, ``[n]``. None when the
     Fisher matrix is singular.
     """
-    full = columns if nuisance is None or nuisance.numel() == 0 else torch.cat(
-        [columns, nuisance], dim=1
-    )
+    full = _with_nuisance(columns, nuisance)
     inverse = _scaled_pinv(full.T @ full)
     if inverse is None:
         return None
