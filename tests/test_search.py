@@ -250,10 +250,31 @@ def test_gauss_newton_covariance_against_a_finite_difference_hessian():
     np.testing.assert_allclose(start[:2] + step.numpy(), theta[:2], atol=2e-5)
 
 
-def test_covariance_of_an_unconstrained_parameter_is_not_a_zero():
-    columns = torch.zeros(50, 1, dtype=torch.float64)
-    cov = covariance(columns, None)
-    assert cov is None or not float(cov[0, 0]) > 0
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"step_kms": float("nan")}, "step_kms must be finite and > 0"),
+        ({"resolving_power": 0.0}, "resolving_power must be finite and > 0"),
+        ({"rv_half_width": -5.0}, "rv_half_width must be >= 0"),
+        ({"rv_center": float("inf")}, "rv_center must be finite"),
+        ({"vsini_grid": []}, "vsini_grid must hold at least one"),
+        ({"vsini_grid": [0.0, -3.0]}, "vsini_grid must hold at least one"),
+    ],
+)
+def test_joint_search_rejects_bad_settings(toy_star, kwargs, message):
+    forest, wl, flux = toy_star
+    pixels = np.exp(np.arange(np.log(5010.0), np.log(5050.0), 1 / (3 * 50000)))
+    obs = observe(wl, flux, pixels, rv=0.0, vsini=5.0, resolving_power=50000, snr=300)
+    settings = {"step_kms": 0.5, "resolving_power": 50000.0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        rv_vsini_search([_search_order(obs)], lambda g: forest(forest.make_layout(g)), **settings)
+    empty = _search_order(obs)
+    empty.weight = torch.zeros_like(empty.weight)
+    with pytest.raises(ValueError, match="order 0 of the search has no pixel"):
+        rv_vsini_search([empty], lambda g: forest(forest.make_layout(g)), step_kms=0.5,
+                        resolving_power=50000.0)  # fmt: skip
+    with pytest.raises(ValueError, match="at least one order"):
+        rv_vsini_search([], lambda g: g, step_kms=0.5, resolving_power=50000.0)
 
 
 def test_marginal_covariance_equals_the_dense_inverse():

@@ -16,7 +16,6 @@ import torch
 __all__ = [
     "chi2",
     "solve_continuum",
-    "profiled_chi2",
     "profiled_chi2_batch",
     "l1_prior",
     "gaussian_prior",
@@ -103,11 +102,6 @@ def solve_continuum(
     continuum = (basis64 * coefficients.detach().double()[order_index]).sum(1)
     r = (shape.double() * continuum - d) * w
     return torch.sum(r * r)
-
-
-def profiled_chi2(coefficients, basis, order_index, shape, data, inv_sigma, good):
-    """Alias of :func:`solve_continuum` that reads as what it returns."""
-    return solve_continuum(coefficients, basis, order_index, shape, data, inv_sigma, good)
 
 
 def profiled_chi2_batch(

@@ -307,6 +307,23 @@ def rv_vsini_search(
     """
     if not orders:
         raise ValueError("the search needs at least one order")
+    for name, value, low in (
+        ("step_kms", step_kms, 0.0), ("resolving_power", resolving_power, 0.0),
+        ("rv_half_width", rv_half_width, None), ("rv_center", rv_center, None),
+    ):  # fmt: skip
+        value = float(value)
+        if not math.isfinite(value) or (low is not None and value <= low):
+            bound = "" if low is None else " and > 0"
+            raise ValueError(f"{name} must be finite{bound}, got {value}")
+    if rv_half_width < 0:
+        raise ValueError(f"rv_half_width must be >= 0 km/s, got {rv_half_width}")
+    if vsini_grid is not None:
+        grid = np.asarray(vsini_grid, dtype=np.float64)
+        if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+            raise ValueError("vsini_grid must hold at least one finite v sin i >= 0 km/s")
+    for k, order in enumerate(orders):
+        if not bool(torch.any(order.weight > 0)):
+            raise ValueError(f"order {k} of the search has no pixel with a positive weight")
     step = float(step_kms)
     if vsini_grid is None:
         vsini_grid = default_vsini_grid(resolving_power)

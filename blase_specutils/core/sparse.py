@@ -1,19 +1,7 @@
 """Sparse evaluation of a line forest: which pixels each line touches, and how they sum.
 
-Every line owns a window of pixels centred on its *current* position (so windows
-follow the line when its centre or the radial velocity moves). A window's size is
-set in Å from the line's own width (core and Lorentzian wings down to a flux
-tolerance), converted to pixels on the grid at hand and rounded up to a power of
-two. Lines of equal window length form a *bucket*: a dense ``(n_lines, width)``
-block, so per-line quantities broadcast instead of being gathered per pixel, and
-the per-line gradient sums are plain row sums. Buckets are scattered into the
-pixel vector with one ``index_add``. Memory therefore scales with the number of
-line–pixel pairs actually needed, never with ``N_lines × N_pixels``.
-
-Offsets ``λ − λc`` are formed once in float64 (``wavelength[pixel] − center_ref``)
-and cast to the working dtype; only the small shift ``λc − center_ref`` is applied in
-the working dtype. This keeps float32 safe near 10⁴ Å, where float32 spacing is
-~1 mÅ.
+How each line's window of pixels is laid out and grouped into buckets (float64 offsets
+included) is :mod:`.layout`'s business; this module evaluates the forest on it.
 
 Three evaluation paths share one layout:
 

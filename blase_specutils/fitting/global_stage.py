@@ -148,6 +148,8 @@ def joint_search(star0, tell0, orders, *, rv, rv_half_width, vsini, fit_vsini, v
         grid = [5.0 if vsini is None else vsini]
     search_orders = []
     for o in orders:
+        if not o.good.any():
+            continue  # an order with nothing left (the search's order_rv lists the others)
         centres = o.edges.mean(1)
         x = 2.0 * (centres - centres.min()) / max(np.ptp(centres), 1e-12) - 1.0
         weight = np.where(o.good, 1.0 / o.sigma**2, 0.0)

@@ -236,22 +236,10 @@ def prepare(wavelength, flux, uncertainty, mask, stellar, telluric, options: Fit
     telluric_trainable = opts.lines.telluric_trainable
     if isinstance(telluric_trainable, str):
         telluric_trainable = (telluric_trainable,)
-    opts = FitOptions(**{
-        **{f: getattr(opts, f) for f in ("free", "continuum_degree", "outside", "relativistic")},
-        "rv": numbers["rv"], "vsini": numbers["vsini"],
-        "resolving_power": numbers["resolving_power"],
-        "limb_darkening": numbers["limb_darkening"], "clip_sigma": numbers["clip_sigma"],
-        "global_epochs": numbers["global_epochs"],
-        "search": type(opts.search)(
-            numbers["rv_search"], numbers["rv_max"], numbers["vsini_max"], numbers["step_kms"]
-        ),
-        "lines": type(opts.lines)(
-            trainable, telluric_trainable, numbers["prior_scale"], numbers["prior_weight"],
-            numbers["prior_ln_sigma"], numbers["prior_ln_gamma"], numbers["prior_center"],
-            numbers["epochs"], numbers["learning_rate"], numbers["rtol"],
-        ),
-        "run": opts.run,
-    })  # fmt: skip
+    # the checked numbers (plain floats, Quantities converted) back into the options
+    opts = opts.replace_keywords(
+        **numbers, trainable=trainable, telluric_trainable=telluric_trainable
+    )
     wavelength, flux, uncertainty, mask, instrument = unpack_spectra(
         wavelength, flux, uncertainty, mask, "fit"
     )
