@@ -148,6 +148,50 @@ def test_checkpoint_resume_matches_uninterrupted(y_clone, observation, tmp_path)
     assert resumed.rv == full.rv
 
 
+@pytest.mark.parametrize("trainable", [("amplitude",), ("amplitude", "sigma")])
+def test_resume_past_a_relayout_is_bit_exact(y_clone, observation, tmp_path, trainable):
+    """The line windows are re-sized every 100 epochs from the parameters of that epoch; a
+    run killed at epoch 150 and resumed must use the windows of epoch 100, not ones made
+    from the parameters it resumes with (they differ once widths or amplitudes moved)."""
+    kw = dict(
+        stellar=y_clone, progress=False, global_epochs=3, rtol=0, rv=12.3, rv_search=0,
+        trainable=trainable, learning_rate=0.05,
+    )  # fmt: skip
+    args = (observation.wavelength, observation.flux, observation.uncertainty)
+    full = bs.fit(*args, epochs=230, **kw)
+    ckpt = tmp_path / "fit.ckpt"
+    bs.fit(*args, epochs=150, checkpoint=ckpt, checkpoint_every=50, **kw)
+    resumed = bs.fit(*args, epochs=230, checkpoint=ckpt, resume=ckpt, **kw)
+    for name in ("ln_amplitude", "ln_sigma"):
+        np.testing.assert_array_equal(
+            getattr(resumed.template.forest, name).detach().numpy(),
+            getattr(full.template.forest, name).detach().numpy(),
+        )
+    assert resumed.rv == full.rv and resumed.vsini == full.vsini
+    assert resumed.chi2_reduced == full.chi2_reduced
+
+
+def test_resume_from_another_fits_checkpoint_fails_before_any_stage(
+    y_clone, observation, tmp_path, monkeypatch
+):
+    """A checkpoint of another fit (other data here) is refused in the checks, before the
+    search and the global stages spend their time."""
+    kw = dict(stellar=y_clone, progress=False, global_epochs=3, rtol=0, rv=12.3, rv_search=0)
+    w, f, s = observation.wavelength, observation.flux, observation.uncertainty
+    ckpt = tmp_path / "fit.ckpt"
+    bs.fit(w, f, s, epochs=10, checkpoint=ckpt, **kw)
+    from blase_specutils.fitting import pipeline
+
+    def stage_ran(state):
+        raise AssertionError("a stage ran before the checkpoint was checked")
+
+    monkeypatch.setattr(pipeline, "search_start", stage_ran)
+    with pytest.raises(ValueError, match="written by another fit"):
+        bs.fit(w, f * 1.01, s, epochs=20, resume=ckpt, **kw)
+    with pytest.raises(ValueError, match="written by another fit"):
+        bs.fit(w, f, s, epochs=20, resume=ckpt, **{**kw, "trainable": ("amplitude", "sigma")})
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_all_masked_is_an_error(y_clone, observation):
     with pytest.raises(ValueError, match="every pixel is masked"):

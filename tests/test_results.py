@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import astropy.units as u
@@ -469,6 +470,42 @@ def test_plot_fit(two_order_fit):
     fig2 = Figure()
     axes = fig2.subplots(2, 1)
     assert R.plot_fit(two_order_fit, ax=axes) is fig2
+
+
+def test_plot_fit_draws_only_good_pixels_and_names_the_object(two_order_fit):
+    """Masked pixels (NaN flux in order 2) are gaps in data, model and telluric lines alike:
+    the continuum there is an extrapolation, never drawn. Dimensionless flux is labelled
+    as normalised; the object's name, when the fit knows it, heads the title."""
+    good = two_order_fit.order_data[1].good
+    assert not good[50:60].any()
+    fig = R.plot_fit(two_order_fit, order=1)
+    top = fig.axes[0]
+    by_label = {line.get_label(): line for line in top.get_lines()}
+    for label in ("data", "model", "telluric × continuum"):
+        y = np.asarray(by_label[label].get_ydata(), float)
+        assert np.all(np.isnan(y[~good])), label
+        assert np.all(np.isfinite(y[good])), label
+    # the data are drawn above the model, so that both stay visible
+    assert by_label["data"].get_zorder() > by_label["model"].get_zorder()
+    assert top.get_ylabel() == "Normalised flux"
+    assert two_order_fit.meta["object"] is None  # arrays name no object
+    assert not top.get_title().startswith("HD")
+    named = dataclasses.replace(two_order_fit, meta={**two_order_fit.meta, "object": "HD 189733"})
+    assert R.plot_fit(named).axes[0].get_title().startswith("HD 189733: RV =")
+
+
+def test_observed_object_from_meta_or_fits_header():
+    from blase_specutils.astro.inputs import observed_object
+
+    wl = np.linspace(8500, 8510, 20) * u.AA
+    header = fits.Header({"OBJECT": " WASP 69 "})
+    from_header = Spectrum(spectral_axis=wl, flux=np.ones(20) * u.one, meta={"header": header})
+    from_meta = Spectrum(spectral_axis=wl, flux=np.ones(20) * u.one, meta={"object": "HR 3039"})
+    assert observed_object(from_header) == "WASP 69"
+    assert observed_object(SpectrumList([from_meta, from_header])) == "HR 3039"
+    assert observed_object([from_header]) == "WASP 69"
+    assert observed_object(Spectrum(spectral_axis=wl, flux=np.ones(20) * u.one)) is None
+    assert observed_object(wl.value) is None
 
 
 def test_plot_clone(small_clone):

@@ -20,6 +20,7 @@ __all__ = [
     "ascending_angstrom",
     "as_flux_array",
     "check_grid",
+    "observed_object",
     "unpack_spectra",
 ]
 
@@ -99,6 +100,26 @@ def unpack_spectra(wavelength, flux, uncertainty, mask, caller: str):
         [order.good for order in orders],
         orders[0].meta.get("instrument"),
     )
+
+
+def observed_object(observation) -> str | None:
+    """The name of the observed object, when ``observation`` is a spectrum that says it.
+
+    Looks at the first spectrum's ``meta["object"]``, then its FITS header's ``OBJECT``
+    (``meta["header"]``, as muler and specutils' FITS readers keep it). None for arrays
+    or when neither is there.
+    """
+    if not _looks_like_spectra(observation):
+        return None
+    # a SpectrumList is a list too: its first spectrum
+    first = observation[0] if isinstance(observation, (list, tuple)) else observation
+    meta = getattr(first, "meta", None) or {}
+    name = meta.get("object")
+    header = meta.get("header")
+    if not name and header is not None and hasattr(header, "get"):
+        name = header.get("OBJECT")
+    name = str(name).strip() if name is not None else ""
+    return name or None
 
 
 def _listed(indices: list[int]) -> str:

@@ -941,17 +941,23 @@ def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int 
         if sel.sum() < 2:
             continue
         good = o["good"][sel]
+        # Only good pixels are drawn, the model too: outside them (masked, cropped, beyond
+        # the clone) the continuum polynomial is an extrapolation that can run to ±10⁶.
         data = np.where(good, o["flux"][sel], np.nan)
+        model = np.where(good, o["model"][sel], np.nan)
         first = drawn == 0
-        top.plot(wl[sel], data, color="k", lw=0.8, label="data" if first else None)
-        top.plot(wl[sel], o["model"][sel], color="C1", lw=0.9, label="model" if first else None)
+        top.plot(wl[sel], model, color="C1", lw=1.2, alpha=0.85, zorder=2,
+                 label="model" if first else None)  # fmt: skip
+        # the data on top of the model, thinner, so that both stay visible
+        top.plot(wl[sel], data, color="k", lw=0.6, zorder=3, label="data" if first else None)
         if show_telluric:
             top.plot(
                 wl[sel],
-                (o["telluric"] * o["continuum"])[sel],
+                np.where(good, o["telluric"][sel] * o["continuum"][sel], np.nan),
                 color="C0",
                 lw=0.7,
                 alpha=0.7,
+                zorder=1,
                 label="telluric × continuum" if first else None,
             )
         if bottom is not None:
@@ -966,11 +972,15 @@ def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int 
     if bounds is not None:
         top.set_xlim(*bounds)
     unit = _flux_unit(fit_result)
-    top.set_ylabel("Flux" if unit == u.dimensionless_unscaled else f"Flux [{unit:latex_inline}]")
+    top.set_ylabel(
+        "Normalised flux" if unit == u.dimensionless_unscaled else f"Flux [{unit:latex_inline}]"
+    )
     top.legend(loc="lower left", fontsize="small")
     unc = dict(fit_result.uncertainties)
+    name = (getattr(fit_result, "meta", None) or {}).get("object")
     top.set_title(
-        f"RV = {fit_result.rv:.3f} ± {unc.get('rv', np.nan):.3f} km/s, "
+        (f"{name}: " if name else "")
+        + f"RV = {fit_result.rv:.3f} ± {unc.get('rv', np.nan):.3f} km/s, "
         f"v sin i = {fit_result.vsini:.2f} ± {unc.get('vsini', np.nan):.2f} km/s, "
         f"R = {fit_result.resolving_power:.0f}, χ²_red = {fit_result.chi2_reduced:.2f}",
         fontsize="medium",

@@ -256,8 +256,36 @@ class ForwardModel(nn.Module):
 
     # ---------------------------------------------------------------- layouts
     @torch.no_grad()
-    def relayout(self) -> None:
-        """Re-size the forests' windows on the fine grid from their current widths."""
+    def relayout(self, source: dict[str, torch.Tensor] | None = None) -> None:
+        """Re-size the forests' windows on the fine grid from their current widths.
+
+        With ``source`` (a :meth:`forest_parameters` snapshot, e.g. from a checkpoint),
+        the windows are made from those line parameters instead, and the current ones are
+        left as they are: a resumed run then has the windows the interrupted run had.
+        The parameters the windows were made from are kept in :attr:`layout_source`.
+        """
+        if source is None:
+            self._make_layouts()
+            self.layout_source = self.forest_parameters()
+            return
+        current = self.forest_parameters()
+        params = dict(self._forest_parameter_objects())
+        unknown = set(source) ^ set(params)
+        if unknown:
+            raise ValueError(
+                f"the layout source does not fit these line forests: {sorted(unknown)}"
+            )
+        with torch.no_grad():
+            for name, value in source.items():
+                params[name].copy_(value)
+            try:
+                self._make_layouts()
+            finally:
+                for name, value in current.items():
+                    params[name].copy_(value)
+        self.layout_source = {name: value.detach().clone() for name, value in source.items()}
+
+    def _make_layouts(self) -> None:
         self.stellar_layout = self.stellar.make_layout(
             self.fine_wavelength, tolerance=self.tolerance
         )
@@ -266,6 +294,16 @@ class ForwardModel(nn.Module):
             if self.telluric is None
             else self.telluric.make_layout(self.fine_wavelength, tolerance=self.tolerance)
         )
+
+    def _forest_parameter_objects(self):
+        for prefix, module in self.named_modules():
+            if isinstance(module, LineForest):
+                for name, p in module.named_parameters(recurse=False):
+                    yield f"{prefix}.{name}", p
+
+    def forest_parameters(self) -> dict[str, torch.Tensor]:
+        """A detached copy of every line forest's parameters, by their ``state_dict`` names."""
+        return {name: p.detach().clone() for name, p in self._forest_parameter_objects()}
 
     # ------------------------------------------------------------- components
     #: Range of the line strength s and largest veiling r the model uses: a fit that

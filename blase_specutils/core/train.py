@@ -127,7 +127,13 @@ _CHECKPOINT_KEYS = ("module", "optimizer", "epoch", "loss", "rng")
 
 
 def save_checkpoint(
-    path, module: nn.Module, optimizer, epoch: int, history: list[float], compare_from: int = 0
+    path,
+    module: nn.Module,
+    optimizer,
+    epoch: int,
+    history: list[float],
+    compare_from: int = 0,
+    extra: dict | None = None,
 ) -> None:
     """Write a checkpoint atomically (a uniquely named temporary file, then rename).
 
@@ -137,6 +143,7 @@ def save_checkpoint(
     checkpoint at ``path`` intact and raises :class:`OSError` naming ``path``.
 
     ``compare_from``: first loss the convergence test compares (after the last re-layout).
+    ``extra``: the caller's own state (tensors and plain values), given back on resume.
     """
     path = Path(path)
     state = {
@@ -146,6 +153,7 @@ def save_checkpoint(
         "loss": torch.tensor(history, dtype=torch.float64),
         "rng": torch.get_rng_state(),
         "compare_from": int(compare_from),
+        "extra": dict(extra or {}),
     }
     try:
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -279,6 +287,8 @@ def optimize(
     checkpoint_every: int = 100,
     checkpoint_seconds: float | None = None,
     resume: str | os.PathLike | None = None,
+    checkpoint_extra: Callable[[], dict] | None = None,
+    on_resume: Callable[[dict], None] | None = None,
     time_limit: float | None = None,
     param_groups: list[dict] | None = None,
     num_threads: int | None = 1,
@@ -323,6 +333,13 @@ def optimize(
         Also write a checkpoint when this many seconds passed since the last one.
     resume : path-like, optional
         Continue from this checkpoint.
+    checkpoint_extra : callable, optional
+        Returns the caller's state that the module's ``state_dict`` does not hold (e.g.
+        the parameters its line windows were made from); saved with every checkpoint.
+    on_resume : callable, optional
+        Called with that saved state (``{}`` for a checkpoint without it) after the
+        module and optimiser are restored, so that the caller can rebuild what it derived
+        from it: with both, a resumed run is bit-identical to an uninterrupted one.
     time_limit : float, optional
         Stop after this many seconds.
     param_groups : list of dict, optional
@@ -376,6 +393,9 @@ def optimize(
     else:
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', not {optimizer!r}")
 
+    def extra() -> dict:
+        return {} if checkpoint_extra is None else checkpoint_extra()
+
     graphed = _GraphedStep(opt, loss_fn, graph_key) if use_graph else None
     history = TrainingHistory()
     start_epoch = 0
@@ -396,6 +416,8 @@ def optimize(
         history.loss = [float(x) for x in state["loss"]]
         torch.set_rng_state(state["rng"])
         compare_from = int(state.get("compare_from", 0))
+        if on_resume is not None:
+            on_resume(dict(state.get("extra") or {}))
 
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
@@ -467,7 +489,9 @@ def optimize(
                 epoch % checkpoint_every == 0
                 or (checkpoint_seconds is not None and now - last_checkpoint > checkpoint_seconds)
             ):
-                save_checkpoint(checkpoint, module, opt, epoch, history.loss, compare_from)
+                save_checkpoint(
+                    checkpoint, module, opt, epoch, history.loss, compare_from, extra()
+                )
                 last_checkpoint = now
             if optimizer == "lbfgs" and lbfgs_until_converged and lbfgs_stopped_early:
                 history.stop_reason = "converged"
@@ -488,7 +512,7 @@ def optimize(
             bar.close()
         torch.set_num_threads(previous_threads)
     if checkpoint is not None:
-        save_checkpoint(checkpoint, module, opt, epoch, history.loss, compare_from)
+        save_checkpoint(checkpoint, module, opt, epoch, history.loss, compare_from, extra())
     history.epochs = epoch
     history.wall_time = time.perf_counter() - t0
     return history

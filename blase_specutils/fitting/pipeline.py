@@ -30,6 +30,7 @@ three times higher: a loop in :func:`fit`, not a recursive call.
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
 import math
 import warnings
@@ -39,11 +40,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._validation import unpack_spectra
+from ..astro.inputs import observed_object, unpack_spectra
 from ..cloning import CloneResult
 from ..core.forward import ForwardModel
 from ..core.search import SearchResult
-from ..core.train import TrainingHistory, limit_threads, optimize, resolve_device
+from ..core.train import (
+    TrainingHistory,
+    limit_threads,
+    load_checkpoint,
+    optimize,
+    resolve_device,
+)
 from .diagnostics import (
     Jacobian,
     active_lines,
@@ -163,6 +170,8 @@ class FitState:
     rest_frame_outside: float = 0.0
     rv_error_floor: float = 0.0
     flags: dict = field(default_factory=dict)
+    object_name: str | None = None
+    setup_fingerprint: str = ""
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -240,6 +249,7 @@ def prepare(wavelength, flux, uncertainty, mask, stellar, telluric, options: Fit
     opts = opts.replace_keywords(
         **numbers, trainable=trainable, telluric_trainable=telluric_trainable
     )
+    object_name = observed_object(wavelength)
     wavelength, flux, uncertainty, mask, instrument = unpack_spectra(
         wavelength, flux, uncertainty, mask, "fit"
     )
@@ -273,9 +283,49 @@ def prepare(wavelength, flux, uncertainty, mask, stellar, telluric, options: Fit
         vsini=vsini, resolving_power=resolving_power,
         resolving_power_source=resolving_power_source, step_kms=step_kms,
         step_kms_source=step_source, device=device, vsini_max=opts.search.vsini_max,
+        object_name=object_name,
     )  # fmt: skip
     state.pristine_good = [o.good.copy() for o in orders]
+    state.setup_fingerprint = setup_fingerprint(state)
+    if opts.run.resume is not None:
+        check_resumable(opts.run.resume, state.setup_fingerprint)
     return state
+
+
+def setup_fingerprint(state: FitState) -> str:
+    """A digest of what makes a line-stage checkpoint this fit's: the orders (wavelength,
+    flux, σ, mask), the input clones' line parameters, the free globals, the trainable
+    line properties and the dtype. Settings that only change how long it runs (epochs,
+    checkpoint frequency) are not in it, so a resumed run may go on for longer."""
+    opts = state.options
+    digest = hashlib.sha256()
+    for order in state.orders:
+        for array in (order.wavelength, order.flux, order.sigma, order.good):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    for forest in (state.star0, state.tell0):
+        if forest is None:
+            digest.update(b"none")
+            continue
+        for name, tensor in sorted(forest.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    settings = (
+        sorted(state.free), list(opts.lines.trainable), list(opts.lines.telluric_trainable),
+        str(opts.run.dtype),
+    )  # fmt: skip
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()
+
+
+def check_resumable(path, fingerprint: str) -> None:
+    """Refuse, before any stage runs, a checkpoint that is damaged or another fit's."""
+    saved = load_checkpoint(path).get("extra", {}).get("setup")
+    if saved is not None and saved != fingerprint:
+        raise ValueError(
+            f"resume: the checkpoint {path} was written by another fit (other data, clones, "
+            "free parameters, trainable line properties or dtype); resume only the fit that "
+            "wrote it, or delete the checkpoint to start afresh"
+        )
 
 
 def _within_clones(orders, outside, star0, star_clone, tell0, tell_clone):
@@ -545,6 +595,25 @@ def train_lines(state: FitState) -> None:
 
     r_floor_lowerings = 0
 
+    def checkpoint_extra() -> dict:
+        # what the module's state_dict lacks: the line windows' source parameters and the
+        # instrumental kernel's floor, which both change during the stage
+        return {
+            "setup": state.setup_fingerprint,
+            "layout_source": model.layout_source,
+            "resolving_power_min": float(model.instrument.resolving_power_min),
+            "r_floor_lowerings": r_floor_lowerings,
+        }
+
+    def on_resume(extra: dict) -> None:
+        nonlocal r_floor_lowerings
+        floor = extra.get("resolving_power_min")
+        if floor is not None:
+            model.lower_resolving_power_floor(float(floor))
+        if extra.get("layout_source") is not None:
+            model.relayout(source=extra["layout_source"])
+        r_floor_lowerings = int(extra.get("r_floor_lowerings", r_floor_lowerings))
+
     def after_step(epoch):
         nonlocal r_floor_lowerings
         for forest in forests:
@@ -580,6 +649,7 @@ def train_lines(state: FitState) -> None:
             param_groups=state.global_groups() + line_groups, after_step=after_step,
             checkpoint=run.checkpoint, checkpoint_every=run.checkpoint_every,
             checkpoint_seconds=run.checkpoint_seconds, resume=run.resume,
+            checkpoint_extra=checkpoint_extra, on_resume=on_resume,
             num_threads=run.num_threads, cuda_graph=run.cuda_graph,
             graph_key=lambda: (
                 id(model.stellar_layout), id(model.telluric_layout), model.instrument.half_width,
@@ -781,6 +851,8 @@ def make_result(state: FitState) -> FitResult:
     if state.rv_error_floor > 0 and "rv" in uncertainties:
         uncertainties["rv"] = max(uncertainties["rv"], state.rv_error_floor)
     meta = {
+        # the observed object (the spectrum's meta or FITS OBJECT), None for arrays
+        "object": state.object_name,
         "free": sorted(state.free),
         "line_strength": float(model.line_strength().detach()),
         "veiling": float(model.effective_veiling().detach()),
