@@ -49,7 +49,8 @@ def main() -> None:
             print(
                 f"| {profile} | {device} | {used} | {cloned - start:.2f} | {template.n_lines} | "
                 f"{100 * template.rms:.3f} % | {fitted - cloned:.2f} | "
-                f"{result.rv:.4f} ± {result.rv_uncertainty:.4f} | {result.vsini:.3f} | "
+                f"{result.rv.value:.4f} ± {result.rv_uncertainty.value:.4f} | "
+                f"{result.vsini.value:.3f} | "
                 f"{result.chi2_reduced:.2f} |",
                 flush=True,
             )

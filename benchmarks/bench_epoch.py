@@ -316,7 +316,7 @@ def section_graphs(device):
             )
             print(
                 f"| fit WASP 69, {kernel} kernel | {graph} | {time.perf_counter() - t0:.2f} | "
-                f"RV {r.rv:.4f}, v sin i {r.vsini:.3f}, chi2 {r.chi2_reduced:.2f} |"
+                f"RV {r.rv.value:.4f}, v sin i {r.vsini.value:.3f}, chi2 {r.chi2_reduced:.2f} |"
             )
     sparse.PSEUDO_VOIGT_KERNEL = DEFAULT_KERNEL
 

@@ -291,11 +291,11 @@ def section_injection(args) -> None:
             )  # fmt: skip
             walls += wall
             loads.append(before)
-            d_rv.append(r.rv - rv)
-            s_rv.append(r.rv_uncertainty)
-            p_rv.append((r.rv - rv) / r.rv_uncertainty)
-            d_v.append(r.vsini - vsini)
-            p_v.append((r.vsini - vsini) / r.vsini_uncertainty)
+            d_rv.append(r.rv.value - rv)
+            s_rv.append(r.rv_uncertainty.value)
+            p_rv.append((r.rv.value - rv) / r.rv_uncertainty.value)
+            d_v.append(r.vsini.value - vsini)
+            p_v.append((r.vsini.value - vsini) / r.vsini_uncertainty.value)
             chi2.append(r.chi2_reduced)
             conv.append(r.converged)
             for code in r.flags:
@@ -427,16 +427,16 @@ def section_mismatch(args) -> None:
                     obs.wavelength, obs.flux, obs.uncertainty, stellar=clone,
                     resolving_power=r_power,
                 )  # fmt: skip
-                d_rv = r.rv - truth_rv
+                d_rv = r.rv.value - truth_rv
                 d_ccf = ccf.rv(obs.wavelength, obs.flux, obs.uncertainty) - truth_rv
                 ok.append(abs(d_rv) < 1.0)
                 rows.append(
                     [
                         f"{variant} (depth rms {100 * rms_depth:.0f} %, width rms "
                         f"{100 * rms_width:.0f} %)",
-                        fmt(vsini, 0), seed, pm(d_rv, r.rv_uncertainty, 3),
+                        fmt(vsini, 0), seed, pm(d_rv, r.rv_uncertainty.value, 3),
                         "yes" if abs(d_rv) < 1.0 else "**NO**", fmt(d_ccf, 3),
-                        pm(r.vsini - vsini, r.vsini_uncertainty, 2),
+                        pm(r.vsini.value - vsini, r.vsini_uncertainty.value, 2),
                         pm(global_value(r, "line_strength"),
                            r.uncertainties.get("line_strength", float("nan")), 3),
                         pm(global_value(r, "veiling"),
@@ -524,7 +524,8 @@ def section_igrins(args) -> None:
         rows.append(
             [
                 o.meta["index"], f"{o.wavelength[o.good][0]:.0f}–{o.wavelength[o.good][-1]:.0f}",
-                pm(r.rv, r.rv_uncertainty, 3), fmt(v_ccf, 2), pm(r.vsini, r.vsini_uncertainty, 2),
+                pm(r.rv.value, r.rv_uncertainty.value, 3), fmt(v_ccf, 2), pm(r.vsini.value,
+                r.vsini_uncertainty.value, 2),
                 pm(global_value(r, "line_strength"),
                    r.uncertainties.get("line_strength", float("nan")), 3),
                 pm(global_value(r, "veiling"), r.uncertainties.get("veiling", float("nan")), 3),
@@ -535,8 +536,9 @@ def section_igrins(args) -> None:
     joint, wall, before, _ = fit_orders(inside, **kw)
     rows.append(
         [
-            f"**joint ({len(inside)} orders)**", "", pm(joint.rv, joint.rv_uncertainty, 3), "",
-            pm(joint.vsini, joint.vsini_uncertainty, 2),
+            f"**joint ({len(inside)} orders)**", "",
+            pm(joint.rv.value, joint.rv_uncertainty.value, 3), "",
+            pm(joint.vsini.value, joint.vsini_uncertainty.value, 2),
             pm(global_value(joint, "line_strength"),
                joint.uncertainties.get("line_strength", float("nan")), 3),
             pm(global_value(joint, "veiling"),
@@ -548,13 +550,13 @@ def section_igrins(args) -> None:
                "line strength",
                "veiling", "χ²_red", "flags", "wall (s)", "load"]  # fmt: skip
     print(table(headers, rows))
-    rv = np.array([single[k].rv for k in single])
-    err = np.array([single[k].rv_uncertainty for k in single])
+    rv = np.array([single[k].rv.value for k in single])
+    err = np.array([single[k].rv_uncertainty.value for k in single])
     ok = np.isfinite(err) & (err > 0)
-    chi2 = float(np.sum(((rv[ok] - joint.rv) / err[ok]) ** 2))
+    chi2 = float(np.sum(((rv[ok] - joint.rv.value) / err[ok]) ** 2))
     dof = int(ok.sum()) - 1
     print(
-        f"\nSingle-order RVs about the joint RV {joint.rv:.3f} km/s: χ² = {chi2:.1f} for "
+        f"\nSingle-order RVs about the joint RV {joint.rv.value:.3f} km/s: χ² = {chi2:.1f} for "
         f"{dof} dof, χ²/dof = {chi2 / max(dof, 1):.1f} (target ≤ 2); single-order RV spread "
         f"{np.ptp(rv):.2f} km/s (s.d. {sd(rv):.2f}). The joint fit's own per-order rows "
         f"(`result.orders`, one Gauss–Newton step from the joint solution): χ² = "
@@ -577,17 +579,18 @@ def section_igrins(args) -> None:
         pick = sorted(rng.choice(len(inside), size=size, replace=False))
         subset = [inside[k] for k in pick]
         r, wall, before, _ = fit_orders(subset, **kw)
-        diff = r.vsini - joint.vsini
+        diff = r.vsini.value - joint.vsini.value
         srows.append(
             [
-                trial, [o.meta["index"] for o in subset], pm(r.vsini, r.vsini_uncertainty, 2),
-                fmt(diff, 2), fmt(diff / r.vsini_uncertainty, 1),
-                "yes" if abs(diff) <= 2 * r.vsini_uncertainty else "**NO**",
-                pm(r.rv, r.rv_uncertainty, 3), fmt(r.chi2_reduced, 2), flag_codes(r),
+                trial, [o.meta["index"] for o in subset], pm(r.vsini.value,
+                r.vsini_uncertainty.value, 2),
+                fmt(diff, 2), fmt(diff / r.vsini_uncertainty.value, 1),
+                "yes" if abs(diff) <= 2 * r.vsini_uncertainty.value else "**NO**",
+                pm(r.rv.value, r.rv_uncertainty.value, 3), fmt(r.chi2_reduced, 2), flag_codes(r),
                 fmt(wall, 1), fmt(before, 2),
             ]
         )  # fmt: skip
-    all_orders = pm(joint.vsini, joint.vsini_uncertainty)
+    all_orders = pm(joint.vsini.value, joint.vsini_uncertainty.value)
     print(f"\nv sin i from random subsets against the all-order {all_orders} km/s:\n")
     print(
         table(
@@ -658,22 +661,25 @@ def section_a0v(args) -> None:
         for k in picks:
             r, wall, before, _ = fit_orders([orders[which][k]], **kw)
             o = orders[which][k]
-            pull = (r.rv - joint.rv) / math.hypot(r.rv_uncertainty, joint.rv_uncertainty)
+            pull = (r.rv.value - joint.rv.value) / math.hypot(r.rv_uncertainty.value,
+            joint.rv_uncertainty.value)
             inside = bool(np.isfinite(pull) and abs(pull) <= 3.0)
             n_in += inside
             rows.append(
                 [
                     k, f"{o.wavelength[0]:.0f}–{o.wavelength[-1]:.0f}",
-                    pm(r.rv, r.rv_uncertainty, 2), fmt(pull, 1), "yes" if inside else "**NO**",
-                    pm(r.vsini, r.vsini_uncertainty, 1), fmt(r.chi2_reduced, 2), flag_codes(r),
+                    pm(r.rv.value, r.rv_uncertainty.value, 2), fmt(pull, 1),
+                    "yes" if inside else "**NO**",
+                    pm(r.vsini.value, r.vsini_uncertainty.value, 1), fmt(r.chi2_reduced, 2),
+                    flag_codes(r),
                     fmt(wall, 1), fmt(before, 2),
                 ]
             )  # fmt: skip
         rows.append(
             [
                 f"**joint ({len(orders[which])} orders)**", "",
-                pm(joint.rv, joint.rv_uncertainty, 2), "", "",
-                pm(joint.vsini, joint.vsini_uncertainty, 1), fmt(joint.chi2_reduced, 2),
+                pm(joint.rv.value, joint.rv_uncertainty.value, 2), "", "",
+                pm(joint.vsini.value, joint.vsini_uncertainty.value, 1), fmt(joint.chi2_reduced, 2),
                 flag_codes(joint), fmt(wall_j, 1), fmt(before_j, 2),
             ]
         )  # fmt: skip
@@ -714,15 +720,16 @@ def section_wasp69(args) -> None:
         f"{lo:.0f}–{hi:.0f} Å, {clone.n_lines} lines, {how}. Fit: defaults.\n"
     )
     r, wall, before, caught = fit_orders([order], stellar=clone)
-    d = 1e3 * (r.rv - WASP69_RV)
+    d = 1e3 * (r.rv.value - WASP69_RV)
     rows = [
         [
-            pm(r.rv, r.rv_uncertainty, 3), fmt(d, 0), "yes" if abs(d) <= 30 else "**NO**",
-            pm(r.vsini, r.vsini_uncertainty, 2),
+            pm(r.rv.value, r.rv_uncertainty.value, 3), fmt(d, 0),
+            "yes" if abs(d) <= 30 else "**NO**",
+            pm(r.vsini.value, r.vsini_uncertainty.value, 2),
             pm(global_value(r, "line_strength"),
                r.uncertainties.get("line_strength", float("nan")), 3),
             pm(global_value(r, "veiling"), r.uncertainties.get("veiling", float("nan")), 3),
-            fmt(r.resolving_power, 0), fmt(r.initial_chi2_reduced, 2), fmt(r.chi2_reduced, 2),
+            fmt(r.resolving_power.value, 0), fmt(r.initial_chi2_reduced, 2), fmt(r.chi2_reduced, 2),
             "yes" if r.chi2_reduced <= 27 else "**NO**", fmt(chi2_per_pixel(r), 2),
             f"{r.meta.get('n_dof', float('nan'))} ({fmt(r.meta.get('n_line_dof'), 0)})",
             flag_codes(r), fmt(wall, 1), fmt(before, 2),

@@ -182,15 +182,15 @@ def section_injection(args) -> None:
         )
 
     def row(label, r, wall, before):
-        d_rv = 1e3 * (r.rv - TRUTH["rv"])
-        d_vsini = r.vsini - TRUTH["vsini"]
+        d_rv = 1e3 * (r.rv.value - TRUTH["rv"])
+        d_vsini = r.vsini.value - TRUTH["vsini"]
         return [
             label,
             fmt(d_rv, 1),
-            fmt(1e3 * r.rv_uncertainty, 1),
+            fmt(1e3 * r.rv_uncertainty.value, 1),
             fmt(d_vsini, 3),
-            fmt(r.vsini_uncertainty, 3),
-            fmt(r.resolving_power, 0),
+            fmt(r.vsini_uncertainty.value, 3),
+            fmt(r.resolving_power.value, 0),
             fmt(r.initial_chi2_reduced, 2),
             fmt(r.chi2_reduced, 3),
             fmt(wall, 1),
@@ -219,7 +219,7 @@ def section_injection(args) -> None:
         cells, s = row(f"seed {seed}", r, wall, before)
         rows.append(cells)
         stats.append(s)
-        sigmas.append(r.rv_uncertainty)
+        sigmas.append(r.rv_uncertainty.value)
     stats = np.array(stats)
     n = len(seeds)
     mean, std = stats.mean(0), stats.std(0, ddof=1) if n > 1 else np.full(3, np.nan)
@@ -307,11 +307,11 @@ def section_broad(args) -> None:
             obs.wavelength, obs.flux, obs.uncertainty, device=args.device, stellar=clone,
             resolving_power=truth["resolving_power"],
         )  # fmt: skip
-        d_rv, sigma = 1e3 * (r.rv - truth["rv"]), 1e3 * r.rv_uncertainty
-        stats.append((d_rv, sigma, r.vsini - truth["vsini"], r.chi2_reduced))
+        d_rv, sigma = 1e3 * (r.rv.value - truth["rv"]), 1e3 * r.rv_uncertainty.value
+        stats.append((d_rv, sigma, r.vsini.value - truth["vsini"], r.chi2_reduced))
         rows.append(
             [f"seed {seed}", fmt(d_rv, 0), fmt(sigma, 0), fmt(d_rv / sigma, 2),
-             fmt(r.vsini - truth["vsini"], 3), fmt(r.chi2_reduced, 3), fmt(wall, 1),
+             fmt(r.vsini.value - truth["vsini"], 3), fmt(r.chi2_reduced, 3), fmt(wall, 1),
              fmt(before, 2)]
         )  # fmt: skip
     a = np.array(stats)
@@ -357,8 +357,8 @@ def section_multiorder(args) -> None:
             waves, fluxes, sigmas, device=args.device, stellar=clone,
             resolving_power=truth["resolving_power"],
         )  # fmt: skip
-        d_rv, s_rv = 1e3 * (r.rv - truth["rv"]), 1e3 * r.rv_uncertainty
-        d_v, s_v = r.vsini - truth["vsini"], r.uncertainties["vsini"]
+        d_rv, s_rv = 1e3 * (r.rv.value - truth["rv"]), 1e3 * r.rv_uncertainty.value
+        d_v, s_v = r.vsini.value - truth["vsini"], r.uncertainties["vsini"]
         stats.append((d_rv, s_rv, d_v, s_v, r.chi2_reduced))
         rows.append(
             [f"seed {seed}", fmt(d_rv, 1), fmt(s_rv, 1), fmt(d_v, 3), fmt(s_v, 3),
@@ -452,9 +452,9 @@ def section_wasp69(args) -> None:
         rows.append(
             [
                 label,
-                f"{r.rv:.3f} ± {r.rv_uncertainty:.3f}",
-                f"{r.vsini:.2f} ± {r.vsini_uncertainty:.2f}",
-                fmt(r.resolving_power, 0),
+                f"{r.rv.value:.3f} ± {r.rv_uncertainty.value:.3f}",
+                f"{r.vsini.value:.2f} ± {r.vsini_uncertainty.value:.2f}",
+                fmt(r.resolving_power.value, 0),
                 fmt(r.chi2_reduced, 2),
                 fmt(r.residual_rms_over_noise(), 2),
                 fmt(residual_rms_percent(r), 2),
@@ -559,9 +559,10 @@ def section_telluric(args) -> None:
     print(
         f"HR 3039 (A0V), {len(orders)} orders, "
         f"{'raw' if args.no_deblaze else 'deblazed with muler (template)'}: "
-        f"RV {r.rv:.2f} ± {r.rv_uncertainty:.2f} km/s, "
-        f"v sin i {r.vsini:.1f} ± {r.vsini_uncertainty:.1f} km/s "
-        f"(initial {args.a0v_vsini:g}), R {r.resolving_power:.0f}, telluric optical-depth scale "
+        f"RV {r.rv.value:.2f} ± {r.rv_uncertainty.value:.2f} km/s, "
+        f"v sin i {r.vsini.value:.1f} ± {r.vsini_uncertainty.value:.1f} km/s "
+        f"(initial {args.a0v_vsini:g}), R {r.resolving_power.value:.0f}, "
+        f"telluric optical-depth scale "
         f"{float(torch.exp(fm.ln_telluric_scale.detach())):.3f}, "
         f"χ²_red {r.initial_chi2_reduced:.2f} → "
         f"{r.chi2_reduced:.2f}, RMS/σ {r.residual_rms_over_noise():.2f}, wall {wall:.1f} s "
@@ -579,8 +580,8 @@ def section_telluric(args) -> None:
     print(table(headers, rows))
     RESULTS["telluric"] = {
         "rows": rows,
-        "rv": r.rv,
-        "vsini": r.vsini,
+        "rv": r.rv.value,
+        "vsini": r.vsini.value,
         "chi2": r.chi2_reduced,
         "wall": wall,
     }

@@ -319,8 +319,8 @@ def test_line_table_bad_inputs():
 def test_fit_line_table_has_data_uncertainties(two_order_fit):
     table = R.line_table(two_order_fit)
     assert table.meta["source"] == "fit"
-    assert table.meta["fit_rv_kms"] == pytest.approx(two_order_fit.rv)
-    observed = table["center"].to_value(u.AA) * (1 + two_order_fit.rv / SPEED_OF_LIGHT_KMS)
+    assert table.meta["fit_rv_kms"] == pytest.approx(two_order_fit.rv.value)
+    observed = table["center"].to_value(u.AA) * (1 + two_order_fit.rv.value / SPEED_OF_LIGHT_KMS)
     in_data = ((observed > 8505.0) & (observed < 8528.0)) | (
         (observed > 8530.0) & (observed < 8553.0)
     )
@@ -335,7 +335,8 @@ def test_fit_line_table_has_data_uncertainties(two_order_fit):
     assert np.all(np.isnan(sigma_ew[~in_data]))
     # SNR ≈ 1/0.004 = 250 and pixel ≈ 23 Å / 699 in these data.
     fwhm_obs = np.hypot(
-        table["fwhm"].to_value(u.AA), table["center"].to_value(u.AA) / two_order_fit.resolving_power
+        table["fwhm"].to_value(u.AA),
+        table["center"].to_value(u.AA) / two_order_fit.resolving_power.value
     )
     expected = 1.5 * np.sqrt(fwhm_obs * 23.0 / 699) / 250.0
     # lines the L1 prior held: the Cayrel photon-noise estimate; lines whose amplitude
@@ -428,7 +429,7 @@ def test_fit_spectra_and_parameters(two_order_fit):
     params = R.fit_parameters(two_order_fit)
     assert len(params) == 1
     assert params["rv"].unit == u.km / u.s and params["vsini_uncertainty"].unit == u.km / u.s
-    assert params["rv"][0].value == two_order_fit.rv
+    assert params["rv"][0].value == two_order_fit.rv.value
     assert params["rv_uncertainty"][0].value == two_order_fit.uncertainties["rv"]
     assert params["chi2_reduced"][0] == two_order_fit.chi2_reduced
     assert np.isnan(params["resolving_power_uncertainty"][0])  # R held fixed
@@ -575,6 +576,31 @@ def test_write_read_fit_round_trip_is_bit_exact(two_order_fit, tmp_path):
     assert np.array_equal(again.model_flux[1], loaded.model_flux[1])
     with pytest.raises(AttributeError):
         loaded.rv = 3.0  # read-only
+
+
+def test_global_results_are_quantities_for_fits_and_loaded_fits(two_order_fit, tmp_path):
+    """rv, vsini (km/s), R and ε (dimensionless) and their errors are Quantities, the
+    same value to the bit in a fit and its file, and both reprs show the ± errors."""
+    loaded = R.read_fit(R.write_fit(two_order_fit, tmp_path / "fit.asdf"))
+    kms = u.km / u.s
+    for result in (two_order_fit, loaded):
+        for name, unit in (
+            ("rv", kms),
+            ("vsini", kms),
+            ("rv_uncertainty", kms),
+            ("vsini_uncertainty", kms),
+            ("resolving_power", u.one),
+            ("resolving_power_uncertainty", u.one),
+            ("limb_darkening", u.one),
+        ):
+            value = getattr(result, name)
+            assert isinstance(value, u.Quantity) and value.unit == unit, name
+        assert result.rv.to_value(u.m / u.s) == 1000 * result.rv.value
+        assert result.rv_uncertainty.value == result.uncertainties["rv"]
+        assert float(result.resolving_power) == result.parameters["resolving_power"][0]
+        assert result.rv.value == result.parameters["rv"][0].to_value(kms)
+        assert f"rv={result.rv.value:.4f} ± {result.rv_uncertainty.value:.4f} km/s" in repr(result)
+    assert loaded.rv == two_order_fit.rv and loaded.vsini == two_order_fit.vsini
 
 
 def test_read_fit_rejects_foreign_files(tmp_path, one_order_fit):

@@ -14,6 +14,7 @@ from blase_specutils.core.forward import chebyshev_design
 from blase_specutils.core.lineforest import LineForest
 from blase_specutils.core.losses import profiled_chi2_batch, solve_continuum
 from blase_specutils.core.search import (
+    OrderSurface,
     SearchOrder,
     SearchResult,
     default_vsini_grid,
@@ -168,6 +169,30 @@ def test_joint_search_finds_rv_and_vsini_far_from_the_start(toy_star, rv, vsini)
     # the surface is the brute-force one: every grid point at least the best
     assert result.combined.min() >= result.best_chi2 - 1e-6 * result.best_chi2
     assert result.minima[0]["rv"] == pytest.approx(rv, abs=width)
+
+
+@pytest.mark.parametrize("pixels_per_resolution", [1.2, 3.0, 8.0])
+def test_prefix_sum_pixel_average_equals_the_gather(toy_star, pixels_per_resolution):
+    """The search averages every rolled window into the pixels by prefix-sum differences
+    (4 gathers a pixel); it must equal the explicit weighted gather of its taps, for
+    pixels from 2 to 17 model steps wide."""
+    forest, wl, flux = toy_star
+    pixels = np.exp(np.arange(np.log(5010.0), np.log(5050.0), 1 / (pixels_per_resolution * 50000)))
+    obs = observe(wl, flux, pixels, rv=0.0, vsini=1.0, resolving_power=50000, snr=300)
+    surface = OrderSurface(
+        _search_order(obs), lambda g: forest(forest.make_layout(g)), None, 0.5, -900, 900, 20, 50000
+    )
+    assert surface.prefix is not None
+    rng = np.random.default_rng(1)
+    broadened = torch.as_tensor(1.0 - rng.uniform(0, 0.5, len(surface.grid)))
+    starts = torch.as_tensor(surface.offset - np.arange(-900, 901, 7), dtype=torch.long)
+    gathered = surface.average(broadened, starts)
+    summed = surface.average(broadened, starts, surface.prefix_sums(broadened))
+    assert torch.allclose(summed, gathered, rtol=1e-10, atol=0)
+    # and a flat spectrum averages to exactly 1 in every window, both ways
+    flat = torch.ones(len(surface.grid), dtype=torch.float64)
+    assert torch.allclose(surface.average(flat, starts, surface.prefix_sums(flat)),
+                          torch.ones_like(gathered), rtol=1e-10, atol=0)  # fmt: skip
 
 
 def test_joint_search_says_when_the_best_is_on_the_edge(toy_star):

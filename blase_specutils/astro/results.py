@@ -93,6 +93,9 @@ _EW_CHUNK_ELEMENTS = 2_000_000
 # ---------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------
+_KMS = u.km / u.s
+
+
 def _utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
@@ -108,6 +111,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _number(value: Any, unit: u.UnitBase = u.one) -> float:
+    """A float from a float or a Quantity (converted to ``unit``: km/s for velocities)."""
+    if isinstance(value, u.Quantity):
+        return float(value.to_value(unit))
+    return float(value)
 
 
 def _is_fit(obj: Any) -> bool:
@@ -476,17 +486,17 @@ def line_table(
         if initial is None:
             initial = template.initial
         fit_meta = {
-            "fit_rv_kms": float(forest_or_result.rv),
-            "fit_vsini_kms": float(forest_or_result.vsini),
-            "fit_resolving_power": float(forest_or_result.resolving_power),
+            "fit_rv_kms": _number(forest_or_result.rv, _KMS),
+            "fit_vsini_kms": _number(forest_or_result.vsini, _KMS),
+            "fit_resolving_power": _number(forest_or_result.resolving_power, u.one),
             "fit_chi2_reduced": float(forest_or_result.chi2_reduced),
         }
         if data_snr is None:
             centers = forest.line_properties()["center"]
             snr, pix, in_data = _data_noise_at_lines(
-                forest_or_result, centers, float(forest_or_result.rv)
+                forest_or_result, centers, _number(forest_or_result.rv, _KMS)
             )
-            derived_noise = (snr, pix, centers / float(forest_or_result.resolving_power))
+            derived_noise = (snr, pix, centers / _number(forest_or_result.resolving_power, u.one))
     else:
         raise TypeError(
             "line_table expects a LineForest, CloneResult, FitResult or LoadedFit, not "
@@ -858,13 +868,13 @@ def fit_parameters(fit_result: Any) -> QTable:
     unc = dict(fit_result.uncertainties)
     kms = u.km / u.s
     table = QTable()
-    table["rv"] = [float(fit_result.rv)] * kms
+    table["rv"] = [_number(fit_result.rv, _KMS)] * kms
     table["rv_uncertainty"] = [float(unc.get("rv", np.nan))] * kms
-    table["vsini"] = [float(fit_result.vsini)] * kms
+    table["vsini"] = [_number(fit_result.vsini, _KMS)] * kms
     table["vsini_uncertainty"] = [float(unc.get("vsini", np.nan))] * kms
-    table["resolving_power"] = [float(fit_result.resolving_power)]
+    table["resolving_power"] = [_number(fit_result.resolving_power, u.one)]
     table["resolving_power_uncertainty"] = [float(unc.get("resolving_power", np.nan))]
-    table["limb_darkening"] = [float(fit_result.limb_darkening)]
+    table["limb_darkening"] = [_number(fit_result.limb_darkening, u.one)]
     table["limb_darkening_uncertainty"] = [float(unc.get("limb_darkening", np.nan))]
     table["chi2_reduced"] = [float(fit_result.chi2_reduced)]
     table["initial_chi2_reduced"] = [float(getattr(fit_result, "initial_chi2_reduced", np.nan))]
@@ -980,9 +990,9 @@ def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int 
     name = (getattr(fit_result, "meta", None) or {}).get("object")
     top.set_title(
         (f"{name}: " if name else "")
-        + f"RV = {fit_result.rv:.3f} ± {unc.get('rv', np.nan):.3f} km/s, "
-        f"v sin i = {fit_result.vsini:.2f} ± {unc.get('vsini', np.nan):.2f} km/s, "
-        f"R = {fit_result.resolving_power:.0f}, χ²_red = {fit_result.chi2_reduced:.2f}",
+        + f"RV = {_number(fit_result.rv, _KMS):.3f} ± {unc.get('rv', np.nan):.3f} km/s, "
+        f"v sin i = {_number(fit_result.vsini, _KMS):.2f} ± {unc.get('vsini', np.nan):.2f} km/s, "
+        f"R = {_number(fit_result.resolving_power):.0f}, χ²_red = {fit_result.chi2_reduced:.2f}",
         fontsize="medium",
     )
     if bottom is not None:
@@ -1345,10 +1355,10 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
             "date": _utc_now(),
         },
         "scalars": {
-            "rv": float(fit_result.rv),
-            "vsini": float(fit_result.vsini),
-            "resolving_power": float(fit_result.resolving_power),
-            "limb_darkening": float(fit_result.limb_darkening),
+            "rv": _number(fit_result.rv, _KMS),
+            "vsini": _number(fit_result.vsini, _KMS),
+            "resolving_power": _number(fit_result.resolving_power, u.one),
+            "limb_darkening": _number(fit_result.limb_darkening, u.one),
             "chi2_reduced": float(fit_result.chi2_reduced),
             "initial_chi2_reduced": float(getattr(fit_result, "initial_chi2_reduced", np.nan)),
             "uncertainties": {str(k): float(v) for k, v in dict(fit_result.uncertainties).items()},
@@ -1518,18 +1528,34 @@ class LoadedFit:
         self._template: CloneResult | None = None
 
     def __repr__(self) -> str:
+        def with_error(name: str, value: float, digits: int) -> str:
+            error = self._uncertainties.get(name, float("nan"))
+            if error is None or not np.isfinite(error):
+                return f"{value:.{digits}f}"
+            return f"{value:.{digits}f} ± {error:.{digits}f}"
+
         return (
-            f"LoadedFit(rv={self.rv:.4f} km/s, vsini={self.vsini:.3f} km/s, "
-            f"resolving_power={self.resolving_power:.0f}, chi2_reduced={self.chi2_reduced:.3f}, "
+            f"LoadedFit(rv={with_error('rv', self._rv, 4)} km/s, "
+            f"vsini={with_error('vsini', self._vsini, 3)} km/s, "
+            f"resolving_power={with_error('resolving_power', self._resolving_power, 0)}, "
+            f"chi2_reduced={self.chi2_reduced:.3f}, "
             f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, "
             f"path={str(self._path)!r})"
         )
 
     # ------------------------------------------------------------ scalars
-    rv = property(lambda self: self._rv, doc="Radial velocity, km/s.")
-    vsini = property(lambda self: self._vsini, doc="Projected rotational velocity, km/s.")
-    resolving_power = property(lambda self: self._resolving_power, doc="Resolving power R.")
-    limb_darkening = property(lambda self: self._limb_darkening, doc="Linear limb darkening ε.")
+    rv = property(lambda self: self._rv * _KMS, doc="Radial velocity (Quantity, km/s).")
+    vsini = property(
+        lambda self: self._vsini * _KMS, doc="Projected rotational velocity (Quantity, km/s)."
+    )
+    resolving_power = property(
+        lambda self: u.Quantity(self._resolving_power, u.one),
+        doc="Resolving power R (dimensionless Quantity).",
+    )
+    limb_darkening = property(
+        lambda self: u.Quantity(self._limb_darkening, u.one),
+        doc="Linear limb darkening ε (dimensionless Quantity).",
+    )
     chi2_reduced = property(lambda self: self._chi2_reduced, doc="χ² per degree of freedom.")
     initial_chi2_reduced = property(
         lambda self: self._initial_chi2_reduced,
@@ -1547,16 +1573,19 @@ class LoadedFit:
         return dict(self._uncertainties)
 
     @property
-    def rv_uncertainty(self) -> float:
-        return self._uncertainties.get("rv", float("nan"))
+    def rv_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`rv` (km/s; NaN if held or undefined)."""
+        return self._uncertainties.get("rv", float("nan")) * _KMS
 
     @property
-    def vsini_uncertainty(self) -> float:
-        return self._uncertainties.get("vsini", float("nan"))
+    def vsini_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`vsini` (km/s; NaN if held or undefined)."""
+        return self._uncertainties.get("vsini", float("nan")) * _KMS
 
     @property
-    def resolving_power_uncertainty(self) -> float:
-        return self._uncertainties.get("resolving_power", float("nan"))
+    def resolving_power_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`resolving_power` (dimensionless)."""
+        return u.Quantity(self._uncertainties.get("resolving_power", float("nan")), u.one)
 
     @property
     def meta(self) -> dict:

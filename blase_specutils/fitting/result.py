@@ -27,12 +27,17 @@ class FitResult:
 
     Attributes
     ----------
-    rv, vsini : float
-        Radial velocity and projected rotational velocity, km/s.
-    resolving_power, limb_darkening : float
-        Instrumental resolving power and linear limb darkening.
+    rv, vsini : `~astropy.units.Quantity`
+        Radial velocity and projected rotational velocity (km/s). Plain floats given to
+        the constructor are taken as km/s; ``result.rv.to_value("km/s")`` gives a float.
+    resolving_power, limb_darkening : `~astropy.units.Quantity`
+        Instrumental resolving power and linear limb darkening (dimensionless, so they
+        also work as plain numbers: ``float(result.resolving_power)``).
+    rv_uncertainty, vsini_uncertainty, resolving_power_uncertainty : `~astropy.units.Quantity`
+        Their 1-σ uncertainties, in the same units (NaN when held fixed or undefined).
     uncertainties : dict
-        1-σ uncertainties of the global parameters (same units; NaN if not fitted), from
+        1-σ uncertainties of every global parameter as plain floats in the units of
+        :attr:`parameters` (km/s for velocities; NaN if not fitted), from
         the curvature of χ² multiplied by the Birge ratio ``√max(1, χ²_red)``: a fit that
         leaves more scatter than the data's uncertainties allow (a template mismatch,
         underestimated noise) gets proportionally larger error bars instead of the
@@ -78,6 +83,14 @@ class FitResult:
     #: continua marginalised, Birge-scaled (NaN for lines the L1 prior held at the clone's).
     line_ln_amplitude_uncertainty: np.ndarray | None = field(repr=False, default=None)
 
+    def __post_init__(self) -> None:
+        # Quantities at the astropy boundary; a Quantity given is converted, a float is
+        # taken in the documented unit.
+        self.rv = u.Quantity(self.rv, KMS, dtype=float)
+        self.vsini = u.Quantity(self.vsini, KMS, dtype=float)
+        self.resolving_power = u.Quantity(self.resolving_power, u.one, dtype=float)
+        self.limb_darkening = u.Quantity(self.limb_darkening, u.one, dtype=float)
+
     @property
     def converged(self) -> bool:
         """True when nothing in :attr:`flags` says the result may be wrong."""
@@ -109,6 +122,7 @@ class FitResult:
         # The forward model and template hold thousands of lines: summarise them.
         def with_error(name: str, value: float, digits: int) -> str:
             error = self.uncertainties.get(name, float("nan"))
+            value = float(value.value)
             if error is None or not np.isfinite(error):
                 return f"{value:.{digits}f}"
             return f"{value:.{digits}f} ± {error:.{digits}f}"
@@ -193,16 +207,19 @@ class FitResult:
         return np.concatenate([np.full(len(o.wavelength), o.scale) for o in self.order_data])
 
     @property
-    def rv_uncertainty(self) -> float:
-        return self.uncertainties.get("rv", float("nan"))
+    def rv_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`rv` (km/s; NaN if held or undefined)."""
+        return u.Quantity(self.uncertainties.get("rv", float("nan")), KMS)
 
     @property
-    def vsini_uncertainty(self) -> float:
-        return self.uncertainties.get("vsini", float("nan"))
+    def vsini_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`vsini` (km/s; NaN if held or undefined)."""
+        return u.Quantity(self.uncertainties.get("vsini", float("nan")), KMS)
 
     @property
-    def resolving_power_uncertainty(self) -> float:
-        return self.uncertainties.get("resolving_power", float("nan"))
+    def resolving_power_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`resolving_power` (dimensionless)."""
+        return u.Quantity(self.uncertainties.get("resolving_power", float("nan")), u.one)
 
     @property
     def wavelength(self):
