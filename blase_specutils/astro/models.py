@@ -85,6 +85,7 @@ from ..core.broadening import (
 )
 from ..core.lineforest import LineForest
 from ..core.losses import chi2, l1_prior
+from ..core.observe import observe_fine
 from ..core.resample import PixelAverager, pixel_edges_from_centers
 from ..core.train import optimize
 
@@ -715,19 +716,21 @@ class ExtrinsicModel(LineForestModel):
         log_t = _scaled_log_transmission(
             self._forest, layout, params["rv"], params["scale"], fused=fused
         )
-        flux = torch.exp(log_t)
         rotation = rotation_kernel(
             params["vsini"],
             self._step_kms,
             limb_darkening=params["limb_darkening"],
             half_width=self._rotation_half_width,
         )
-        flux = convolve_same(flux, rotation)
         instrument = gaussian_kernel(
             params["resolving_power"], self._step_kms, half_width=self._instrument_half_width
         )
-        flux = convolve_same(flux, instrument)
-        return fine.averager(flux)
+        return observe_fine(
+            torch.exp(log_t),
+            rotate=lambda flux: convolve_same(flux, rotation),
+            instrument=lambda flux: convolve_same(flux, instrument),
+            average=fine.averager,
+        )
 
     def _parameter_values(self, values: Mapping[str, object]) -> dict[str, float]:
         out = super()._parameter_values(values)

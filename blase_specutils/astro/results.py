@@ -560,6 +560,12 @@ def line_table(
         table["ln_amplitude_uncertainty"] = ln_a_sigma
         table["amplitude_uncertainty"] = amplitude * ln_a_sigma * u.AA
     table["equivalent_width_uncertainty"] = ew_sigma * u.AA
+    velocity = getattr(forest_or_result, "line_velocity", None)
+    velocity_sigma = getattr(forest_or_result, "line_velocity_uncertainty", None)
+    if velocity is not None and len(velocity) == n_lines:
+        # each line's own velocity and error (line-by-line template matching, §8.1)
+        table["velocity"] = np.asarray(velocity, dtype=np.float64) * _KMS
+        table["velocity_uncertainty"] = np.asarray(velocity_sigma, dtype=np.float64) * _KMS
     if initial_values is not None and all(
         k in initial_values for k in ("amplitude", "sigma", "gamma")
     ):

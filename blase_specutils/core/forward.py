@@ -26,6 +26,7 @@ from .broadening import (
     log_uniform_grid,
 )
 from .lineforest import LineForest
+from .observe import observe_fine, veil
 from .resample import PixelAverager
 
 __all__ = ["ForwardModel", "chebyshev_design"]
@@ -327,10 +328,12 @@ class ForwardModel(nn.Module):
         # At their defaults (s = 1, r = 0) both steps are exact identities in floating
         # point (1·x and (x + 0)/1), so a model that frees neither is unchanged bit for bit;
         # no test of their values here, which would synchronise a GPU every epoch.
+        return veil(self.rotation(self.shifted_stellar_fine()), self.effective_veiling())
+
+    def shifted_stellar_fine(self) -> torch.Tensor:
+        """The stellar clone on the fine grid at the RV, line strength applied, not broadened."""
         log_t = self.stellar.log_transmission(self.stellar_layout, self.rv)
-        star = self.rotation(torch.exp(self.line_strength() * log_t))
-        veil = self.effective_veiling()
-        return (star + veil) / (1.0 + veil)
+        return torch.exp(self.line_strength() * log_t)
 
     def telluric_fine(self) -> torch.Tensor | None:
         """Telluric transmission on the fine grid (``T^scale``), or None."""
@@ -354,8 +357,15 @@ class ForwardModel(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """Model flux at every data pixel (orders concatenated)."""
-        observed = self.instrument(self.joint_fine())
-        return self.averager(observed) * self.continuum()
+        observed = observe_fine(
+            self.shifted_stellar_fine(),
+            rotate=self.rotation,
+            veiling=self.effective_veiling(),
+            telluric=self.telluric_fine(),
+            instrument=self.instrument,
+            average=self.averager,
+        )
+        return observed * self.continuum()
 
     def split(self, values: torch.Tensor) -> list[torch.Tensor]:
         """Split a concatenated per-pixel vector back into orders."""

@@ -33,6 +33,7 @@ import copy
 import hashlib
 import inspect
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,9 @@ from .diagnostics import (
     fit_flags,
     global_jacobian,
     global_uncertainties,
+    line_by_line_rv,
     line_values,
+    line_velocities,
     marginal_uncertainties,
     order_agreement,
     order_diagnostics,
@@ -161,6 +164,9 @@ class FitState:
     curvature_uncertainties: dict = field(default_factory=dict)
     marginalised_uncertainties: dict = field(default_factory=dict)
     line_ln_amplitude_sigma: np.ndarray | None = None
+    line_velocity: np.ndarray | None = None
+    line_velocity_sigma: np.ndarray | None = None
+    line_by_line: dict = field(default_factory=dict)
     n_active_lines: int = 0
     uncertainty_notes: dict = field(default_factory=dict)
     uncertainty_scale: float = 1.0
@@ -745,6 +751,14 @@ def estimate_uncertainties(state: FitState) -> None:
     state.uncertainty_scale = math.sqrt(max(1.0, chi2_red)) if math.isfinite(chi2_red) else 1.0
     state.curvature_uncertainties = curvature
     state.line_ln_amplitude_sigma = line_sigma * state.uncertainty_scale
+    # Per-line velocities (line-by-line template matching at the fit) and their robust
+    # weighted mean, a check of the global RV line by line (paper §8.1).
+    started = time.perf_counter()
+    state.line_velocity, state.line_velocity_sigma = line_velocities(
+        model, state.data, state.inv_sigma, state.good
+    )
+    state.line_by_line = line_by_line_rv(state.line_velocity, state.line_velocity_sigma)
+    state.line_by_line["seconds"] = time.perf_counter() - started
 
 
 def _explain_missing_errors(state: FitState, curvature: dict) -> None:
@@ -859,6 +873,8 @@ def make_result(state: FitState) -> FitResult:
         "n_line_dof": state.n_line_dof,
         "n_dof": state.n_dof,
         "search": None if state.search is None else state.search.summary(),
+        # the robust weighted mean of the lines' own velocities (km/s; paper §8.1)
+        "line_by_line_rv": dict(state.line_by_line),
         "orders": state.order_columns,
         "order_rv_chi2": state.order_chi2,
         "order_rv_dof": state.order_dof,
@@ -908,6 +924,8 @@ def make_result(state: FitState) -> FitResult:
         stellar_clone=clone if clone is not None else state.star0,
         flags=state.flags,
         line_ln_amplitude_uncertainty=state.line_ln_amplitude_sigma,
+        line_velocity=state.line_velocity,
+        line_velocity_uncertainty=state.line_velocity_sigma,
         meta=meta,
     )
 

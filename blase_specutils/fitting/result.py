@@ -82,6 +82,11 @@ class FitResult:
     #: Per line of the template: σ of ln a from the Fisher matrix with the globals and the
     #: continua marginalised, Birge-scaled (NaN for lines the L1 prior held at the clone's).
     line_ln_amplitude_uncertainty: np.ndarray | None = field(repr=False, default=None)
+    #: Per line of the template: its own velocity (km/s, the fit's RV plus the line's
+    #: trained centre shift plus a line-by-line template-matching step) and its error
+    #: (NaN for lines outside the data or shallower than 1 %).
+    line_velocity: np.ndarray | None = field(repr=False, default=None)
+    line_velocity_uncertainty: np.ndarray | None = field(repr=False, default=None)
 
     def __post_init__(self) -> None:
         # Quantities at the astropy boundary; a Quantity given is converted, a float is
@@ -90,6 +95,19 @@ class FitResult:
         self.vsini = u.Quantity(self.vsini, KMS, dtype=float)
         self.resolving_power = u.Quantity(self.resolving_power, u.one, dtype=float)
         self.limb_darkening = u.Quantity(self.limb_darkening, u.one, dtype=float)
+
+    @property
+    def line_by_line_rv(self) -> u.Quantity:
+        """The line-by-line RV: the robust weighted mean of the lines' own velocities
+        (``line_table["velocity"]``), km/s; its error, the number of lines kept and
+        rejected and their χ²_red are in ``meta["line_by_line_rv"]``."""
+        return u.Quantity((self.meta.get("line_by_line_rv") or {}).get("rv", np.nan), KMS)
+
+    @property
+    def line_by_line_rv_uncertainty(self) -> u.Quantity:
+        """1-σ error of :attr:`line_by_line_rv`, km/s (χ²-scaled)."""
+        info = self.meta.get("line_by_line_rv") or {}
+        return u.Quantity(info.get("rv_uncertainty", np.nan), KMS)
 
     @property
     def converged(self) -> bool:
