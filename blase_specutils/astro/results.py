@@ -586,6 +586,19 @@ def line_table(
     if in_data is not None:
         # lines of the clone the data never covered keep their cloned values
         table["in_data"] = in_data
+    added_meta = (getattr(forest_or_result, "meta", None) or {}).get("added_lines")
+    if source == "fit" and added_meta:
+        # lines from the user's list (fit(add_lines=...)), with their labels
+        added = np.zeros(n_lines, dtype=bool)
+        index = np.asarray(added_meta["index"], dtype=np.int64)
+        added[index] = True
+        table["added"] = added
+        for name in ("label", "species"):
+            values = added_meta.get(name)
+            if values is not None:
+                column = np.full(n_lines, "", dtype=object)
+                column[index] = [str(v) for v in values]
+                table[name] = column.astype(str)
 
     descriptions = {
         "center": "line centre (vacuum, rest frame)",
@@ -606,6 +619,9 @@ def line_table(
         "saturated": f"depth > {SATURATION_DEPTH}",
         "blended": "another line closer than this line's FWHM",
         "in_data": "the line's observed centre lies inside the fitted data (else unconstrained)",
+        "added": "a line from the fit's add_lines list, not the clone's",
+        "label": "the add_lines label (empty for the clone's lines)",
+        "species": "the add_lines species (empty for the clone's lines)",
     }
     for name, text in descriptions.items():
         if name in table.colnames:
@@ -625,6 +641,7 @@ def line_table(
         "blended",
     ]
     order += ["in_data"] if "in_data" in table.colnames else []
+    order += [c for c in ("added", "label", "species") if c in table.colnames]
     table = table[order + [c for c in table.colnames if c not in order]]
     table.meta.update(
         {

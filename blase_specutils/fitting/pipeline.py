@@ -86,6 +86,7 @@ from .global_stage import (
     upward_outliers,
     vsini_grid_search,
 )
+from .added_lines import grown_initial, insert_lines, read_added_lines
 from .global_stage import fit_globals as lbfgs_globals
 from .options import FitOptions, check_fit_numbers, check_velocity_limits
 from .orders import (
@@ -178,6 +179,9 @@ class FitState:
     flags: dict = field(default_factory=dict)
     object_name: str | None = None
     setup_fingerprint: str = ""
+    #: the user's added lines (paper §8.4): their positions in the stellar forest, labels
+    added_index: np.ndarray | None = None
+    added_lines: object = None
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -217,7 +221,9 @@ class FitState:
 
 
 # ----------------------------------------------------------------------- stage 1
-def prepare(wavelength, flux, uncertainty, mask, stellar, telluric, options: FitOptions):
+def prepare(
+    wavelength, flux, uncertainty, mask, stellar, telluric, options: FitOptions, add_lines=None
+):
     """Check everything and make the orders; returns the :class:`FitState`."""
     opts = options
     numbers = check_fit_numbers(
@@ -267,6 +273,7 @@ def prepare(wavelength, flux, uncertainty, mask, stellar, telluric, options: Fit
     star0, star_clone = as_forest(stellar, "stellar")
     if star0 is None:
         raise ValueError("a stellar clone is required")
+    added = None if add_lines is None else read_added_lines(add_lines)
     tell0, tell_clone = as_forest(telluric, "telluric")
     orders, flux_unit = prepare_orders(wavelength, flux, uncertainty, mask)
     rv = opts.rv
@@ -283,13 +290,24 @@ def prepare(wavelength, flux, uncertainty, mask, stellar, telluric, options: Fit
         orders, opts.outside, star0, star_clone, tell0, tell_clone
     )
     step_kms, step_source = _fine_step(orders, opts.search.step_kms)
+    added_index = None
+    if added is not None:
+        n_clone = star0.n_lines
+        star0 = insert_lines(star0, added, orders, rv=rv, resolving_power=resolving_power)
+        added_index = np.arange(n_clone, star0.n_lines)
+        if star_clone is not None:
+            star_clone = CloneResult(
+                star0, star_clone.wavelength, star_clone.target_flux, star_clone.continuum,
+                star_clone.history, grown_initial(star_clone.initial, star0, n_clone),
+                dict(star_clone.meta),
+            )  # fmt: skip
     state = FitState(
         options=opts, orders=orders, order_indices=order_indices, flux_unit=flux_unit,
         star0=star0, star_clone=star_clone, tell0=tell0, tell_clone=tell_clone, rv=rv,
         vsini=vsini, resolving_power=resolving_power,
         resolving_power_source=resolving_power_source, step_kms=step_kms,
         step_kms_source=step_source, device=device, vsini_max=opts.search.vsini_max,
-        object_name=object_name,
+        object_name=object_name, added_index=added_index, added_lines=added,
     )  # fmt: skip
     state.pristine_good = [o.good.copy() for o in orders]
     state.setup_fingerprint = setup_fingerprint(state)
@@ -587,13 +605,21 @@ def train_lines(state: FitState) -> None:
         if width is not None
     ]
     forests = [f for f in (star, tell) if f is not None]
+    # added lines start at an arbitrary small amplitude: no L1 pull back to it (their
+    # amplitude is the data's alone); None keeps the prior's sum as it always was
+    l1_weight = {id(f): None for f in forests}
+    if state.added_index is not None:
+        keep = torch.ones(star.n_lines, dtype=star.dtype, device=star.ln_amplitude.device)
+        keep[torch.as_tensor(state.added_index, device=keep.device)] = 0.0
+        l1_weight[id(star)] = keep
 
     def total_loss():
         loss = 0.5 * state.chi2()
         for forest in forests:
-            loss = loss + (lines.prior_weight / lines.prior_scale) * torch.sum(
-                torch.abs(forest.ln_amplitude - ln_a0[id(forest)])
-            )
+            departure = torch.abs(forest.ln_amplitude - ln_a0[id(forest)])
+            if l1_weight[id(forest)] is not None:
+                departure = departure * l1_weight[id(forest)]
+            loss = loss + (lines.prior_weight / lines.prior_scale) * torch.sum(departure)
             for name, width in gaussian_priors:
                 delta = (getattr(forest, name) - start[id(forest)][name]) / width
                 loss = loss + 0.5 * torch.sum(delta * delta)
@@ -736,7 +762,12 @@ def estimate_uncertainties(state: FitState) -> None:
     active = np.zeros(0, dtype=np.int64)
     if trained:
         active = active_lines(star, state.line_start["star"], lines.trainable, lines.learning_rate)
-    if active.size:
+        if state.added_index is not None and "amplitude" in lines.trainable:
+            # an added line has an error bar whether or not it moved
+            active = np.union1d(active, state.added_index)
+    if active.size and state.added_index is not None and trained:
+        state.marginalised_uncertainties, line_sigma = _added_line_uncertainties(state, active)
+    elif active.size:
         state.marginalised_uncertainties, line_sigma = marginal_uncertainties(
             model, state.jacobian, active, state.inv_sigma, state.good
         )
@@ -759,6 +790,31 @@ def estimate_uncertainties(state: FitState) -> None:
     )
     state.line_by_line = line_by_line_rv(state.line_velocity, state.line_velocity_sigma)
     state.line_by_line["seconds"] = time.perf_counter() - started
+
+
+def _added_line_uncertainties(state: FitState, active: np.ndarray):
+    """:func:`marginal_uncertainties` with the added lines that shrank below their start
+    evaluated there instead. The derivatives are finite differences of the model in ln a:
+    for a line of depth ≲ 1e-5 they drown in float32 rounding, while the model is linear
+    in a at such depths, so σ(a) found at the start amplitude is σ(a) at the learnt one
+    and σ(ln a) = σ(a)/a."""
+    star = state.model.stellar
+    index = torch.as_tensor(state.added_index, device=star.ln_amplitude.device)
+    with torch.no_grad():
+        learnt = star.ln_amplitude[index].detach().clone()
+        start = state.line_start["star"]["ln_amplitude"][index].to(learnt)
+        star.ln_amplitude[index] = torch.maximum(learnt, start)
+        evaluated = star.ln_amplitude[index].detach().clone()
+        try:
+            out, line_sigma = marginal_uncertainties(
+                state.model, state.jacobian, active, state.inv_sigma, state.good
+            )
+        finally:
+            star.ln_amplitude[index] = learnt
+    ratio = torch.exp((evaluated - learnt).double()).cpu().numpy()
+    line_sigma = line_sigma.copy()
+    line_sigma[state.added_index] *= ratio
+    return out, line_sigma
 
 
 def _explain_missing_errors(state: FitState, curvature: dict) -> None:
@@ -908,6 +964,15 @@ def make_result(state: FitState) -> FitResult:
     }
     if state.ceilings_raised:
         meta["vsini_ceilings_raised_from"] = list(state.ceilings_raised)
+    if state.added_index is not None:
+        added = state.added_lines
+        # the user's lines (paper §8.4): rows of the template's forest, for the line table
+        meta["added_lines"] = {
+            "index": [int(i) for i in state.added_index],
+            "wavelength": [float(w) for w in added.wavelength],
+            "label": list(added.label) if added.has_label else None,
+            "species": list(added.species) if added.has_species else None,
+        }
     return FitResult(
         rv=float(model.rv.detach()),
         vsini=float(model.rotation.effective_vsini().detach()),
@@ -1001,6 +1066,7 @@ def fit(
     progress: bool = True,
     num_threads: int | None = 1,
     cuda_graph: bool = True,
+    add_lines=None,
 ) -> FitResult:
     """Transfer-learn stellar (and telluric) clones against an observed spectrum.
 
@@ -1147,6 +1213,17 @@ def fit(
         On a CUDA device, replay each step of the joint stage as a captured CUDA graph
         (H200, WASP 69: 7.6 s → 2.6 s for the same result); falls back to eager training
         if capture fails. No effect on CPU.
+    add_lines : QTable or Quantity, optional
+        Lines the clone lacks (paper §8.4): a table with a ``wavelength`` column (a length
+        Quantity, rest-frame vacuum) and optional ``label`` and ``species`` columns, or a
+        length Quantity. Each is appended to the stellar forest with a single-line depth of
+        1e-3 and the median σ and γ of its ten nearest clone lines, and its amplitude
+        learns with its neighbours in the line stage (without the L1 prior, which would
+        pull it back to that arbitrary start; its error comes from the Fisher matrix like
+        the other trained lines'). ``result.line_table`` then has ``added`` (False for the
+        clone's lines), ``label`` and ``species`` columns. Lines outside the data (at the
+        initial ``rv``), within λ/R of a clone line or of one another, or without a length
+        unit raise an error.
 
     Returns
     -------
@@ -1163,7 +1240,9 @@ def fit(
     }
     opts = base.replace_keywords(**keywords)
     with limit_threads(opts.run.num_threads):
-        state = prepare(wavelength, flux, uncertainty, mask, stellar, telluric, opts)
+        state = prepare(
+            wavelength, flux, uncertainty, mask, stellar, telluric, opts, add_lines=add_lines
+        )
         search_start(state)
         while not run_model_stages(state):
             raise_vsini_ceiling(state)
@@ -1184,5 +1263,5 @@ _KEYWORDS = {
     name: parameter
     for name, parameter in inspect.signature(fit).parameters.items()
     if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    and name not in ("stellar", "telluric", "options", "mask")
+    and name not in ("stellar", "telluric", "options", "mask", "add_lines")
 }
