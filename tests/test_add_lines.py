@@ -55,7 +55,8 @@ def setup():
     injected_ew = np.array([0.03, 0.02, 0.025])  # Å (depths 0.2, 0.13, 0.17)
     empty = _gaps(np.concatenate([centres, injected]), 3, 2)
     grid = LO - 5 + np.arange(int(50 / 0.002)) * 0.002
-    truth = _flux(grid, np.concatenate([centres, injected]), np.concatenate([amplitudes, injected_ew]))
+    everything = np.concatenate([centres, injected])
+    truth = _flux(grid, everything, np.concatenate([amplitudes, injected_ew]))
     pixels = LO * np.exp(np.arange(620) * 1.9 / C_KMS)
     obs = observe(grid, truth, pixels, rv=RV, vsini=4.0, resolving_power=55000, snr=300, seed=4)
     forest = LineForest(

@@ -52,6 +52,7 @@ from ..core.train import (
     optimize,
     resolve_device,
 )
+from .added_lines import grown_initial, insert_lines, read_added_lines
 from .diagnostics import (
     Jacobian,
     active_lines,
@@ -86,7 +87,6 @@ from .global_stage import (
     upward_outliers,
     vsini_grid_search,
 )
-from .added_lines import grown_initial, insert_lines, read_added_lines
 from .global_stage import fit_globals as lbfgs_globals
 from .options import FitOptions, check_fit_numbers, check_velocity_limits
 from .orders import (
