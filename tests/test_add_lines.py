@@ -111,6 +111,11 @@ def test_labels_survive_an_ecsv_round_trip(fitted, tmp_path):
     rows = back[np.asarray(back["added"])]
     assert list(rows["label"]) == ["real1", "real2", "real3", "none1", "none2", "none3"]
     assert list(rows["species"]) == ["Fe I", "Ti I", "Si I", "X", "X", "X"]
+    # and the whole fit (ASDF)
+    loaded = bs.read_fit(fitted.write(tmp_path / "fit.asdf"))
+    stored = loaded.line_table
+    assert list(stored["label"][np.asarray(stored["added"])]) == list(rows["label"])
+    assert loaded.meta["added_lines"]["label"] == list(rows["label"])
 
 
 def test_without_add_lines_the_table_has_no_added_column(setup):
