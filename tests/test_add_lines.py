@@ -140,6 +140,8 @@ def test_bad_add_lines_are_refused(setup):
         _fit(forest, obs, QTable({"wavelength": [injected[0], injected[0] + 0.1] * u.AA}))
     with pytest.raises(TypeError, match="length unit"):
         _fit(forest, obs, QTable({"wavelength": [injected[0]] * u.s}))
+    with pytest.warns(UserWarning, match="stay at their starting depth"):
+        _fit(forest, obs, injected * u.AA, epochs=0)
     # a Quantity in nm is a list too
     result = _fit(forest, obs, (injected / 10) * u.nm, epochs=5)
     assert result.line_table["added"].sum() == 3

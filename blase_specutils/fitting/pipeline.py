@@ -295,6 +295,13 @@ def prepare(
         n_clone = star0.n_lines
         star0 = insert_lines(star0, added, orders, rv=rv, resolving_power=resolving_power)
         added_index = np.arange(n_clone, star0.n_lines)
+        if "amplitude" not in opts.lines.trainable or opts.lines.epochs == 0:
+            warnings.warn(
+                f"add_lines: {added_index.size} added line(s) stay at their starting depth of "
+                "1e-3 (the amplitudes do not train: 'amplitude' not in trainable, or epochs=0)",
+                UserWarning,
+                stacklevel=4,
+            )
         if star_clone is not None:
             star_clone = CloneResult(
                 star0, star_clone.wavelength, star_clone.target_flux, star_clone.continuum,
