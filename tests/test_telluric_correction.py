@@ -98,8 +98,8 @@ def test_transmission_matches_the_fit_and_an_independent_observation(standard):
         uncertainty=StdDevUncertainty(result.uncertainty),
     )
     t = blase_specutils.correct_tellurics(data, result).meta["telluric_transmission"]
-    # the forward model's own telluric at the standard's pixels (a grid 0.5 km/s apart)
-    assert np.max(np.abs(t - result.telluric_flux)) < 2e-3
+    # the forward model's own telluric at the standard's pixels (float32 rounding apart)
+    assert np.max(np.abs(t - result.telluric_flux)) < 1e-5
     t_ref = _reference_transmission(result, result.wavelength)
     assert t.min() < 0.3  # deep lines are in there
     assert np.max(np.abs(t - t_ref)) < 2e-3

@@ -36,7 +36,7 @@ REFIT_FACTOR_RANGE = (0.02, 50.0)
 
 def _telluric_of(telluric_fit: Any) -> tuple[LineForest, dict]:
     """The trained telluric forest of a fit (or fit file) and how it is observed."""
-    if isinstance(telluric_fit, (str, bytes)) or hasattr(telluric_fit, "__fspath__"):
+    if isinstance(telluric_fit, str) or hasattr(telluric_fit, "__fspath__"):
         telluric_fit = read_fit(telluric_fit)
     try:
         settings = telluric_settings(telluric_fit)
