@@ -7,6 +7,8 @@ the forward model, from the trained telluric forest's dense flux raised to its s
 
 from __future__ import annotations
 
+import warnings
+
 import astropy.units as u
 import numpy as np
 import pytest
@@ -218,10 +220,30 @@ def test_errors(standard):
     wl = np.arange(8495.0, 8560.0, 0.01)
     star = stellar.evaluate(wl)
     obs = observe(wl, star, pixels, rv=0.0, vsini=0.01, resolving_power=R_INSTRUMENT, seed=4)
-    no_telluric = fit(
-        pixels, obs.flux, obs.uncertainty, stellar=stellar, rv=0.0, rv_search=10.0,
-        vsini=0.0, fit_vsini=False, resolving_power=R_INSTRUMENT, epochs=2, global_epochs=2,
-        progress=False,
-    )
+    with warnings.catch_warnings():  # two epochs: the fit's quality is beside the point
+        warnings.simplefilter("ignore")
+        no_telluric = fit(
+            pixels, obs.flux, obs.uncertainty, stellar=stellar, rv=0.0, rv_search=10.0,
+            vsini=0.0, fit_vsini=False, resolving_power=R_INSTRUMENT, epochs=2,
+            global_epochs=2, progress=False,
+        )
     with pytest.raises(ValueError, match="no telluric component"):
         blase_specutils.correct_tellurics(science, no_telluric)
+
+
+def test_a_file_without_the_telluric_clone_says_so(standard, tmp_path):
+    import asdf
+
+    result, _ = standard
+    path = result.write(tmp_path / "standard.asdf")
+    with asdf.open(path, lazy_load=False, memmap=False) as af:
+        tree = dict(af.tree)
+    assert "telluric_lines" in tree
+    del tree["telluric_lines"]  # as in a file written before the clone was stored
+    old = tmp_path / "old.asdf"
+    asdf.AsdfFile(tree).write_to(old)
+    loaded = read_fit(old)
+    assert loaded.has_telluric and loaded.telluric is None
+    science, _, _ = _science(result)
+    with pytest.raises(ValueError, match="holds no trained telluric clone"):
+        blase_specutils.correct_tellurics(science, loaded)
