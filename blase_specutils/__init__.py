@@ -17,6 +17,8 @@ FitResult
     RV, v sin i, R with uncertainties, the semi-empirical template, spectra.
 read_fit
     Read a fit written by ``FitResult.write`` (one ASDF file).
+correct_tellurics
+    Divide a science spectrum by the telluric clone learned on an A0V standard's fit.
 LineForestModel, ExtrinsicModel, BlaseFitter
     astropy.modeling facades over the torch engine (unit-aware RV, v sin i, R).
 datasets
@@ -46,6 +48,7 @@ __all__ = [
     "fit",
     "FitResult",
     "read_fit",
+    "correct_tellurics",
     "LineForestModel",
     "ExtrinsicModel",
     "BlaseFitter",
@@ -60,6 +63,7 @@ _LAZY = {
     "fit": ("fitting", "fit"),
     "FitResult": ("fitting", "FitResult"),
     "read_fit": ("astro.results", "read_fit"),
+    "correct_tellurics": ("astro.telluric_correction", "correct_tellurics"),
     "LineForestModel": ("astro.models", "LineForestModel"),
     "ExtrinsicModel": ("astro.models", "ExtrinsicModel"),
     "BlaseFitter": ("astro.models", "BlaseFitter"),

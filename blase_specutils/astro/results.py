@@ -69,6 +69,7 @@ __all__ = [
     "write_fit",
     "read_fit",
     "LoadedFit",
+    "telluric_settings",
     "write_line_table",
     "read_line_table",
     "SATURATION_DEPTH",
@@ -170,6 +171,51 @@ def _has_telluric(result: Any) -> bool:
     if isinstance(result, LoadedFit):
         return result.has_telluric
     return getattr(result, "telluric", None) is not None
+
+
+def telluric_settings(fit_result: Any) -> dict | None:
+    """How a fit's trained telluric clone is observed, or None without a telluric clone.
+
+    Parameters
+    ----------
+    fit_result : FitResult or LoadedFit
+        The fit.
+
+    Returns
+    -------
+    dict or None
+        ``ln_scale`` (the trained ln optical-depth scale: the transmission is
+        ``T^exp(ln_scale)``), ``shift_kms`` (the telluric velocity shift, km/s) and
+        ``shift_applied`` (whether the model applies it: only when it was fitted),
+        ``relativistic`` (the forest's Doppler formula), ``resolving_power``,
+        ``step_kms`` (the fine grid's velocity step), ``tolerance`` (the sparse
+        windows' wing tolerance) and ``ranges`` (``[[λ_min, λ_max], ...]`` in Å, vacuum:
+        the pixels of each fitted order, where the clone was learned). Numbers are the
+        float64 values of the model's parameters, so a stored copy is exact.
+    """
+    if isinstance(fit_result, LoadedFit):
+        settings = fit_result._telluric_settings
+        return None if settings is None else _plain(dict(settings))
+    if not _is_fit(fit_result):
+        raise TypeError(f"expected a FitResult or LoadedFit, not {type(fit_result).__name__}")
+    model = getattr(fit_result, "forward_model", None)
+    forest = getattr(model, "telluric", None)
+    if forest is None:
+        return None
+    ranges = [
+        [float(np.min(o["wavelength"])), float(np.max(o["wavelength"]))]
+        for o in _orders_of(fit_result)
+    ]
+    return {
+        "ln_scale": float(model.ln_telluric_scale.detach().cpu().double()),
+        "shift_kms": float(model.telluric_shift.detach().cpu().double()),
+        "shift_applied": bool(model.telluric_shift.requires_grad),
+        "relativistic": bool(forest.relativistic),
+        "resolving_power": float(model.instrument.resolving_power.detach().cpu().double()),
+        "step_kms": float(model.step_kms),
+        "tolerance": float(model.tolerance),
+        "ranges": ranges,
+    }
 
 
 def _region_bounds(region: Any) -> tuple[float, float] | None:
@@ -1353,6 +1399,9 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
         template_arrays = dict(fit_result._template_arrays)
         history = list(fit_result.history.loss)
         meta = dict(fit_result.meta)
+        telluric_lines = (
+            None if fit_result._telluric_lines is None else fit_result._telluric_lines.copy()
+        )
     else:
         parameters = fit_parameters(fit_result)
         lines = line_table(fit_result)
@@ -1369,6 +1418,9 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
         }
         history = [float(x) for x in fit_result.history.loss]
         meta = _plain(dict(fit_result.meta or {}))
+        forest = getattr(fit_result.forward_model, "telluric", None)
+        telluric_lines = None if forest is None else forest_to_table(forest)
+    tell_settings = telluric_settings(fit_result)
     orders = [{k: np.ascontiguousarray(o[k]) for k in _ORDER_KEYS} for o in _orders_of(fit_result)]
     tree = {
         "blase_specutils": {
@@ -1395,6 +1447,11 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
         "history_loss": np.asarray(history, dtype=np.float64),
         "meta": meta,
     }
+    if telluric_lines is not None and tell_settings is not None:
+        # the trained telluric clone (raw parameters: bit-exact) and how it is observed,
+        # for correct_tellurics on a loaded fit; the settings sit in the checksummed scalars
+        tree["telluric_lines"] = telluric_lines
+        tree["scalars"]["telluric_model"] = tell_settings
     # the arrays are ASDF blocks with their own checksums; this covers the numbers in YAML
     tree["blase_specutils"]["content_sha256"] = _fit_digest(tree["scalars"], meta)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1491,6 +1548,12 @@ def read_fit(path) -> LoadedFit:
                 history=TrainingHistory(loss=[float(x) for x in np.asarray(af["history_loss"])]),
                 meta=dict(af["meta"]),
                 path=path,
+                telluric_lines=(
+                    QTable(af["telluric_lines"], copy=True) if "telluric_lines" in af.tree else None
+                ),
+                telluric_settings=(
+                    _plain(dict(scalars["telluric_model"])) if "telluric_model" in scalars else None
+                ),
             )
         except (KeyError, TypeError) as err:
             raise ValueError(
@@ -1531,6 +1594,8 @@ class LoadedFit:
         history,
         meta,
         path=None,
+        telluric_lines=None,
+        telluric_settings=None,
     ) -> None:
         self._rv = rv
         self._vsini = vsini
@@ -1549,6 +1614,9 @@ class LoadedFit:
         self._meta = meta
         self._path = path
         self._template: CloneResult | None = None
+        self._telluric_lines = telluric_lines
+        self._telluric_settings = telluric_settings
+        self._telluric: LineForest | None = None
 
     def __repr__(self) -> str:
         def with_error(name: str, value: float, digits: int) -> str:
@@ -1684,6 +1752,14 @@ class LoadedFit:
                 dict(table.meta),
             )
         return self._template
+
+    @property
+    def telluric(self) -> LineForest | None:
+        """The trained telluric clone, rebuilt bit-exactly from its stored table (None for
+        a fit without one, or a file written before telluric clones were stored)."""
+        if self._telluric is None and self._telluric_lines is not None:
+            self._telluric = forest_from_table(self._telluric_lines)
+        return self._telluric
 
     @property
     def spectrum(self) -> Spectrum:
