@@ -37,7 +37,8 @@ def _telluric_truth(wl):
 
 @pytest.fixture(scope="module")
 def standard():
-    """An A0V-like standard (two broad, shallow stellar lines) × tellurics, and its fit."""
+    """An A0V-like standard (two broad, shallow stellar lines) × tellurics: its fit, the
+    stellar and the telluric clones."""
     wl = np.arange(8495.0, 8560.0, 0.01)
     star = (1 - 0.2 * np.exp(-0.5 * ((wl - 8525.0) / 0.6) ** 2)) * (
         1 - 0.15 * np.exp(-0.5 * ((wl - 8541.0) / 0.5) ** 2)
@@ -56,7 +57,7 @@ def standard():
         rv=0.0, rv_search=10.0, vsini=0.0, fit_vsini=False, resolving_power=R_INSTRUMENT,
         epochs=5, global_epochs=5, progress=False,
     )
-    return result, stellar
+    return result, stellar, telluric
 
 
 def _reference_transmission(result, pixels, factor=1.0):
@@ -94,7 +95,7 @@ def test_public_name_and_lazy_import():
 
 
 def test_transmission_matches_the_fit_and_an_independent_observation(standard):
-    result, _ = standard
+    result, *_ = standard
     data = Spectrum(
         spectral_axis=result.wavelength * u.AA, flux=result.flux * u.dimensionless_unscaled,
         uncertainty=StdDevUncertainty(result.uncertainty),
@@ -108,7 +109,7 @@ def test_transmission_matches_the_fit_and_an_independent_observation(standard):
 
 
 def test_injection_round_trip(standard):
-    result, _ = standard
+    result, *_ = standard
     science, truth, t_ref = _science(result)
     out = blase_specutils.correct_tellurics(science, result, min_transmission=0.3)
     t = out.meta["telluric_transmission"]
@@ -133,7 +134,7 @@ def test_injection_round_trip(standard):
 
 
 def test_airmass_ratio_two_is_the_squared_transmission(standard):
-    result, _ = standard
+    result, *_ = standard
     science, _, _ = _science(result)
     t1 = blase_specutils.correct_tellurics(science, result).meta["telluric_transmission"]
     out = blase_specutils.correct_tellurics(science, result, airmass_ratio=2.0)
@@ -148,7 +149,7 @@ def test_airmass_ratio_two_is_the_squared_transmission(standard):
 
 
 def test_refit_scale_recovers_an_injected_optical_depth(standard):
-    result, _ = standard
+    result, *_ = standard
     science, truth, _ = _science(result, factor=1.6, seed=3)
     held = blase_specutils.correct_tellurics(science, result)
     out = blase_specutils.correct_tellurics(science, result, refit_scale=True)
@@ -161,7 +162,7 @@ def test_refit_scale_recovers_an_injected_optical_depth(standard):
 
 
 def test_spectrum_list_and_descending_axis(standard):
-    result, _ = standard
+    result, *_ = standard
     first, _, _ = _science(result, pixels=np.linspace(LO + 1, 8525.0, 500))
     second, _, _ = _science(result, pixels=np.linspace(8526.0, HI - 1, 500), seed=2)
     out = blase_specutils.correct_tellurics(SpectrumList([first, second]), result)
@@ -180,7 +181,7 @@ def test_spectrum_list_and_descending_axis(standard):
 
 
 def test_save_load_round_trip(standard, tmp_path):
-    result, _ = standard
+    result, *_ = standard
     path = result.write(tmp_path / "standard.asdf")
     loaded = read_fit(path)
     for name in ("center_ref", "center_shift", "ln_amplitude", "ln_sigma", "ln_gamma", "sign"):
@@ -201,7 +202,7 @@ def test_save_load_round_trip(standard, tmp_path):
 
 
 def test_errors(standard):
-    result, stellar = standard
+    result, stellar, _ = standard
     science, _, _ = _science(result)
     outside, _, _ = _science(result, pixels=np.linspace(8540.0, 8560.0, 300))
     with pytest.raises(ValueError, match=r"learned only over 8505\.000–8550\.000 Å"):
@@ -234,7 +235,7 @@ def test_errors(standard):
 def test_a_file_without_the_telluric_clone_says_so(standard, tmp_path):
     import asdf
 
-    result, _ = standard
+    result, *_ = standard
     path = result.write(tmp_path / "standard.asdf")
     with asdf.open(path, lazy_load=False, memmap=False) as af:
         tree = dict(af.tree)
@@ -247,3 +248,26 @@ def test_a_file_without_the_telluric_clone_says_so(standard, tmp_path):
     science, _, _ = _science(result)
     with pytest.raises(ValueError, match="holds no trained telluric clone"):
         blase_specutils.correct_tellurics(science, loaded)
+
+
+def test_a_fitted_telluric_shift_is_applied(standard):
+    _, stellar, telluric = standard
+    pixels = np.linspace(LO, HI, 800)
+    wl = np.arange(8495.0, 8560.0, 0.01)
+    shifted = _telluric_truth(wl / (1 + 0.8 / 299792.458))  # the sky 0.8 km/s off
+    obs = observe(wl, shifted, pixels, rv=0.0, vsini=0.01, resolving_power=R_INSTRUMENT, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        moved = fit(
+            pixels, obs.flux, obs.uncertainty, stellar=stellar, telluric=telluric,
+            rv=0.0, rv_search=5.0, vsini=0.0, fit_vsini=False, fit_telluric_shift=True,
+            resolving_power=R_INSTRUMENT, epochs=2, global_epochs=5, progress=False,
+        )
+    settings = telluric_settings(moved)
+    assert settings["shift_applied"] and settings["shift_kms"] != 0.0
+    data = Spectrum(
+        spectral_axis=pixels * u.AA, flux=obs.flux * u.one,
+        uncertainty=StdDevUncertainty(obs.uncertainty),
+    )
+    t = blase_specutils.correct_tellurics(data, moved).meta["telluric_transmission"]
+    assert np.max(np.abs(t - moved.telluric_flux)) < 1e-5

@@ -188,8 +188,10 @@ def telluric_settings(fit_result: Any) -> dict | None:
         ``T^exp(ln_scale)``), ``shift_kms`` (the telluric velocity shift, km/s) and
         ``shift_applied`` (whether the model applies it: only when it was fitted),
         ``relativistic`` (the forest's Doppler formula), ``resolving_power``,
-        ``step_kms`` (the fine grid's velocity step), ``tolerance`` (the sparse
-        windows' wing tolerance) and ``ranges`` (``[[λ_min, λ_max], ...]`` in Å, vacuum:
+        ``step_kms`` (the fine grid's velocity step), ``grid_anchor`` (the fine grid's
+        first wavelength, Å: a grid ``anchor · exp(k · step / c)`` samples the clone where
+        the fit did), ``tolerance`` (the sparse windows' wing tolerance) and ``ranges``
+        (``[[λ_min, λ_max], ...]`` in Å, vacuum:
         the pixels of each fitted order, where the clone was learned). Numbers are the
         float64 values of the model's parameters, so a stored copy is exact.
     """
@@ -214,6 +216,7 @@ def telluric_settings(fit_result: Any) -> dict | None:
         "resolving_power": float(model.instrument.resolving_power.detach().cpu().double()),
         "step_kms": float(model.step_kms),
         "tolerance": float(model.tolerance),
+        "grid_anchor": float(model.fine_wavelength[0].detach().cpu()),
         "ranges": ranges,
     }
 

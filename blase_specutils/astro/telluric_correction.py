@@ -71,12 +71,15 @@ class _Observer:
         shift = float(settings["shift_kms"]) if settings["shift_applied"] else None
         pad_kms = (self.instrument.half_width + 8) * step + abs(shift or 0.0)
         edges = pixel_edges_from_centers(wavelength)
-        grid = log_uniform_grid(
-            float(edges[0]) * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS),
-            float(edges[-1]) * math.exp(pad_kms / SPEED_OF_LIGHT_KMS),
-            step,
-            dtype=torch.float64,
-        )
+        lo = float(edges[0]) * math.exp(-pad_kms / SPEED_OF_LIGHT_KMS)
+        hi = float(edges[-1]) * math.exp(pad_kms / SPEED_OF_LIGHT_KMS)
+        anchor = settings.get("grid_anchor")
+        if anchor is not None:
+            # the fit's own fine-grid points (anchor · e^(k·step/c)): the clone is sampled
+            # where it was trained, so the standard's pixels get the fit's model back
+            k = math.floor(SPEED_OF_LIGHT_KMS * math.log(lo / float(anchor)) / step)
+            lo = float(anchor) * math.exp(k * step / SPEED_OF_LIGHT_KMS)
+        grid = log_uniform_grid(lo, hi, step, dtype=torch.float64)
         device = forest.center_ref.device
         layout = forest.make_layout(grid.to(device), tolerance=float(settings["tolerance"]))
         self.averager = PixelAverager(
