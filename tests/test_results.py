@@ -574,8 +574,33 @@ def test_write_read_fit_round_trip_is_bit_exact(two_order_fit, tmp_path):
     # Writing the loaded fit again preserves everything.
     again = R.read_fit(loaded.write(tmp_path / "again.asdf"))
     assert np.array_equal(again.model_flux[1], loaded.model_flux[1])
-    with pytest.raises(AttributeError):
-        loaded.rv = 3.0  # read-only
+    # One class: the loaded fit is a FitResult without a forward model, whose recomputed
+    # line table equals the stored one.
+    assert type(loaded) is type(two_order_fit) is R.FitResult
+    assert loaded.forward_model is None and loaded.path == path
+    assert two_order_fit.path is None and two_order_fit.stored is None
+    assert loaded.n_orders == two_order_fit.n_orders == 2
+    recomputed = R.line_table(loaded)
+    for name in ("equivalent_width", "equivalent_width_uncertainty", "center", "depth"):
+        assert np.array_equal(
+            np.asarray(recomputed[name]), np.asarray(loaded.line_table[name]), equal_nan=True
+        ), name
+    assert f"path={str(path)!r}" in repr(loaded)
+
+
+def test_flags_survive_the_fit_file(two_order_fit, tmp_path):
+    """A fit that says it may be wrong still says so after write/read (and a file from
+    before flags were stored reads as no flags, not as an error)."""
+    import dataclasses
+
+    flagged = dataclasses.replace(
+        two_order_fit, flags={"rv_ambiguous": "a second minimum 3 km/s away"}
+    )
+    loaded = R.read_fit(R.write_fit(flagged, tmp_path / "flagged.asdf"))
+    assert loaded.flags == {"rv_ambiguous": "a second minimum 3 km/s away"}
+    assert not loaded.converged and "converged=False" in repr(loaded)
+    clean = R.read_fit(R.write_fit(dataclasses.replace(two_order_fit, flags={}), tmp_path / "c"))
+    assert clean.flags == {} and clean.converged
 
 
 def test_global_results_are_quantities_for_fits_and_loaded_fits(two_order_fit, tmp_path):

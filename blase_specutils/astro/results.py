@@ -1,8 +1,7 @@
 """Results as astropy/specutils objects: line tables, spectra, parameters, plots, files.
 
-Plain functions over a :class:`~blase_specutils.cloning.CloneResult` or a
-:class:`~blase_specutils.fitting.FitResult` (the result classes expose them as thin
-properties):
+Plain functions over a :class:`CloneResult` or a :class:`FitResult` (the result classes
+expose them as thin properties):
 
 * :func:`line_table` — per-line properties as a `~astropy.table.QTable` with
   equivalent widths, their uncertainties, flags and provenance;
@@ -13,14 +12,15 @@ properties):
   telluric spectra, and its global parameters with units;
 * :func:`plot_fit`, :func:`plot_clone` — two-panel figures;
 * :func:`write_fit` / :func:`read_fit` — one ASDF file per fit (no pickles), read back
-  as a :class:`LoadedFit`; :func:`write_line_table` / :func:`read_line_table` — ECSV.
+  as a :class:`FitResult`; :func:`write_line_table` / :func:`read_line_table` — ECSV.
 
 Equivalent widths follow the specutils sign convention: positive for absorption,
 ``EW = ∫ (1 − F/F_c) dλ``.
 
-The :class:`CloneResult` container is defined here too, beside the functions its views
-call, so that the import graph has no cycle (``astro.clones`` re-exports it and adds
-:func:`~blase_specutils.astro.clones.load_clone`; the file format is
+The :class:`CloneResult` and :class:`FitResult` containers are defined here too, beside
+the functions their views call, so that the import graph has no cycle (``astro.clones``
+re-exports the first and adds :func:`~blase_specutils.astro.clones.load_clone`,
+``fitting`` re-exports the second; the clone file format is
 :mod:`~blase_specutils.astro.clone_files`, below both).
 """
 
@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import astropy.units as u
 import numpy as np
@@ -57,6 +57,9 @@ from .clone_files import (
 )
 from .inputs import ascending_angstrom, check_grid
 
+if TYPE_CHECKING:
+    from ..core.forward import ForwardModel
+
 __all__ = [
     "line_table",
     "equivalent_widths",
@@ -68,6 +71,8 @@ __all__ = [
     "plot_clone",
     "write_fit",
     "read_fit",
+    "FitResult",
+    "StoredFit",
     "LoadedFit",
     "telluric_settings",
     "write_line_table",
@@ -122,9 +127,7 @@ def _number(value: Any, unit: u.UnitBase = u.one) -> float:
 
 
 def _is_fit(obj: Any) -> bool:
-    return isinstance(obj, LoadedFit) or (
-        hasattr(obj, "template") and hasattr(obj, "forward_model") and hasattr(obj, "orders")
-    )
+    return isinstance(obj, FitResult)
 
 
 def _listify(values: Any) -> list[np.ndarray]:
@@ -134,16 +137,16 @@ def _listify(values: Any) -> list[np.ndarray]:
 
 
 def _orders_of(result: Any) -> list[dict[str, np.ndarray]]:
-    """Per-order arrays of a fit (FitResult or LoadedFit) as a list of dicts.
+    """Per-order arrays of a fit (FitResult) as a list of dicts.
 
     Keys: ``wavelength`` (Å), ``flux``, ``uncertainty``, ``good`` (bool), ``model``,
     ``continuum``, ``telluric``, ``telluric_corrected``, ``residual`` (data − model,
     NaN where not good).
     """
-    if isinstance(result, LoadedFit):
-        return result._orders
     if not _is_fit(result):
-        raise TypeError(f"expected a FitResult or LoadedFit, not {type(result).__name__}")
+        raise TypeError(f"expected a FitResult, not {type(result).__name__}")
+    if result.stored is not None:
+        return result.stored.orders
     names = {
         "wavelength": "wavelength",
         "flux": "flux",
@@ -168,9 +171,7 @@ def _orders_of(result: Any) -> list[dict[str, np.ndarray]]:
 
 
 def _has_telluric(result: Any) -> bool:
-    if isinstance(result, LoadedFit):
-        return result.has_telluric
-    return getattr(result, "telluric", None) is not None
+    return result.has_telluric
 
 
 def telluric_settings(fit_result: Any) -> dict | None:
@@ -178,7 +179,7 @@ def telluric_settings(fit_result: Any) -> dict | None:
 
     Parameters
     ----------
-    fit_result : FitResult or LoadedFit
+    fit_result : FitResult
         The fit.
 
     Returns
@@ -195,13 +196,13 @@ def telluric_settings(fit_result: Any) -> dict | None:
         the pixels of each fitted order, where the clone was learned). Numbers are the
         float64 values of the model's parameters, so a stored copy is exact.
     """
-    if isinstance(fit_result, LoadedFit):
-        settings = fit_result._telluric_settings
-        return None if settings is None else _plain(dict(settings))
     if not _is_fit(fit_result):
-        raise TypeError(f"expected a FitResult or LoadedFit, not {type(fit_result).__name__}")
-    model = getattr(fit_result, "forward_model", None)
-    forest = getattr(model, "telluric", None)
+        raise TypeError(f"expected a FitResult, not {type(fit_result).__name__}")
+    if fit_result.stored is not None:
+        settings = fit_result.stored.telluric_settings
+        return None if settings is None else _plain(dict(settings))
+    model = fit_result.forward_model
+    forest = model.telluric
     if forest is None:
         return None
     ranges = [
@@ -476,7 +477,7 @@ def line_table(
 
     Parameters
     ----------
-    forest_or_result : LineForest, CloneResult, FitResult or LoadedFit
+    forest_or_result : LineForest, CloneResult, FitResult
         Whose lines to tabulate. For a fit, the transfer-learned template's lines,
         with the data's SNR, pixel size and the fitted resolving power used for the
         equivalent-width uncertainties unless given below.
@@ -548,7 +549,7 @@ def line_table(
             derived_noise = (snr, pix, centers / _number(forest_or_result.resolving_power, u.one))
     else:
         raise TypeError(
-            "line_table expects a LineForest, CloneResult, FitResult or LoadedFit, not "
+            "line_table expects a LineForest, CloneResult, FitResult, not "
             f"{type(forest_or_result).__name__}"
         )
     n_lines = forest.n_lines
@@ -794,7 +795,7 @@ def template_spectrum(
 
     Parameters
     ----------
-    clone_result : CloneResult, FitResult or LoadedFit
+    clone_result : CloneResult, FitResult
         The clone; for a fit, its ``template``.
     wavelength : Quantity or array_like, optional
         Where to evaluate (a spectral Quantity, or Å). Default: the clone's native
@@ -868,7 +869,7 @@ def fit_spectra(fit_result: Any) -> dict[str, Spectrum | SpectrumList]:
 
     Parameters
     ----------
-    fit_result : FitResult or LoadedFit
+    fit_result : FitResult
         The fit.
 
     Returns
@@ -920,7 +921,7 @@ def fit_parameters(fit_result: Any) -> QTable:
 
     Parameters
     ----------
-    fit_result : FitResult or LoadedFit
+    fit_result : FitResult
         The fit.
 
     Returns
@@ -931,12 +932,10 @@ def fit_parameters(fit_result: Any) -> QTable:
         ``chi2_reduced``, ``initial_chi2_reduced``, ``n_good_pixels`` and, with a
         telluric clone, ``telluric_scale``. ``meta`` records the version and date.
     """
-    if isinstance(fit_result, LoadedFit):
-        return fit_result.parameters
     if not _is_fit(fit_result):
-        raise TypeError(
-            f"fit_parameters expects a FitResult or LoadedFit, not {type(fit_result).__name__}"
-        )
+        raise TypeError(f"fit_parameters expects a FitResult, not {type(fit_result).__name__}")
+    if fit_result.stored is not None:
+        return fit_result.stored.parameters.copy()
     unc = dict(fit_result.uncertainties)
     kms = u.km / u.s
     table = QTable()
@@ -953,7 +952,7 @@ def fit_parameters(fit_result: Any) -> QTable:
     meta = getattr(fit_result, "meta", {}) or {}
     table["n_good_pixels"] = [int(meta.get("n_good_pixels", 0))]
     model = fit_result.forward_model
-    if getattr(fit_result, "telluric", None) is not None and hasattr(model, "ln_telluric_scale"):
+    if fit_result.telluric is not None and hasattr(model, "ln_telluric_scale"):
         table["telluric_scale"] = [float(torch.exp(model.ln_telluric_scale.detach()).double())]
     table.meta.update(
         {
@@ -994,7 +993,7 @@ def plot_fit(fit_result: Any, *, region: Any = None, ax: Any = None, order: int 
 
     Parameters
     ----------
-    fit_result : FitResult or LoadedFit
+    fit_result : FitResult
         The fit.
     region : SpectralRegion or (lo, hi) Quantity or (lo, hi) floats in Å, optional
         Wavelength range to show (its outer bounds for a multi-part region).
@@ -1374,7 +1373,7 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
 
     Parameters
     ----------
-    fit_result : FitResult or LoadedFit
+    fit_result : FitResult
         The fit.
     path : path-like
         Output file, conventionally ``*.asdf``.
@@ -1389,22 +1388,19 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
     import asdf
 
     if not _is_fit(fit_result):
-        raise TypeError(
-            f"write_fit expects a FitResult or LoadedFit, not {type(fit_result).__name__}"
-        )
+        raise TypeError(f"write_fit expects a FitResult, not {type(fit_result).__name__}")
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    if isinstance(fit_result, LoadedFit):
-        parameters = fit_result.parameters
-        lines = fit_result.line_table
-        template_lines = fit_result._template_lines.copy()
-        template_arrays = dict(fit_result._template_arrays)
+    stored = fit_result.stored
+    if stored is not None:
+        parameters = stored.parameters.copy()
+        lines = stored.line_table.copy()
+        template_lines = stored.template_lines.copy()
+        template_arrays = dict(stored.template_arrays)
         history = list(fit_result.history.loss)
         meta = dict(fit_result.meta)
-        telluric_lines = (
-            None if fit_result._telluric_lines is None else fit_result._telluric_lines.copy()
-        )
+        telluric_lines = None if stored.telluric_lines is None else stored.telluric_lines.copy()
     else:
         parameters = fit_parameters(fit_result)
         lines = line_table(fit_result)
@@ -1441,6 +1437,7 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
             "initial_chi2_reduced": float(getattr(fit_result, "initial_chi2_reduced", np.nan)),
             "uncertainties": {str(k): float(v) for k, v in dict(fit_result.uncertainties).items()},
             "has_telluric": bool(_has_telluric(fit_result)),
+            "flags": {str(k): str(v) for k, v in dict(fit_result.flags or {}).items()},
         },
         "parameters": parameters,
         "line_table": lines,
@@ -1469,7 +1466,7 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
     return path
 
 
-def read_fit(path) -> LoadedFit:
+def read_fit(path) -> FitResult:
     """Read a fit written by :func:`write_fit`. Never executes code (ASDF, no pickles).
 
     Parameters
@@ -1479,7 +1476,8 @@ def read_fit(path) -> LoadedFit:
 
     Returns
     -------
-    LoadedFit
+    FitResult
+        With the stored arrays, tables and flags (``forward_model`` None, ``path`` set).
 
     Raises
     ------
@@ -1534,23 +1532,13 @@ def read_fit(path) -> LoadedFit:
         try:
             scalars = dict(af["scalars"])
             orders = [{k: np.array(o[k]) for k in _ORDER_KEYS} for o in af["orders"]]
-            loaded = LoadedFit(
-                rv=float(scalars["rv"]),
-                vsini=float(scalars["vsini"]),
-                resolving_power=float(scalars["resolving_power"]),
-                limb_darkening=float(scalars["limb_darkening"]),
-                chi2_reduced=float(scalars["chi2_reduced"]),
-                initial_chi2_reduced=float(scalars["initial_chi2_reduced"]),
-                uncertainties={str(k): float(v) for k, v in dict(scalars["uncertainties"]).items()},
-                has_telluric=bool(scalars["has_telluric"]),
+            stored = StoredFit(
+                orders=orders,
                 parameters=QTable(af["parameters"], copy=True),
                 line_table=QTable(af["line_table"], copy=True),
-                orders=orders,
                 template_lines=QTable(af["template_lines"], copy=True),
                 template_arrays={k: np.array(v) for k, v in dict(af["template_spectrum"]).items()},
-                history=TrainingHistory(loss=[float(x) for x in np.asarray(af["history_loss"])]),
-                meta=dict(af["meta"]),
-                path=path,
+                has_telluric=bool(scalars["has_telluric"]),
                 telluric_lines=(
                     QTable(af["telluric_lines"], copy=True) if "telluric_lines" in af.tree else None
                 ),
@@ -1558,241 +1546,438 @@ def read_fit(path) -> LoadedFit:
                     _plain(dict(scalars["telluric_model"])) if "telluric_model" in scalars else None
                 ),
             )
+            history = TrainingHistory(loss=[float(x) for x in np.asarray(af["history_loss"])])
+            meta = dict(af["meta"])
+            flags = {str(k): str(v) for k, v in dict(scalars.get("flags") or {}).items()}
+            uncertainties = {str(k): float(v) for k, v in dict(scalars["uncertainties"]).items()}
+            numbers = {
+                name: float(scalars[name])
+                for name in (
+                    "rv", "vsini", "resolving_power", "limb_darkening", "chi2_reduced",
+                    "initial_chi2_reduced",
+                )
+            }
         except (KeyError, TypeError) as err:
             raise ValueError(
                 f"{path} is a damaged blase_specutils fit file (missing {err})"
             ) from err
-    return loaded
+    try:
+        template = _stored_template(stored)
+        telluric = (
+            None if stored.telluric_lines is None else forest_from_table(stored.telluric_lines)
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} is a damaged blase_specutils fit file ({err})") from err
+    lines = stored.line_table
+    return FitResult(
+        **numbers,
+        uncertainties=uncertainties,
+        forward_model=None,
+        template=template,
+        history=history,
+        telluric=telluric,
+        meta=meta,
+        flags=flags,
+        line_ln_amplitude_uncertainty=_optional_column(lines, "ln_amplitude_uncertainty"),
+        line_velocity=_optional_column(lines, "velocity"),
+        line_velocity_uncertainty=_optional_column(lines, "velocity_uncertainty"),
+        path=path,
+        stored=stored,
+    )
 
 
-class LoadedFit:
-    """A fit read back from an ASDF file: the read-only face of a ``FitResult``.
+def _optional_column(table: QTable, name: str) -> np.ndarray | None:
+    """A column's plain float64 values (in its stored unit), or None when absent."""
+    if name not in table.colnames:
+        return None
+    column = table[name]
+    return np.asarray(getattr(column, "value", column), dtype=np.float64)
 
-    It has no torch forward model; every array was stored. Its attributes mirror
-    ``FitResult``: ``rv``, ``vsini``, ``resolving_power``, ``limb_darkening``,
-    ``uncertainties``, ``chi2_reduced``, the per-order arrays (``wavelength``,
-    ``flux``, ``uncertainty``, ``good``, ``model_flux``, ``continuum_flux``,
-    ``telluric_flux``, ``telluric_corrected_flux``, ``residual``), plus
-    ``parameters``, ``line_table``, ``template`` (a CloneResult), ``spectrum`` (the
-    template as a Spectrum), ``model``/``data``/``residual_spectrum`` (spectra) and
-    :meth:`plot`.
+
+def _stored_template(stored: StoredFit) -> CloneResult:
+    """The transfer-learned template rebuilt bit-exactly from the table a fit file holds."""
+    table = stored.template_lines
+    initial = None
+    if "amplitude_init" in table.colnames:
+        initial = {
+            name[:-5]: np.asarray(getattr(table[name], "value", table[name]))
+            for name in table.colnames
+            if name.endswith("_init")
+        }
+    arrays = stored.template_arrays
+    return CloneResult(
+        forest_from_table(table),
+        arrays["wavelength"].copy(),
+        arrays["target_flux"].copy(),
+        arrays["continuum"].copy(),
+        TrainingHistory(),
+        initial,
+        dict(table.meta),
+    )
+
+
+@dataclass(frozen=True)
+class StoredFit:
+    """What a fit file holds beyond the numbers: per-order arrays and tables.
+
+    A :class:`FitResult` read by :func:`read_fit` carries one; its array properties,
+    :attr:`~FitResult.parameters`, :attr:`~FitResult.line_table` and
+    :func:`telluric_settings` read from it instead of a forward model.
     """
 
-    def __init__(
-        self,
-        *,
-        rv,
-        vsini,
-        resolving_power,
-        limb_darkening,
-        chi2_reduced,
-        initial_chi2_reduced,
-        uncertainties,
-        has_telluric,
-        parameters,
-        line_table,
-        orders,
-        template_lines,
-        template_arrays,
-        history,
-        meta,
-        path=None,
-        telluric_lines=None,
-        telluric_settings=None,
-    ) -> None:
-        self._rv = rv
-        self._vsini = vsini
-        self._resolving_power = resolving_power
-        self._limb_darkening = limb_darkening
-        self._chi2_reduced = chi2_reduced
-        self._initial_chi2_reduced = initial_chi2_reduced
-        self._uncertainties = uncertainties
-        self._has_telluric = has_telluric
-        self._parameters = parameters
-        self._line_table = line_table
-        self._orders = orders
-        self._template_lines = template_lines
-        self._template_arrays = template_arrays
-        self._history = history
-        self._meta = meta
-        self._path = path
-        self._template: CloneResult | None = None
-        self._telluric_lines = telluric_lines
-        self._telluric_settings = telluric_settings
-        self._telluric: LineForest | None = None
+    #: Per order: ``wavelength``, ``flux``, ``uncertainty``, ``good``, ``model``,
+    #: ``continuum``, ``telluric``, ``telluric_corrected``, ``residual``.
+    orders: list
+    parameters: QTable
+    line_table: QTable
+    template_lines: QTable
+    template_arrays: dict
+    has_telluric: bool
+    telluric_lines: QTable | None = None
+    telluric_settings: dict | None = None
+
+
+@dataclass
+class FitResult:
+    """Result of :func:`~blase_specutils.fit`, fresh from a fit or read back from its file.
+
+    One class for both: :func:`read_fit` returns a ``FitResult`` whose arrays, tables and
+    flags were stored (``forward_model`` is then None and :attr:`path` names the file);
+    everything else reads the same. ``LoadedFit`` is another name for this class, kept
+    for scripts written before the two were merged.
+
+    Attributes
+    ----------
+    rv, vsini : `~astropy.units.Quantity`
+        Radial velocity and projected rotational velocity (km/s). Plain floats given to
+        the constructor are taken as km/s; ``result.rv.to_value("km/s")`` gives a float.
+    resolving_power, limb_darkening : `~astropy.units.Quantity`
+        Instrumental resolving power and linear limb darkening (dimensionless, so they
+        also work as plain numbers: ``float(result.resolving_power)``).
+    rv_uncertainty, vsini_uncertainty, resolving_power_uncertainty : `~astropy.units.Quantity`
+        Their 1-σ uncertainties, in the same units (NaN when held fixed or undefined).
+    uncertainties : dict
+        1-σ uncertainties of every global parameter as plain floats in the units of
+        :attr:`parameters` (km/s for velocities; NaN if not fitted), from
+        the curvature of χ² multiplied by the Birge ratio ``√max(1, χ²_red)``: a fit that
+        leaves more scatter than the data's uncertainties allow (a template mismatch,
+        underestimated noise) gets proportionally larger error bars instead of the
+        photon-noise ones (WASP 69, χ²_red ≈ 40: ×6). The unscaled values are in
+        ``meta["curvature_uncertainties"]``, the factor in ``meta["uncertainty_scale"]``.
+    chi2_reduced : float
+        χ² per degree of freedom at the end of the fit.
+    forward_model : ForwardModel or None
+        The trained torch forward model (None for a fit read from a file).
+    template : CloneResult
+        The transfer-learned stellar clone at native resolution (no RV, rotation or
+        instrument), savable like any clone.
+    telluric : LineForest or None
+        The transfer-learned telluric clone (None without one, or for a file written
+        before telluric clones were stored: :attr:`has_telluric` still says whether one
+        was fitted).
+    initial_chi2_reduced : float
+        χ² per pixel after the RV search, before any training.
+    flags : dict
+        Code → reason for everything that says the result may be wrong (empty when
+        :attr:`converged`); stored in the fit file.
+    meta : dict
+        How the fit ran: ``n_good_pixels``, ``prior_scale``, ``prior_weight``,
+        ``trainable``, ``step_kms``, ``continuum_degree`` (the Chebyshev degree used,
+        chosen or given: ``continuum_degree_source`` is ``"auto"`` or ``"given"``),
+        ``resolving_power_source`` (``"given"``,
+        ``"nominal for <instrument>"`` or ``"default"``), ``n_clipped`` (pixels masked by
+        ``clip_sigma``), ``order_indices`` (input orders fitted, see ``outside``),
+        ``uncertainty_scale`` and ``curvature_uncertainties`` (see ``uncertainties``),
+        ``rest_frame_outside_fraction`` (good pixels outside the stellar clone's range in
+        the star's rest frame at the final RV; above 5 % a warning says so).
+    path : pathlib.Path or None
+        The file a fit was read from (None for a fresh fit).
+    """
+
+    rv: float
+    vsini: float
+    resolving_power: float
+    limb_darkening: float
+    uncertainties: dict
+    chi2_reduced: float
+    forward_model: ForwardModel | None
+    template: CloneResult
+    order_data: list = field(repr=False, default_factory=list)
+    history: TrainingHistory = field(repr=False, default_factory=TrainingHistory)
+    telluric: LineForest | None = field(repr=False, default=None)
+    initial_chi2_reduced: float = float("nan")
+    meta: dict = field(default_factory=dict)
+    stellar_clone: CloneResult | LineForest | None = field(repr=False, default=None)
+    flags: dict = field(default_factory=dict)
+    #: Per line of the template: σ of ln a from the Fisher matrix with the globals and the
+    #: continua marginalised, Birge-scaled (NaN for lines the L1 prior held at the clone's).
+    line_ln_amplitude_uncertainty: np.ndarray | None = field(repr=False, default=None)
+    #: Per line of the template: its own velocity (km/s, the fit's RV plus the line's
+    #: trained centre shift plus a line-by-line template-matching step) and its error
+    #: (NaN for lines outside the data or shallower than 1 %).
+    line_velocity: np.ndarray | None = field(repr=False, default=None)
+    line_velocity_uncertainty: np.ndarray | None = field(repr=False, default=None)
+    path: Path | None = field(repr=False, default=None)
+    #: What a fit file stored (per-order arrays, tables, telluric settings); None for a
+    #: fresh fit, whose arrays come from its forward model.
+    stored: StoredFit | None = field(repr=False, default=None)
+
+    def __post_init__(self) -> None:
+        # Quantities at the astropy boundary; a Quantity given is converted, a float is
+        # taken in the documented unit.
+        self.rv = u.Quantity(self.rv, _KMS, dtype=float)
+        self.vsini = u.Quantity(self.vsini, _KMS, dtype=float)
+        self.resolving_power = u.Quantity(self.resolving_power, u.one, dtype=float)
+        self.limb_darkening = u.Quantity(self.limb_darkening, u.one, dtype=float)
+        if self.forward_model is None and self.stored is None:
+            raise ValueError(
+                "a FitResult needs its forward model (a fresh fit) or its stored arrays "
+                "(read_fit)"
+            )
+
+    @property
+    def has_telluric(self) -> bool:
+        """Whether a telluric clone was fitted."""
+        if self.stored is not None:
+            return self.stored.has_telluric
+        return self.telluric is not None
+
+    @property
+    def n_orders(self) -> int:
+        """Number of fitted orders."""
+        return len(self.stored.orders) if self.stored is not None else len(self.order_data)
+
+    @property
+    def line_by_line_rv(self) -> u.Quantity:
+        """The line-by-line RV: the robust weighted mean of the lines' own velocities
+        (``line_table["velocity"]``), km/s; its error, the number of lines kept and
+        rejected and their χ²_red are in ``meta["line_by_line_rv"]``."""
+        return u.Quantity((self.meta.get("line_by_line_rv") or {}).get("rv", np.nan), _KMS)
+
+    @property
+    def line_by_line_rv_uncertainty(self) -> u.Quantity:
+        """1-σ error of :attr:`line_by_line_rv`, km/s (χ²-scaled)."""
+        info = self.meta.get("line_by_line_rv") or {}
+        return u.Quantity(info.get("rv_uncertainty", np.nan), _KMS)
+
+    @property
+    def converged(self) -> bool:
+        """True when nothing in :attr:`flags` says the result may be wrong."""
+        return not self.flags
+
+    @property
+    def orders(self) -> QTable:
+        """One row per fitted order (QTable): its RV and v sin i (one Gauss–Newton step
+        from the joint solution with the lines and the other orders held), their
+        uncertainties (scaled by the order's own √χ²_red), χ²_red and good pixels."""
+        columns = self.meta.get("orders") or {}
+        table = QTable()
+        units = {
+            "wavelength_min": u.AA,
+            "wavelength_max": u.AA,
+            "rv": _KMS,
+            "rv_uncertainty": _KMS,
+            "vsini": _KMS,
+            "vsini_uncertainty": _KMS,
+        }
+        for name, values in columns.items():
+            unit = units.get(name)
+            table[name] = values if unit is None else np.asarray(values, dtype=float) * unit
+        return table
 
     def __repr__(self) -> str:
-        def with_error(name: str, value: float, digits: int) -> str:
-            error = self._uncertainties.get(name, float("nan"))
+        # The forward model and template hold thousands of lines: summarise them.
+        def with_error(name: str, value: u.Quantity, digits: int) -> str:
+            error = self.uncertainties.get(name, float("nan"))
+            value = float(value.value)
             if error is None or not np.isfinite(error):
                 return f"{value:.{digits}f}"
             return f"{value:.{digits}f} ± {error:.{digits}f}"
 
+        degree = self.meta.get("continuum_degree", "?")
+        auto = " (auto)" if self.meta.get("continuum_degree_source") == "auto" else ""
+        where = "" if self.path is None else f", path={str(self.path)!r}"
         return (
-            f"LoadedFit(rv={with_error('rv', self._rv, 4)} km/s, "
-            f"vsini={with_error('vsini', self._vsini, 3)} km/s, "
-            f"resolving_power={with_error('resolving_power', self._resolving_power, 0)}, "
-            f"chi2_reduced={self.chi2_reduced:.3f}, "
-            f"n_orders={len(self._orders)}, n_lines={len(self._line_table)}, "
-            f"path={str(self._path)!r})"
+            f"FitResult(rv={with_error('rv', self.rv, 4)} km/s, "
+            f"vsini={with_error('vsini', self.vsini, 3)} km/s, "
+            f"resolving_power={with_error('resolving_power', self.resolving_power, 0)}, "
+            f"chi2_reduced={self.chi2_reduced:.3f} (initial {self.initial_chi2_reduced:.3f}), "
+            f"n_orders={self.n_orders}, n_lines={self.template.forest.n_lines}, "
+            f"converged={self.converged}, continuum_degree={degree}{auto}, "
+            f"telluric={'yes' if self.has_telluric else 'no'}{where})"
         )
 
-    # ------------------------------------------------------------ scalars
-    rv = property(lambda self: self._rv * _KMS, doc="Radial velocity (Quantity, km/s).")
-    vsini = property(
-        lambda self: self._vsini * _KMS, doc="Projected rotational velocity (Quantity, km/s)."
-    )
-    resolving_power = property(
-        lambda self: u.Quantity(self._resolving_power, u.one),
-        doc="Resolving power R (dimensionless Quantity).",
-    )
-    limb_darkening = property(
-        lambda self: u.Quantity(self._limb_darkening, u.one),
-        doc="Linear limb darkening ε (dimensionless Quantity).",
-    )
-    chi2_reduced = property(lambda self: self._chi2_reduced, doc="χ² per degree of freedom.")
-    initial_chi2_reduced = property(
-        lambda self: self._initial_chi2_reduced,
-        doc="χ²/pixel after the RV search, before training.",
-    )
-    has_telluric = property(
-        lambda self: self._has_telluric, doc="Whether a telluric clone was fitted."
-    )
-    history = property(lambda self: self._history, doc="Loss history of the fit.")
-    path = property(lambda self: self._path, doc="File it was read from.")
-
-    @property
-    def uncertainties(self) -> dict:
-        """1-σ uncertainties of the global parameters (NaN where held fixed)."""
-        return dict(self._uncertainties)
-
-    @property
-    def rv_uncertainty(self) -> u.Quantity:
-        """1-σ uncertainty of :attr:`rv` (km/s; NaN if held or undefined)."""
-        return self._uncertainties.get("rv", float("nan")) * _KMS
-
-    @property
-    def vsini_uncertainty(self) -> u.Quantity:
-        """1-σ uncertainty of :attr:`vsini` (km/s; NaN if held or undefined)."""
-        return self._uncertainties.get("vsini", float("nan")) * _KMS
-
-    @property
-    def resolving_power_uncertainty(self) -> u.Quantity:
-        """1-σ uncertainty of :attr:`resolving_power` (dimensionless)."""
-        return u.Quantity(self._uncertainties.get("resolving_power", float("nan")), u.one)
-
-    @property
-    def meta(self) -> dict:
-        return dict(self._meta)
-
-    @property
-    def parameters(self) -> QTable:
-        """Global parameters with units (see :func:`fit_parameters`)."""
-        return self._parameters.copy()
-
-    @property
-    def line_table(self) -> QTable:
-        """The line table stored with the fit (see :func:`line_table`)."""
-        return self._line_table.copy()
-
-    # ------------------------------------------------------------ arrays
-    def _per_order(self, key: str):
-        values = [o[key].copy() for o in self._orders]
-        return values[0] if len(values) == 1 else values
-
-    wavelength = property(lambda self: self._per_order("wavelength"), doc="Data wavelengths, Å.")
-    flux = property(
-        lambda self: self._per_order("flux"), doc="Observed flux (masked pixels hold 0)."
-    )
-    uncertainty = property(
-        lambda self: self._per_order("uncertainty"), doc="1-σ flux uncertainties."
-    )
-    good = property(lambda self: self._per_order("good"), doc="Pixels the fit used.")
-    model_flux = property(
-        lambda self: self._per_order("model"), doc="Forward model at the data pixels."
-    )
-    continuum_flux = property(lambda self: self._per_order("continuum"), doc="Fitted continuum.")
-    telluric_flux = property(
-        lambda self: self._per_order("telluric"), doc="Observed telluric transmission."
-    )
-    telluric_corrected_flux = property(
-        lambda self: self._per_order("telluric_corrected"), doc="Data ÷ (telluric × continuum)."
-    )
-    residual = property(
-        lambda self: self._per_order("residual"), doc="Data − model (NaN where not good)."
-    )
-
-    def residual_rms_over_noise(self) -> float:
-        """RMS of (data − model)/σ over good pixels."""
-        r = np.concatenate([o["residual"] for o in self._orders])
-        s = np.concatenate([o["uncertainty"] for o in self._orders])
-        g = np.concatenate([o["good"] for o in self._orders])
-        return float(np.sqrt(np.mean((r[g] / s[g]) ** 2)))
-
-    # ------------------------------------------------------------ objects
-    @property
-    def template(self) -> CloneResult:
-        """The transfer-learned template, rebuilt bit-exactly from its stored table."""
-        if self._template is None:
-            table = self._template_lines
-            forest = forest_from_table(table)
-            initial = None
-            if "amplitude_init" in table.colnames:
-                initial = {
-                    name[:-5]: np.asarray(
-                        table[name].value if hasattr(table[name], "unit") else table[name]
-                    )
-                    for name in table.colnames
-                    if name.endswith("_init")
-                }
-            self._template = CloneResult(
-                forest,
-                self._template_arrays["wavelength"].copy(),
-                self._template_arrays["target_flux"].copy(),
-                self._template_arrays["continuum"].copy(),
-                TrainingHistory(),
-                initial,
-                dict(table.meta),
-            )
-        return self._template
-
-    @property
-    def telluric(self) -> LineForest | None:
-        """The trained telluric clone, rebuilt bit-exactly from its stored table (None for
-        a fit without one, or a file written before telluric clones were stored)."""
-        if self._telluric is None and self._telluric_lines is not None:
-            self._telluric = forest_from_table(self._telluric_lines)
-        return self._telluric
-
+    # -------------------------------------------------------- astropy face
     @property
     def spectrum(self) -> Spectrum:
-        """The transfer-learned template at native resolution (see :func:`template_spectrum`)."""
+        """The semi-empirical template at native resolution, a :class:`specutils.Spectrum`."""
         return template_spectrum(self.template)
 
     @property
     def spectra(self) -> dict:
-        """Data, model, residual, continuum and telluric spectra (see :func:`fit_spectra`)."""
+        """Data, model, residual, continuum, telluric and telluric-corrected spectra."""
         return fit_spectra(self)
 
     @property
     def data(self):
-        """The observed spectrum (Spectrum or SpectrumList)."""
-        return fit_spectra(self)["data"]
+        """The observed spectrum (a Spectrum, or SpectrumList for several orders)."""
+        return self.spectra["data"]
 
     @property
     def model(self):
         """The forward model at the data pixels (Spectrum or SpectrumList)."""
-        return fit_spectra(self)["model"]
+        return self.spectra["model"]
 
     @property
     def residual_spectrum(self):
-        """Data − model with the data's uncertainty (Spectrum or SpectrumList)."""
-        return fit_spectra(self)["residual"]
+        """Data − model (Spectrum or SpectrumList)."""
+        return self.spectra["residual"]
+
+    @property
+    def line_table(self) -> QTable:
+        """Every line of the transfer-learned template with equivalent widths (QTable);
+        ``*_init`` columns hold the input clone's values. A loaded fit returns the table
+        stored with it."""
+        if self.stored is not None:
+            return self.stored.line_table.copy()
+        return line_table(self, initial=self.stellar_clone)
+
+    @property
+    def parameters(self) -> QTable:
+        """RV, v sin i, R, ε with units and uncertainties, and χ²_red (one-row QTable)."""
+        return fit_parameters(self)
 
     def plot(self, **kwargs):
-        """Two-panel figure of the fit (see :func:`plot_fit`)."""
+        """Data, model (and tellurics) with residuals below (a matplotlib Figure)."""
         return plot_fit(self, **kwargs)
 
     def write(self, path, *, overwrite: bool = False) -> Path:
-        """Write back to ASDF (see :func:`write_fit`)."""
+        """Save everything to one ASDF file; read it back with :func:`read_fit`."""
         return write_fit(self, path, overwrite=overwrite)
+
+    # ------------------------------------------------------------------ arrays
+    def _per_order(self, values: np.ndarray):
+        parts = np.split(values, np.cumsum([len(o.wavelength) for o in self.order_data])[:-1])
+        return parts[0] if len(parts) == 1 else parts
+
+    def _stored_per_order(self, key: str):
+        values = [o[key].copy() for o in self.stored.orders]
+        return values[0] if len(values) == 1 else values
+
+    def _flux_scale(self) -> np.ndarray:
+        """Per pixel: the order's flux level, to turn fitted units back into the data's."""
+        return np.concatenate([np.full(len(o.wavelength), o.scale) for o in self.order_data])
+
+    @property
+    def rv_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`rv` (km/s; NaN if held or undefined)."""
+        return u.Quantity(self.uncertainties.get("rv", float("nan")), _KMS)
+
+    @property
+    def vsini_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`vsini` (km/s; NaN if held or undefined)."""
+        return u.Quantity(self.uncertainties.get("vsini", float("nan")), _KMS)
+
+    @property
+    def resolving_power_uncertainty(self) -> u.Quantity:
+        """1-σ uncertainty of :attr:`resolving_power` (dimensionless)."""
+        return u.Quantity(self.uncertainties.get("resolving_power", float("nan")), u.one)
+
+    @property
+    def wavelength(self):
+        """Data wavelengths, Å (array, or list per order)."""
+        if self.stored is not None:
+            return self._stored_per_order("wavelength")
+        return self._per_order(np.concatenate([o.wavelength for o in self.order_data]))
+
+    @property
+    def flux(self):
+        """Observed flux (masked pixels hold 0), in the units given."""
+        if self.stored is not None:
+            return self._stored_per_order("flux")
+        flux = np.concatenate([o.flux for o in self.order_data])
+        return self._per_order(flux * self._flux_scale())
+
+    @property
+    def uncertainty(self):
+        """1-σ uncertainty of the flux (given, or estimated from the scatter)."""
+        if self.stored is not None:
+            return self._stored_per_order("uncertainty")
+        sigma = np.concatenate([o.sigma for o in self.order_data])
+        return self._per_order(sigma * self._flux_scale())
+
+    @property
+    def good(self):
+        """Pixels the fit used (bool array, or list per order)."""
+        if self.stored is not None:
+            return self._stored_per_order("good")
+        return self._per_order(np.concatenate([o.good for o in self.order_data]))
+
+    @property
+    def model_flux(self):
+        """Forward model at the data pixels (array, or list per order), in the data's units."""
+        if self.stored is not None:
+            return self._stored_per_order("model")
+        with torch.no_grad():
+            model = self.forward_model().double().cpu().numpy()
+        return self._per_order(model * self._flux_scale())
+
+    @property
+    def continuum_flux(self):
+        """Fitted per-order continuum at the data pixels, in the data's units."""
+        if self.stored is not None:
+            return self._stored_per_order("continuum")
+        with torch.no_grad():
+            continuum = self.forward_model.continuum().double().cpu().numpy()
+        return self._per_order(continuum * self._flux_scale())
+
+    @property
+    def telluric_flux(self):
+        """Telluric transmission seen by the instrument at the data pixels (1 if none)."""
+        if self.stored is not None:
+            return self._stored_per_order("telluric")
+        with torch.no_grad():
+            t = self.forward_model.telluric_fine()
+            if t is None:
+                n = sum(len(o.wavelength) for o in self.order_data)
+                return self._per_order(np.ones(n))
+            return self._per_order(
+                self.forward_model.averager(self.forward_model.instrument(t)).double().cpu().numpy()
+            )
+
+    @property
+    def telluric_corrected_flux(self):
+        """Data divided by the observed telluric transmission and the continuum."""
+        if self.stored is not None:
+            return self._stored_per_order("telluric_corrected")
+        flux = np.concatenate([o.flux for o in self.order_data]) * self._flux_scale()
+        tell = self.telluric_flux
+        tell = np.concatenate(tell) if isinstance(tell, list) else tell
+        cont = self.continuum_flux
+        cont = np.concatenate(cont) if isinstance(cont, list) else cont
+        good = np.concatenate([o.good for o in self.order_data])
+        out = np.where(good, flux / (tell * cont), np.nan)
+        return self._per_order(out)
+
+    @property
+    def residual(self):
+        """Data − model (NaN at masked pixels), in the data's units."""
+        if self.stored is not None:
+            return self._stored_per_order("residual")
+        data = np.concatenate([o.flux for o in self.order_data])
+        good = np.concatenate([o.good for o in self.order_data])
+        with torch.no_grad():
+            model = self.forward_model().double().cpu().numpy()
+        return self._per_order(np.where(good, (data - model) * self._flux_scale(), np.nan))
+
+    def residual_rms_over_noise(self) -> float:
+        """RMS of (data − model)/σ over good pixels (≈ 1 at photon noise)."""
+        orders = _orders_of(self)
+        r = np.concatenate([o["residual"] for o in orders])
+        s = np.concatenate([o["uncertainty"] for o in orders])
+        g = np.concatenate([o["good"] for o in orders])
+        return float(np.sqrt(np.mean((r[g] / s[g]) ** 2)))
+
+
+#: The class :func:`read_fit` returned before fresh and loaded fits became one class.
+LoadedFit = FitResult

@@ -26,7 +26,7 @@ from ..core.forward import chebyshev_design
 from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.resample import PixelAverager, pixel_edges_from_centers
 from .adapters import spectrum_to_arrays
-from .results import LoadedFit, read_fit, telluric_settings
+from .results import read_fit, telluric_settings
 
 __all__ = ["correct_tellurics", "observed_transmission"]
 
@@ -42,12 +42,12 @@ def _telluric_of(telluric_fit: Any) -> tuple[LineForest, dict]:
         settings = telluric_settings(telluric_fit)
     except TypeError as err:
         raise TypeError(
-            "telluric_fit must be a FitResult, a LoadedFit or the path of a fit file, "
+            "telluric_fit must be a FitResult or the path of a fit file, "
             f"not {type(telluric_fit).__name__}"
         ) from err
     forest = telluric_fit.telluric if settings is not None else None
     if forest is None:
-        if isinstance(telluric_fit, LoadedFit) and telluric_fit.has_telluric:
+        if telluric_fit.stored is not None and telluric_fit.has_telluric:
             raise ValueError(
                 "telluric_fit was read from a file that holds no trained telluric clone "
                 "(written before telluric clones were saved); refit the standard and write "
@@ -216,7 +216,7 @@ def correct_tellurics(
     science : specutils.Spectrum or specutils.SpectrumList
         The spectrum to correct (one order, or a list of orders), wavelengths in the
         observatory frame like the standard's (vacuum unless its WCS declares air).
-    telluric_fit : FitResult, LoadedFit or path-like
+    telluric_fit : FitResult or path-like
         A fit of a telluric standard with a telluric clone (``fit(..., telluric=...)``),
         or the file it was written to (:meth:`FitResult.write`).
     airmass_ratio : float, optional
@@ -298,7 +298,7 @@ def observed_transmission(telluric_fit, wavelength, *, airmass_ratio: float = 1.
 
     Parameters
     ----------
-    telluric_fit : FitResult, LoadedFit or path-like
+    telluric_fit : FitResult or path-like
         As in :func:`correct_tellurics`.
     wavelength : astropy.units.Quantity or array_like
         Increasing vacuum pixel centres (Å when plain numbers).
