@@ -531,6 +531,7 @@ def _fit_keywords(args) -> dict:
         "prior_scale": args.prior_scale,
         "prior_weight": args.prior_weight,
         "prior_center": args.prior_center,
+        "prior_center_scaling": args.prior_center_scaling,
         "checkpoint": args.checkpoint,
         "checkpoint_every": args.checkpoint_every,
         "resume": args.resume,
@@ -1012,6 +1013,12 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
         type=_finite_float,
         default=None,
         help="width of a Gaussian prior on line-centre moves, Å (default: none)",
+    )
+    p.add_argument(
+        "--prior-center-scaling",
+        choices=("uniform", "depth"),
+        default="uniform",
+        help="'depth': centre-prior width scales with line depth (default: %(default)s)",
     )
     p.add_argument(
         "--checkpoint",

@@ -336,6 +336,35 @@ def test_gaussian_priors_hold_line_properties(y_clone, observation):
         bs.fit(*args, prior_center=0.0, **kw)
 
 
+def test_centre_prior_scaled_with_depth_holds_weak_lines_tighter(y_clone, observation):
+    """prior_center_scaling="depth": the centre prior's width is ∝ the line's depth, so
+    weak lines' centres are held near the clone's while strong lines still move (measured:
+    weak lines' median move 1e-3 Å uniform → < 1e-5 Å scaled; lines deeper than 0.2 keep
+    about half their move); a bad scaling name is a clear error."""
+    kw = dict(
+        stellar=y_clone, progress=False, global_epochs=3, rv=12.3, rv_search=0, epochs=200,
+        trainable=("center", "amplitude"), prior_center=0.02,
+    )  # fmt: skip
+    args = (observation.wavelength, observation.flux, observation.uncertainty)
+    uniform = bs.fit(*args, **kw)
+    scaled = bs.fit(*args, prior_center_scaling="depth", **kw)
+    depth = np.asarray(y_clone.line_table["depth"])
+    centre = y_clone.forest.line_properties()["center"]
+    inside = (centre > observation.wavelength[0] + 1) & (centre < observation.wavelength[-1] - 1)
+
+    def moved(result):
+        start = y_clone.forest.center_shift.detach().double()
+        return (result.template.forest.center_shift.detach().double() - start).abs().numpy()
+
+    weak = inside & (depth < 0.05)
+    strong = inside & (depth > 0.2)
+    assert weak.sum() > 20 and strong.sum() > 20
+    assert np.median(moved(scaled)[weak]) < 0.05 * np.median(moved(uniform)[weak])
+    assert np.median(moved(scaled)[strong]) > 0.3 * np.median(moved(uniform)[strong])
+    with pytest.raises(ValueError, match="prior_center_scaling must be one of"):
+        bs.fit(*args, prior_center_scaling="deep", **kw)
+
+
 def test_relativistic_doppler_factor(y_clone):
     forest = y_clone.forest
     v = 3000.0  # km/s: the classical and relativistic factors differ by β²/2 ≈ 5e-5

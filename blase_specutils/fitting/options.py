@@ -207,6 +207,11 @@ class LineOptions:
         Λ of the L1 prior on ln-amplitude departures and its overall weight.
     prior_ln_sigma, prior_ln_gamma, prior_center : float or None
         Widths of Gaussian priors on departures of ln σ, ln γ and the centres (Å).
+    prior_center_scaling : {"uniform", "depth"}
+        ``"depth"``: each line's centre-prior width is ``prior_center`` × its depth / 0.5
+        (clipped to 0.02–2 ×), so weak lines, whose centres the data barely constrain
+        and which otherwise absorb their neighbours' mismatch, are held tighter than
+        strong ones.
     epochs : int
         Epochs of the joint stage.
     learning_rate : float
@@ -222,9 +227,18 @@ class LineOptions:
     prior_ln_sigma: float | None = None
     prior_ln_gamma: float | None = None
     prior_center: float | None = None
+    prior_center_scaling: str = "uniform"
     epochs: int = 300
     learning_rate: float = 0.02
     rtol: float = 1e-6
+
+
+#: Accepted values of ``LineOptions.prior_center_scaling``.
+PRIOR_CENTER_SCALINGS = ("uniform", "depth")
+#: The line depth whose centre-prior width is ``prior_center`` under depth scaling, and
+#: the range the depth factor is clipped to.
+PRIOR_CENTER_REFERENCE_DEPTH = 0.5
+PRIOR_CENTER_FACTOR_RANGE = (0.02, 2.0)
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ import torch
 from ..astro.inputs import observed_object, unpack_spectra
 from ..cloning import CloneResult
 from ..core.forward import ForwardModel
+from ..core.profiles import pseudo_voigt_peak
 from ..core.search import SearchResult
 from ..core.train import (
     TrainingHistory,
@@ -88,7 +89,15 @@ from .global_stage import (
     vsini_grid_search,
 )
 from .global_stage import fit_globals as lbfgs_globals
-from .options import FitOptions, check_fit_numbers, check_velocity_limits
+from .options import (
+    PRIOR_CENTER_FACTOR_RANGE,
+    PRIOR_CENTER_REFERENCE_DEPTH,
+    PRIOR_CENTER_SCALINGS,
+    FitOptions,
+    LineOptions,
+    check_fit_numbers,
+    check_velocity_limits,
+)
 from .orders import (
     C_KMS,
     DEFAULT_STEP_KMS,
@@ -251,6 +260,11 @@ def prepare(
         raise ValueError(f"continuum_degree must be 'auto' or an integer >= 0, not {degree!r}")
     if opts.outside not in ("error", "crop"):
         raise ValueError(f"outside must be 'error' or 'crop', not {opts.outside!r}")
+    if opts.lines.prior_center_scaling not in PRIOR_CENTER_SCALINGS:
+        raise ValueError(
+            f"prior_center_scaling must be one of {PRIOR_CENTER_SCALINGS}, not "
+            f"{opts.lines.prior_center_scaling!r}"
+        )
     # one name alone is a common way to write a single trainable property
     trainable = opts.lines.trainable
     trainable = (trainable,) if isinstance(trainable, str) else tuple(trainable)
@@ -602,16 +616,19 @@ def train_lines(state: FitState) -> None:
     star.set_trainable(lines.trainable)
     if tell is not None:
         tell.set_trainable(lines.telluric_trainable)
-    gaussian_priors = [
-        (name, width)
-        for name, width in (
-            ("ln_sigma", lines.prior_ln_sigma),
-            ("ln_gamma", lines.prior_ln_gamma),
-            ("center_shift", lines.prior_center),
-        )
-        if width is not None
-    ]
     forests = [f for f in (star, tell) if f is not None]
+    widths = {
+        id(f): {
+            name: width
+            for name, width in (
+                ("ln_sigma", lines.prior_ln_sigma),
+                ("ln_gamma", lines.prior_ln_gamma),
+                ("center_shift", center_prior_widths(f, lines)),
+            )
+            if width is not None
+        }
+        for f in forests
+    }
     # added lines start at an arbitrary small amplitude: no L1 pull back to it (their
     # amplitude is the data's alone); None keeps the prior's sum as it always was
     l1_weight = {id(f): None for f in forests}
@@ -627,7 +644,7 @@ def train_lines(state: FitState) -> None:
             if l1_weight[id(forest)] is not None:
                 departure = departure * l1_weight[id(forest)]
             loss = loss + (lines.prior_weight / lines.prior_scale) * torch.sum(departure)
-            for name, width in gaussian_priors:
+            for name, width in widths[id(forest)].items():
                 delta = (getattr(forest, name) - start[id(forest)][name]) / width
                 loss = loss + 0.5 * torch.sum(delta * delta)
         return loss
@@ -699,6 +716,21 @@ def train_lines(state: FitState) -> None:
         forest.set_trainable(())
     for p in held:
         p.requires_grad_(True)
+
+
+def center_prior_widths(forest, lines: LineOptions):
+    """The centre prior's width (Å): ``prior_center`` for every line, or per line ∝ its
+    single-line depth at the start of the stage (``prior_center_scaling="depth"``)."""
+    if lines.prior_center is None or lines.prior_center_scaling == "uniform":
+        return lines.prior_center
+    with torch.no_grad():
+        strength = torch.exp(forest.ln_amplitude) * pseudo_voigt_peak(
+            torch.exp(forest.ln_sigma), torch.exp(forest.ln_gamma)
+        )
+        depth = strength if forest.mode == "linear" else -torch.expm1(-strength)
+        lo, hi = PRIOR_CENTER_FACTOR_RANGE
+        factor = torch.clamp(depth.abs() / PRIOR_CENTER_REFERENCE_DEPTH, lo, hi)
+    return lines.prior_center * factor
 
 
 def undo_lines_if_worse(state: FitState) -> None:
@@ -1057,6 +1089,7 @@ def fit(
     prior_ln_sigma: float | None = None,
     prior_ln_gamma: float | None = None,
     prior_center: float | None = None,
+    prior_center_scaling: str = "uniform",
     relativistic: bool = False,
     epochs: int = 300,
     global_epochs: int = 30,
@@ -1179,6 +1212,10 @@ def fit(
         when those properties train).
     prior_center : float, optional
         Width of a Gaussian prior on line-centre departures from the clone, Å.
+    prior_center_scaling : {"uniform", "depth"}
+        ``"uniform"``: every line's centre prior has width ``prior_center``. ``"depth"``:
+        the width scales with the line's depth (``prior_center`` at depth 0.5, clipped to
+        0.02–2 × that), holding weak lines' centres tighter than strong ones'.
     relativistic : bool
         Use the relativistic Doppler factor sqrt((1 + β)/(1 − β)) instead of 1 + β.
     epochs : int
