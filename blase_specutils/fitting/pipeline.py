@@ -230,6 +230,11 @@ class FitState:
 
 
 # ----------------------------------------------------------------------- stage 1
+#: Newton steps on added lines' ln a before the line stage, and the largest step (e-folds).
+ADDED_LINE_NEWTON_STEPS = 6
+ADDED_LINE_MAX_STEP = 3.0
+
+
 def prepare(
     wavelength, flux, uncertainty, mask, stellar, telluric, options: FitOptions, add_lines=None
 ):
@@ -698,6 +703,8 @@ def train_lines(state: FitState) -> None:
         p.requires_grad_(False)
     trained = bool(line_groups) and lines.epochs > 0
     state.lines_trained = trained
+    if trained and state.added_index is not None and star.ln_amplitude.requires_grad:
+        grow_added_lines(state, total_loss)
     if trained:
         h = optimize(
             model, total_loss, epochs=lines.epochs, learning_rate=lines.learning_rate,
@@ -716,6 +723,43 @@ def train_lines(state: FitState) -> None:
         forest.set_trainable(())
     for p in held:
         p.requires_grad_(True)
+
+
+def grow_added_lines(state: FitState, loss_fn) -> None:
+    """Newton steps on the added lines' ln a alone before Adam takes over.
+
+    An added line starts at depth 1e-3 and Adam moves ln a by about the learning rate per
+    epoch: a real line 0.3 deep would need ~300 epochs to grow into place (measured: an
+    injected 90 mÅ line at 22 mÅ after 100 epochs). Each step here takes the gradient of
+    the loss with respect to the added lines' ln a and its curvature from a finite
+    difference of that gradient with all of them moved together (their footprints barely
+    overlap), solves the continuum again, and never lets a line fall below its start
+    (a line the data do not support stays where it started, as before).
+    """
+    model = state.model
+    star = model.stellar
+    index = torch.as_tensor(state.added_index, device=star.ln_amplitude.device)
+    start = star.ln_amplitude.detach()[index].clone()
+    h = 0.05
+    for _ in range(ADDED_LINE_NEWTON_STEPS):
+        gradient = torch.autograd.grad(loss_fn(), star.ln_amplitude)[0][index]
+        with torch.no_grad():
+            star.ln_amplitude[index] += h
+        moved = torch.autograd.grad(loss_fn(), star.ln_amplitude)[0][index]
+        with torch.no_grad():
+            star.ln_amplitude[index] -= h
+            curvature = (moved - gradient) / h
+            step = torch.where(
+                curvature > 0,
+                -gradient / curvature.clamp_min(1e-30),
+                -torch.sign(gradient) * ADDED_LINE_MAX_STEP,
+            ).clamp(-ADDED_LINE_MAX_STEP, ADDED_LINE_MAX_STEP)
+            if not torch.isfinite(step).all():
+                break
+            star.ln_amplitude[index] = torch.maximum(star.ln_amplitude[index] + step, start)
+            star.clamp_()
+        state.solve_continuum()
+    model.relayout()
 
 
 def center_prior_widths(forest, lines: LineOptions):
