@@ -320,6 +320,10 @@ def clone(
         raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
     if refine < 0:
         raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
+    if not (isinstance(tolerance, (int, float, np.floating)) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be in (0, 1) (continuum units), got {tolerance!r}")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     numbers = check_numbers(
         {
             "prominence": prominence,
@@ -351,8 +355,6 @@ def clone(
         check_flag(locals()[name], name)
     if flatten is not None:
         check_flag(flatten, "flatten")
-    if optical_depth is not None:
-        check_flag(optical_depth, "optical_depth")
     if flux is None and isinstance(wavelength, Template):
         if flatten is None:
             flatten = wavelength.kind != "telluric"
@@ -385,10 +387,6 @@ def clone(
     if not 0 < prominence < 1:
         raise ValueError(f"prominence must be in (0, 1), got {prominence}")
     teff = _check_teff(teff, wl)
-    if not (isinstance(tolerance, (int, float, np.floating)) and 0 < tolerance < 1):
-        raise ValueError(f"tolerance must be in (0, 1) (continuum units), got {tolerance!r}")
-    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if mode not in ("linear", "log"):
         raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
     torch.manual_seed(seed)

@@ -399,7 +399,7 @@ def check_input_file(path, what: str) -> Path:
     """An existing regular file, or a FileNotFoundError / IsADirectoryError naming it."""
     path = as_path(path, what)
     if path.is_dir():
-        raise IsADirectoryError(f"{path} is a folder, not {what}")
+        raise IsADirectoryError(f"{path} is a folder, not a {what}")
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}")
     return path
