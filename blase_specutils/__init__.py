@@ -17,6 +17,9 @@ FitResult
     RV, v sin i, R with uncertainties, the semi-empirical template, spectra.
 read_fit
     Read a fit written by ``FitResult.write`` (one ASDF file).
+read_template, read_psg, read_sonora
+    Read a synthetic spectrum (PHOENIX, Sonora, PSG/TelFit, two-column text, muler
+    templates) into a ``Template`` for ``clone``.
 correct_tellurics
     Divide a science spectrum by the telluric clone learned on an A0V standard's fit.
 LineForestModel, ExtrinsicModel, BlaseFitter
@@ -49,6 +52,9 @@ __all__ = [
     "FitResult",
     "read_fit",
     "correct_tellurics",
+    "read_template",
+    "read_psg",
+    "read_sonora",
     "LineForestModel",
     "ExtrinsicModel",
     "BlaseFitter",
@@ -64,6 +70,9 @@ _LAZY = {
     "FitResult": ("fitting", "FitResult"),
     "read_fit": ("astro.results", "read_fit"),
     "correct_tellurics": ("astro.telluric_correction", "correct_tellurics"),
+    "read_template": ("astro.templates", "read_template"),
+    "read_psg": ("astro.templates", "read_psg"),
+    "read_sonora": ("astro.templates", "read_sonora"),
     "LineForestModel": ("astro.models", "LineForestModel"),
     "ExtrinsicModel": ("astro.models", "ExtrinsicModel"),
     "BlaseFitter": ("astro.models", "BlaseFitter"),

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from .astro.clones import CloneResult, forest_from_table, forest_to_table, load_clone
-from .astro.inputs import as_flux_array, ascending_angstrom, check_grid, unpack_spectra
+from .astro.inputs import (
+    as_flux_array,
+    ascending_angstrom,
+    check_flag,
+    check_grid,
+    check_numbers,
+    n_masked,
+    unpack_spectra,
+)
 from .astro.templates import Template
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
@@ -44,6 +52,24 @@ __all__ = [
 #: An unflattened spectrum whose minimum is below this is cloned on its optical depth by
 #: default (``clone(optical_depth=None)``): its lines saturate.
 SATURATED_TRANSMISSION = 0.01
+
+#: The numeric settings of :func:`clone` and what each must be (see
+#: :func:`~blase_specutils.astro.inputs.check_numbers`: unit, low, low excluded, high, None
+#: allowed, integer). ``prominence`` and ``tolerance`` are fractions in (0, 1).
+CLONE_NUMBERS = {
+    "prominence": (u.dimensionless_unscaled, 0.0, "both", 1.0, False, False),
+    "tolerance": (u.dimensionless_unscaled, 0.0, "both", 1.0, False, False),
+    "epochs": (None, 0, False, None, False, True),
+    "learning_rate": (None, 0.0, True, None, False, False),
+    "rtol": (None, 0.0, False, None, False, False),
+    "patience": (None, 1, False, None, False, True),
+    "relayout_every": (None, 0, False, None, False, True),
+    "refine": (None, 0, False, None, False, True),
+    "time_limit": (u.s, 0.0, True, None, True, False),
+    "seed": (None, None, False, None, False, True),
+    "num_threads": (None, 1, False, None, True, True),
+    "max_optical_depth": (None, 0.0, True, None, False, False),
+}
 
 #: FWHM of a Voigt whose Gaussian and Lorentzian FWHM are equal, in units of either.
 _EQUAL_SPLIT_FWHM_RATIO = (1 + 2.69269 + 2.42843 + 4.47163 + 0.07842 + 1) ** 0.2
@@ -290,6 +316,45 @@ def clone(
     -------
     CloneResult
     """
+    if isinstance(refine, (bool, np.bool_)) or not isinstance(refine, (int, np.integer)):
+        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
+    if refine < 0:
+        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
+    if not (isinstance(tolerance, (int, float, np.floating)) and 0 < tolerance < 1):
+        raise ValueError(f"tolerance must be in (0, 1) (continuum units), got {tolerance!r}")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    numbers = check_numbers(
+        {
+            "prominence": prominence,
+            "tolerance": tolerance,
+            "epochs": epochs,
+            "learning_rate": learning_rate,
+            "rtol": rtol,
+            "patience": patience,
+            "relayout_every": relayout_every,
+            "refine": refine,
+            "time_limit": time_limit,
+            "seed": seed,
+            "num_threads": num_threads,
+            "max_optical_depth": max_optical_depth,
+        },
+        CLONE_NUMBERS,
+    )
+    prominence, tolerance, learning_rate = (
+        numbers["prominence"],
+        numbers["tolerance"],
+        numbers["learning_rate"],
+    )
+    rtol, time_limit, max_optical_depth = (
+        numbers["rtol"],
+        numbers["time_limit"],
+        numbers["max_optical_depth"],
+    )
+    for name in ("emission", "progress", "cuda_graph"):
+        check_flag(locals()[name], name)
+    if flatten is not None:
+        check_flag(flatten, "flatten")
     if flux is None and isinstance(wavelength, Template):
         if flatten is None:
             flatten = wavelength.kind != "telluric"
@@ -304,6 +369,10 @@ def clone(
             )
         (wavelength,), (flux,), _, (good,), _ = orders
         wavelength, flux = wavelength[good], flux[good]
+    if (n_masked(wavelength) or n_masked(flux)) and np.shape(wavelength) == np.shape(flux):
+        # numpy masked arrays: the masked samples are dropped (as a spectrum's bad pixels)
+        keep = ~(np.ma.getmaskarray(wavelength) | np.ma.getmaskarray(flux))
+        wavelength, flux = np.ma.getdata(wavelength[keep]), np.ma.getdata(flux[keep])
     wl, reversed_axis = ascending_angstrom(wavelength, "wavelength")
     flux_unit = flux.unit.to_string() if isinstance(flux, u.Quantity) else ""
     fl = as_flux_array(flux, "flux", size=wl.size)
@@ -318,16 +387,8 @@ def clone(
     if not 0 < prominence < 1:
         raise ValueError(f"prominence must be in (0, 1), got {prominence}")
     teff = _check_teff(teff, wl)
-    if not (isinstance(tolerance, (int, float, np.floating)) and 0 < tolerance < 1):
-        raise ValueError(f"tolerance must be in (0, 1) (continuum units), got {tolerance!r}")
-    if not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     if mode not in ("linear", "log"):
         raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
-    if isinstance(refine, (bool, np.bool_)) or not isinstance(refine, (int, np.integer)):
-        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
-    if refine < 0:
-        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
     torch.manual_seed(seed)
     dev = resolve_device(device)
 

@@ -8,7 +8,10 @@ the astro modules can use it too; ``blase_specutils._validation`` re-exports it.
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
+from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -17,6 +20,14 @@ from ..prep.noise import pixel_noise
 
 __all__ = [
     "as_angstrom",
+    "as_mask",
+    "as_path",
+    "check_flag",
+    "check_input_file",
+    "check_output_file",
+    "check_numbers",
+    "n_masked",
+    "real_values",
     "ascending_angstrom",
     "as_flux_array",
     "check_grid",
@@ -109,7 +120,7 @@ def observed_object(observation) -> str | None:
     (``meta["header"]``, as muler and specutils' FITS readers keep it). None for arrays
     or when neither is there.
     """
-    if not _looks_like_spectra(observation):
+    if not _looks_like_spectra(observation) or (isinstance(observation, list) and not observation):
         return None
     # a SpectrumList is a list too: its first spectrum
     first = observation[0] if isinstance(observation, (list, tuple)) else observation
@@ -172,8 +183,13 @@ def as_angstrom(value, name: str = "wavelength") -> np.ndarray:
                 f"got unit {value.unit}"
             ) from err
     else:
+        if n_masked(value):
+            raise ValueError(
+                f"{name} has {n_masked(value)} masked values; a wavelength grid cannot have "
+                "holes (mask the flux instead, or drop those samples)"
+            )
         arr = value
-    arr = np.array(arr, dtype=np.float64, copy=True)
+    arr = real_values(arr, name)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.size == 0:
@@ -207,10 +223,12 @@ def ascending_angstrom(value, name: str = "wavelength") -> tuple[np.ndarray, boo
 
 
 def as_flux_array(value, name: str = "flux", *, size: int | None = None) -> np.ndarray:
-    """A 1-D finite float64 array from a Quantity (unit dropped) or array."""
-    if isinstance(value, u.Quantity):
-        value = value.value
-    arr = np.array(value, dtype=np.float64, copy=True)
+    """A 1-D finite float64 array from a Quantity (unit dropped) or array.
+
+    Complex or non-numeric values raise a TypeError; the masked entries of a numpy masked
+    array count as NaN (and so raise here: drop them first, as ``clone`` does).
+    """
+    arr = real_values(value, name)
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if size is not None and arr.size != size:
@@ -231,3 +249,190 @@ def check_grid(wavelength: np.ndarray, name: str = "wavelength", *, min_size: in
         raise ValueError(f"{name} is not sorted in increasing order")
     if np.any(wavelength <= 0):
         raise ValueError(f"{name} must be positive")
+
+
+# --------------------------------------------------------------------------- numbers
+#: A row of a numbers table (see :func:`check_numbers`): (unit a Quantity may carry, or
+#: None for plain numbers only; smallest value or None; whether the smallest value itself
+#: is excluded, or ``"both"`` for an open interval (low, high); largest value or None;
+#: whether None is allowed; whether it is an integer).
+NumberRule = tuple
+
+
+def check_numbers(values: dict, table: dict[str, NumberRule]) -> dict:
+    """Check the numeric settings in ``values`` against ``table``; plain numbers out.
+
+    Every entry of ``values`` named in ``table`` must be a real number (not a bool or a
+    string), finite, within its range, an integer where the table says so, and may be a
+    Quantity where the table gives a unit (converted to it). Entries not in the table are
+    returned unchanged.
+
+    Raises
+    ------
+    ValueError
+        Naming the setting and what is wrong with its value.
+    """
+    out = dict(values)
+    for name, value in values.items():
+        if name not in table:
+            continue
+        unit, low, exclusive, high, none_ok, integer = table[name]
+        if value is None:
+            if none_ok:
+                continue
+            raise ValueError(f"{name} must be a number, not None")
+        if isinstance(value, u.Quantity):
+            if unit is None:
+                raise ValueError(f"{name} is a plain number, not a Quantity (got {value})")
+            try:
+                value = value.to_value(unit)
+            except u.UnitConversionError as err:
+                raise ValueError(
+                    f"{name} must be in {unit.to_string() or 'dimensionless units'}, "
+                    f"got {value.unit}"
+                ) from err
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value[()]
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if isinstance(value, (complex, np.complexfloating)):
+            raise ValueError(f"{name} must be a real number, got {value!r}")
+        if integer:
+            if not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        if exclusive == "both" and not low < value < high:
+            raise ValueError(f"{name} must be in ({low:g}, {high:g}), got {value:g}")
+        if low is not None and (value <= low if exclusive else value < low):
+            relation = ">" if exclusive else ">="
+            raise ValueError(f"{name} must be {relation} {low:g}, got {value:g}")
+        if high is not None and value > high:
+            raise ValueError(f"{name} must be <= {high:g}, got {value:g}")
+        out[name] = value
+    return out
+
+
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool, or a TypeError when it is not one (``"no"`` is not False)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r}")
+
+
+# --------------------------------------------------------------------------- arrays
+def real_values(value, name: str):
+    """``value`` with a Quantity's unit dropped, refusing complex and non-numeric data.
+
+    A numpy masked array comes back as a float64 array with NaN at its masked entries
+    (``np.asarray`` would silently hand back the values under the mask). Complex values
+    raise rather than lose their imaginary part (numpy's cast only warns), and strings or
+    objects raise a TypeError naming ``name`` instead of numpy's conversion error.
+    """
+    if isinstance(value, u.Quantity):
+        value = value.value
+    if isinstance(value, np.ma.MaskedArray):
+        _refuse_complex(value, name)
+        data = np.ma.getdata(value).astype(np.float64, copy=True)
+        data[np.ma.getmaskarray(value)] = np.nan
+        return data
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as err:  # ragged lists
+        raise ValueError(
+            f"{name} must be a numeric array, got {type(value).__name__} ({err})"
+        ) from err
+    _refuse_complex(arr, name)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got {arr.dtype} values")
+    return np.array(arr, dtype=np.float64, copy=True)
+
+
+def _refuse_complex(arr, name: str) -> None:
+    if np.iscomplexobj(arr):
+        raise TypeError(
+            f"{name} is complex; pass real values (e.g. its .real or abs(), whichever you mean)"
+        )
+
+
+def n_masked(value) -> int:
+    """How many entries of a numpy masked array are masked (0 for anything else)."""
+    if isinstance(value, np.ma.MaskedArray):
+        return int(np.ma.getmaskarray(value).sum())
+    return 0
+
+
+def as_mask(value, name: str, shape: tuple) -> np.ndarray:
+    """A boolean good-pixel mask of ``shape`` (True: use the pixel).
+
+    Booleans, and integers or floats that are all 0 or 1, are taken as they are; other
+    numbers (0.5, pixel indices) raise rather than turn silently into True.
+    """
+    arr = np.asarray(np.ma.filled(value, False) if isinstance(value, np.ma.MaskedArray) else value)
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {arr.shape} but wavelength has {tuple(shape)}")
+    if arr.dtype == bool:
+        return arr.copy()
+    if arr.dtype.kind in "iuf" and np.all((arr == 0) | (arr == 1)):
+        return arr.astype(bool)
+    flat = arr.ravel()
+    if arr.dtype.kind in "iuf":
+        flat = flat[~((flat == 0) | (flat == 1))]
+    raise ValueError(
+        f"{name} must be booleans (True: use the pixel), or 0 and 1; got {arr.dtype} "
+        f"values such as {flat[:3].tolist()}"
+    )
+
+
+# --------------------------------------------------------------------------- paths
+def as_path(path, what: str) -> Path:
+    """``path`` as a Path, or a TypeError naming ``what`` (None, numbers, …)."""
+    if isinstance(path, (str, os.PathLike)):
+        return Path(path).expanduser()
+    raise TypeError(f"{what} must be a path (str or os.PathLike), not {type(path).__name__}")
+
+
+def check_input_file(path, what: str) -> Path:
+    """An existing regular file, or a FileNotFoundError / IsADirectoryError naming it."""
+    path = as_path(path, what)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    return path
+
+
+def check_output_file(path, what: str, *, overwrite: bool) -> Path:
+    """A path a file can be written to, or an error that says why not.
+
+    Raises
+    ------
+    IsADirectoryError
+        ``path`` is a folder (a file name inside it is needed).
+    FileNotFoundError
+        The folder it would go in does not exist (nothing is created).
+    NotADirectoryError
+        What should be its folder is a file.
+    FileExistsError
+        A file is there and ``overwrite`` is False.
+    """
+    path = as_path(path, what)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a folder; give the {what} a file name (e.g. {path / 'name'})"
+        )
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise NotADirectoryError(
+            f"cannot write the {what} {path}: {parent} is a file, not a folder"
+        )
+    if not parent.exists():
+        raise FileNotFoundError(
+            f"cannot write the {what} {path}: the folder {parent} does not exist (create it first)"
+        )
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    return path

@@ -55,7 +55,13 @@ from .clone_files import (
     spectrum_summary,
     write_atomically,
 )
-from .inputs import ascending_angstrom, check_grid
+from .inputs import (
+    ascending_angstrom,
+    check_grid,
+    check_input_file,
+    check_numbers,
+    check_output_file,
+)
 
 if TYPE_CHECKING:
     from ..core.forward import ForwardModel
@@ -748,9 +754,7 @@ def write_line_table(table: Table, path, *, overwrite: bool = False) -> Path:
         raise TypeError(
             f"write_line_table expects an astropy Table or QTable, not {type(table).__name__}"
         )
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path = check_output_file(path, "line table", overwrite=overwrite)
     out = table.copy(copy_data=False)
     out.meta = _plain(dict(table.meta))
     out.write(path, format="ascii.ecsv", overwrite=overwrite)
@@ -769,9 +773,7 @@ def read_line_table(path) -> QTable:
     -------
     astropy.table.QTable
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no line table at {path}")
+    path = check_input_file(path, "line table")
     try:
         return QTable.read(path, format="ascii.ecsv")
     except Exception as err:  # noqa: BLE001 - astropy raises many kinds here
@@ -1248,11 +1250,17 @@ class CloneResult:
     def evaluate(self, wavelength, velocity_kms: float = 0.0) -> np.ndarray:
         """Evaluate the clone on any grid (Å or Quantity), optionally Doppler shifted.
 
+        ``velocity_kms`` is km/s, or a velocity Quantity (converted).
+
         The grid may be a frequency or wavenumber Quantity in either order; the flux comes
         back in the order of the grid given. A single wavelength gives a float.
         """
         scalar = np.ndim(wavelength) == 0
         wl, reversed_axis = ascending_angstrom(np.atleast_1d(wavelength), "wavelength")
+        velocity_kms = check_numbers(
+            {"velocity_kms": velocity_kms},
+            {"velocity_kms": (u.km / u.s, None, False, None, False, False)},
+        )["velocity_kms"]
         v = None if velocity_kms == 0 else float(velocity_kms)
         if wl.size < 3:
             # A point or two: every line on every sample (cheap, and no wing is cut off;
@@ -1301,7 +1309,7 @@ class CloneResult:
         OSError
             If a file cannot be written (the message names it).
         """
-        path = Path(path)
+        path = check_output_file(path, "clone line table", overwrite=True)
         spath = spectrum_path(path)
         targets = [path, spath] if include_spectrum else [path]
         existing = [str(p) for p in targets if p.exists()]
@@ -1389,9 +1397,7 @@ def write_fit(fit_result: Any, path, *, overwrite: bool = False) -> Path:
 
     if not _is_fit(fit_result):
         raise TypeError(f"write_fit expects a FitResult, not {type(fit_result).__name__}")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path = check_output_file(path, "fit file", overwrite=overwrite)
     stored = fit_result.stored
     if stored is not None:
         parameters = stored.parameters.copy()
@@ -1488,9 +1494,7 @@ def read_fit(path) -> FitResult:
     """
     import asdf
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no fit file at {path}")
+    path = check_input_file(path, "fit file")
     try:
         handle = asdf.open(path, lazy_load=False, memmap=False, validate_checksums=True)
     except Exception as err:  # noqa: BLE001 - asdf raises ValueError and others

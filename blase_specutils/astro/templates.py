@@ -38,6 +38,8 @@ import astropy.units as u
 import numpy as np
 from astropy.io import fits
 
+from .observations import what_file
+
 __all__ = [
     "Template",
     "TEMPLATE_KINDS",
@@ -249,6 +251,8 @@ def _angstrom_per(unit_name: Any) -> float:
 
 def _existing_file(path: PathLike) -> Path:
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a template file")
     if not path.is_file():
         raise FileNotFoundError(f"template file not found: {path}")
     return path
@@ -300,6 +304,7 @@ def _read_table(
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Two columns of a text table; header names come from a non-numeric first row or
     from the last ``#`` comment line with as many fields as the data."""
+    _refuse_binary(path)
     last_comment = None
     header = None
     first_data = None
@@ -726,10 +731,27 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _GZIP_SIGNATURE = b"\x1f\x8b"
 
 
+def _refuse_binary(path: Path) -> None:
+    """A ValueError saying what a binary file is (a PNG, a FITS file, …) before it is
+    read as text (where it would fail on a column count or a number that says nothing)."""
+    with open(path, "rb") as stream:
+        head = stream.read(512)
+    what = what_file(head)
+    if what.startswith("a text file"):
+        return
+    if b"\0" in head or not what.startswith("a binary"):
+        raise ValueError(
+            f"{path} is {what}, not a text template; give a two-column text table "
+            "(wavelength, flux), a PHOENIX .dat or .fits file, a Sonora or PSG file"
+        )
+
+
 def _text_lines(path: Path) -> list[str]:
     """All lines of a text file, gunzipped when it is a gzip file (whatever its name)."""
     with open(path, "rb") as stream:
         signature = stream.read(2)
+    if signature != _GZIP_SIGNATURE:
+        _refuse_binary(path)
     opener = gzip.open if signature == _GZIP_SIGNATURE else open
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace") as stream:
@@ -1333,6 +1355,8 @@ def _guess_format(path_or_name: PathLike) -> str:
         if key in MULER_TEMPLATES:
             return "muler"
     path = Path(path_or_name).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a template file")
     if not path.is_file():
         raise FileNotFoundError(
             f"template file not found: {path} (nor is it a muler template name: "

@@ -30,6 +30,7 @@ from .sparse import (
     voigt_log_transmission,
     window_half_widths,
 )
+from .train import as_torch_device
 
 __all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES"]
 
@@ -111,7 +112,9 @@ class LineForest(nn.Module):
         if profile not in ("pseudo_voigt", "voigt"):
             raise ValueError(f"profile must be 'pseudo_voigt' or 'voigt', not {profile!r}")
         if dtype not in (torch.float32, torch.float64):
-            raise ValueError("dtype must be torch.float32 or torch.float64")
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
+        if device is not None:
+            device = as_torch_device(device)
         self.mode = mode
         self.profile = profile
         #: Doppler formula of :meth:`shift`: classical ``1 + v/c`` (False) or relativistic.

@@ -114,13 +114,37 @@ def thread_limited(function):
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch."""
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to torch.
+
+    Raises
+    ------
+    ValueError
+        A device string torch does not know (``"gpu"``), or CUDA asked for without one.
+    TypeError
+        Neither a string nor a torch.device.
+    """
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = as_torch_device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but no CUDA device is available")
     return device
+
+
+def as_torch_device(device) -> torch.device:
+    """``torch.device(device)`` with a ValueError naming a device string torch refuses."""
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, (str, int)) or isinstance(device, bool):
+        raise TypeError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device, not {device!r}"
+        )
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(
+            f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'cuda:N'"
+        ) from err
 
 
 _CHECKPOINT_KEYS = ("module", "optimizer", "epoch", "loss", "rng")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields, replace
 
 import astropy.units as u
-import numpy as np
 import torch
 
+from ..astro.inputs import check_numbers
 from ..core.lineforest import SPEED_OF_LIGHT_KMS
 
 C_KMS = SPEED_OF_LIGHT_KMS
@@ -93,6 +92,20 @@ def check_velocity_limits(rv: float, rv_search: float, rv_max: float) -> None:
         )
 
 
+def check_rotation_limits(vsini: float | None, vsini_max: float | None) -> None:
+    """A v sin i start and ceiling below the speed of light, the start under the ceiling."""
+    for name, value in (("vsini", vsini), ("vsini_max", vsini_max)):
+        if value is not None and value >= C_KMS:
+            raise ValueError(
+                f"{name} = {value:g} km/s is at or beyond the speed of light ({C_KMS:g} km/s)"
+            )
+    if vsini is not None and vsini_max is not None and vsini > vsini_max:
+        raise ValueError(
+            f"the starting vsini ({vsini:g} km/s) is above vsini_max ({vsini_max:g} km/s), "
+            "the ceiling v sin i can reach; raise vsini_max or start lower"
+        )
+
+
 #: The numeric arguments of :func:`fit` and what each must be: (unit a Quantity may
 #: carry, smallest value, whether the smallest value itself is excluded, largest value,
 #: None allowed, integer). Checked by :func:`check_fit_numbers` before any work.
@@ -130,45 +143,10 @@ def check_fit_numbers(values: dict) -> dict:
     anything else raises a ValueError that names the argument. Entries not in the table
     are returned unchanged. Used by :func:`fit` and by ``spectrum.blase.fit`` before
     they do any work, so a NaN start or a negative epoch count fails at once instead of
-    deep inside the solver (or, worse, not at all).
+    deep inside the solver (or, worse, not at all). The checks themselves are
+    :func:`~blase_specutils.astro.inputs.check_numbers` (shared with ``clone``).
     """
-    out = dict(values)
-    for name, value in values.items():
-        if name not in FIT_NUMBERS:
-            continue
-        unit, low, exclusive, high, none_ok, integer = FIT_NUMBERS[name]
-        if value is None:
-            if none_ok:
-                continue
-            raise ValueError(f"{name} must be a number, not None")
-        if isinstance(value, u.Quantity):
-            if unit is None:
-                raise ValueError(f"{name} is a plain number, not a Quantity (got {value})")
-            try:
-                value = value.to_value(unit)
-            except u.UnitConversionError as err:
-                raise ValueError(
-                    f"{name} must be in {unit.to_string() or 'dimensionless units'}, "
-                    f"got {value.unit}"
-                ) from err
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-            if not (isinstance(value, np.ndarray) and value.ndim == 0):
-                raise ValueError(f"{name} must be a number, got {value!r}")
-        if integer:
-            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-            if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value}")
-        if low is not None and (value <= low if exclusive else value < low):
-            relation = ">" if exclusive else ">="
-            raise ValueError(f"{name} must be {relation} {low:g}, got {value:g}")
-        if high is not None and value > high:
-            raise ValueError(f"{name} must be <= {high:g}, got {value:g}")
-        out[name] = value
-    return out
+    return check_numbers(values, FIT_NUMBERS)
 
 
 @dataclass(frozen=True)

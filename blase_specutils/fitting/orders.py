@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import astropy.units as u
 import numpy as np
 
-from .._validation import as_angstrom
+from ..astro.inputs import as_angstrom, as_mask, real_values
 from ..core.lineforest import SPEED_OF_LIGHT_KMS
 from ..prep.noise import pixel_noise
 
@@ -59,6 +59,26 @@ def as_list(value, n=None):
     return [value]
 
 
+#: Largest median S/N (|flux| / σ over the good pixels) an order may claim: far beyond any
+#: detector (10⁴ is exceptional), and well short of where χ² (∝ (S/N)² per pixel) and its
+#: gradients overflow float32 (3.4e38) and the fit ends in NaN.
+MAX_SIGNAL_TO_NOISE = 1e12
+
+
+def _check_signal_to_noise(flux, sigma, good, k: int) -> None:
+    usable = good & np.isfinite(sigma) & (sigma > 0)
+    if not usable.any():
+        return
+    snr = float(np.median(np.abs(flux[usable]) / sigma[usable]))
+    if snr > MAX_SIGNAL_TO_NOISE:
+        raise ValueError(
+            f"order {k}: the uncertainties are tiny against the flux (median S/N {snr:.3g}, "
+            f"more than {MAX_SIGNAL_TO_NOISE:.0e}): χ² would overflow; are they in another "
+            "unit than the flux, or variances of a flux in different units? Pass 1-σ "
+            "uncertainties in the flux's unit"
+        )
+
+
 #: Fewest pixels an order may have.
 MIN_ORDER_PIXELS = 3
 
@@ -93,17 +113,12 @@ def prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[Order], u.
                     f"order {k}: flux in {f.unit} does not convert to {flux_unit}, the unit of "
                     "the first order"
                 ) from err
-        fl = np.array(f.value if isinstance(f, u.Quantity) else f, dtype=np.float64)
+        fl = real_values(f, f"flux of order {k}")  # masked entries: NaN, so masked
         if fl.shape != wl.shape:
             raise ValueError(f"order {k}: flux has shape {fl.shape} but wavelength has {wl.shape}")
         good = np.isfinite(fl)
         if m is not None:
-            m = np.asarray(m, dtype=bool)
-            if m.shape != wl.shape:
-                raise ValueError(
-                    f"order {k}: mask has shape {m.shape} but wavelength has {wl.shape}"
-                )
-            good &= m
+            good &= as_mask(m, f"order {k}: mask", wl.shape)
         if s is None:
             sig = np.full_like(fl, np.nan)
         else:
@@ -115,7 +130,7 @@ def prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[Order], u.
                         f"order {k}: the uncertainty's unit {s.unit} is not that of the flux "
                         f"({flux_unit})"
                     ) from err
-            sig = np.array(s.value if isinstance(s, u.Quantity) else s, dtype=np.float64)
+            sig = real_values(s, f"uncertainty of order {k}")
             if sig.shape != wl.shape:
                 raise ValueError(
                     f"order {k}: uncertainty has shape {sig.shape} but wavelength has {wl.shape}"
@@ -123,6 +138,7 @@ def prepare_orders(wavelength, flux, uncertainty, mask) -> tuple[list[Order], u.
             bad = ~(np.isfinite(sig) & (sig > 0)) & good
             n_bad_sigma += int(bad.sum())
             good &= ~bad
+        _check_signal_to_noise(fl, sig, good, k)
         order = np.argsort(wl)
         wl, fl, sig, good = wl[order], fl[order], sig[order], good[order]
         if np.any(np.diff(wl) <= 0):

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..astro.inputs import observed_object, unpack_spectra
+from ..astro.inputs import check_flag, observed_object, unpack_spectra
 from ..cloning import CloneResult
 from ..core.forward import ForwardModel
 from ..core.profiles import pseudo_voigt_peak
@@ -96,6 +96,7 @@ from .options import (
     FitOptions,
     LineOptions,
     check_fit_numbers,
+    check_rotation_limits,
     check_velocity_limits,
 )
 from .orders import (
@@ -258,6 +259,12 @@ def prepare(
         }
     )  # fmt: skip
     check_velocity_limits(numbers["rv"], numbers["rv_search"], numbers["rv_max"])
+    check_rotation_limits(numbers["vsini"], numbers["vsini_max"])
+    if opts.run.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64, got {opts.run.dtype!r}")
+    for name in ("progress", "cuda_graph"):
+        check_flag(getattr(opts.run, name), name)
+    check_flag(opts.relativistic, "relativistic")
     if opts.run.resume is not None and not Path(opts.run.resume).is_file():
         raise FileNotFoundError(f"resume: no checkpoint file at {opts.run.resume}")
     degree = opts.continuum_degree
