@@ -94,6 +94,7 @@ def test_keep_lets_vsini_absorb_the_broad_line_and_mask_recovers_it(mismatched):
     on = (shifted > mismatched.wavelength[0]) & (shifted < mismatched.wavelength[-1])
     outside = np.abs(shifted - BROAD_CENTER * (1 + masked.rv.value / C_KMS)) > 3 * BROAD_GAMMA
     assert info["n_narrow_lines"] == np.sum(on & outside) >= 10
+    assert info["handling"] == "mask"
     assert "broad_lines_masked" in masked.flags and "broad_lines_dominate" not in masked.flags
     assert "broad_lines" not in kept.meta and "broad_lines_masked" not in kept.flags
 
@@ -122,8 +123,13 @@ def test_too_few_narrow_lines_left_is_flagged_and_warned():
         issubclass(w.category, FitQualityWarning) and "narrow line" in str(w.message)
         for w in caught
     )
-    assert "broad_lines_dominate" in result.flags
-    assert result.meta["broad_lines"]["n_narrow_lines"] < 5
+    assert "broad_lines_dominate" in result.flags and "broad_lines_masked" not in result.flags
+    info = result.meta["broad_lines"]
+    # too few narrow lines to measure anything: the broad line is kept, and said so
+    assert info["n_narrow_lines"] < 10 and info["n_masked_pixels"] == 0
+    assert info["handling"].startswith("keep")
+    kept = run(template, obs, global_epochs=5, broad_lines="keep")
+    assert result.vsini.value == kept.vsini.value and result.rv.value == kept.rv.value
 
 
 def test_bad_broad_line_options_are_errors():

@@ -457,8 +457,10 @@ def mask_broad_lines(state: FitState) -> None:
     Runs before the search (at the starting RV; the interval of 1.5 FWHM of a line
     hundreds of km/s wide covers the RVs of most stars) and again after it, at the
     search's RV, from the unmasked pixels. Nothing changes when the clone has no broad
-    line. Fewer than :data:`~.broad_lines.MIN_NARROW_LINES` narrow lines left: the mask is
-    kept and the result flagged ``broad_lines_dominate``.
+    line. When the mask would leave fewer than :data:`~.broad_lines.MIN_NARROW_LINES`
+    narrow lines (an A0V star's single near-infrared order) nothing is masked, since the
+    broad lines are then all that measures the RV, and the result is flagged
+    ``broad_lines_dominate`` with a warning.
     """
     opts = state.options
     if opts.broad_lines == "keep":
@@ -483,13 +485,17 @@ def mask_broad_lines(state: FitState) -> None:
             stacklevel=4,
         )
         return
+    props = state.star0.line_properties()
+    n_narrow = narrow_lines_in_good_pixels(wavelengths, goods, state.star0, index, state.rv)
+    if n_narrow < MIN_NARROW_LINES:
+        goods, n_masked, handling = state.unmasked_good, 0, "keep (too few narrow lines)"
+    else:
+        handling = "mask"
     for o, g in zip(state.orders, goods):
         o.good = g.copy()
     state.pristine_good = [g.copy() for g in goods]
-    props = state.star0.line_properties()
-    n_narrow = narrow_lines_in_good_pixels(wavelengths, goods, state.star0, index, state.rv)
     state.broad_lines = {
-        "handling": "mask",
+        "handling": handling,
         "fwhm_threshold_kms": opts.broad_fwhm_kms,
         "mask_half_width_fwhm": MASK_HALF_WIDTH_FWHM,
         "rv_of_mask": float(state.rv),
@@ -999,20 +1005,25 @@ def broad_line_flags(state: FitState) -> dict:
     info = state.broad_lines
     if not info:
         return {}
+    if info["handling"] == "mask":
+        return {
+            "broad_lines_masked": (
+                f"{len(info['index'])} broad line(s) of the stellar clone (intrinsic FWHM > "
+                f"{info['fwhm_threshold_kms']:g} km/s) masked: {info['n_masked_pixels']} "
+                "pixels left out of the χ²"
+            )
+        }
+    if "vsini" not in state.free:
+        return {}
     flags = {
-        "broad_lines_masked": (
-            f"{len(info['index'])} broad line(s) of the stellar clone (intrinsic FWHM > "
-            f"{info['fwhm_threshold_kms']:g} km/s) masked: {info['n_masked_pixels']} pixels "
-            "left out of the χ²"
+        "broad_lines_dominate": (
+            f"only {info['n_narrow_lines']} narrow line(s) deeper than 1 % lie outside the "
+            f"{len(info['index'])} broad line(s) of the stellar clone, too few to mask them: "
+            "v sin i is measured on the broad lines and absorbs any mismatch of their "
+            "template shape (hydrogen wings); fix vsini, or fit more orders"
         )
     }
-    if info["n_narrow_lines"] < MIN_NARROW_LINES and "vsini" in state.free:
-        flags["broad_lines_dominate"] = (
-            f"only {info['n_narrow_lines']} narrow line(s) deeper than 1 % remain outside the "
-            "masked broad lines: v sin i and RV are barely constrained (the broad lines' "
-            "shapes, not rotation, would set them); fix vsini, or fit more orders"
-        )
-        warnings.warn(flags["broad_lines_dominate"], FitQualityWarning, stacklevel=4)
+    warnings.warn(flags["broad_lines_dominate"], FitQualityWarning, stacklevel=4)
     return flags
 
 
@@ -1325,9 +1336,10 @@ def fit(
         ``"mask"`` (default) leaves the pixels within 1.5 FWHM of each, at the search's
         RV, out of every stage's χ² (the lines stay in the model);
         ``result.meta["broad_lines"]`` lists them and the pixels masked, and the result is
-        flagged ``broad_lines_masked`` (and ``broad_lines_dominate``, with a warning, when
-        fewer than 5 narrow lines are left). A clone without broad lines fits exactly as
-        with ``"keep"``.
+        flagged ``broad_lines_masked``. When fewer than 10 narrow lines would be left (an
+        A0V star's single near-infrared order) the broad lines are kept, since they are
+        then all that measures the RV, and the result is flagged ``broad_lines_dominate``
+        with a warning. A clone without broad lines fits exactly as with ``"keep"``.
     broad_fwhm_kms : float
         The intrinsic FWHM (km/s) above which a clone line is broad (default 200: between
         an unrotated template's metal lines, ≲ 20 km/s, and hot stars' hydrogen lines,
