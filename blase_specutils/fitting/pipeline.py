@@ -475,15 +475,20 @@ def mask_broad_lines(state: FitState) -> None:
     inside = broad_line_pixels(wavelengths, state.star0, index, state.rv)
     goods = [g & ~m for g, m in zip(state.unmasked_good, inside)]
     n_masked = int(sum(int(np.sum(g & m)) for g, m in zip(state.unmasked_good, inside)))
-    if n_masked == 0:
-        return
-    if not any(g.any() for g in goods):
-        warnings.warn(
-            f"broad_lines='mask': the {index.size} broad line(s) of the stellar clone cover "
-            "every good pixel; they are kept in the χ² (v sin i may absorb their mismatch)",
-            FitQualityWarning,
-            stacklevel=4,
-        )
+    if n_masked == 0 or not any(g.any() for g in goods):
+        if n_masked:
+            warnings.warn(
+                f"broad_lines='mask': the {index.size} broad line(s) of the stellar clone "
+                "cover every good pixel; they are kept in the χ² (v sin i may absorb their "
+                "mismatch)",
+                FitQualityWarning,
+                stacklevel=4,
+            )
+        # nothing masked (an earlier call's mask, at another RV, undone)
+        for o, g in zip(state.orders, state.unmasked_good):
+            o.good = g.copy()
+        state.pristine_good = [g.copy() for g in state.unmasked_good]
+        state.broad_lines = {}
         return
     props = state.star0.line_properties()
     n_narrow = narrow_lines_in_good_pixels(wavelengths, goods, state.star0, index, state.rv)
