@@ -65,6 +65,14 @@ def test_broad_lines_found_by_width_and_masked_around_the_shifted_centre():
     index = broad_line_index(template, 200.0)
     assert index.tolist() == [template.n_lines - 1]
     assert broad_line_index(template, 2000.0).size == 0  # the line is ~990 km/s wide
+    # as wide but 0.5 % deep (a clone's pseudo-continuum mop-up): not broad
+    props = template.line_properties()
+    props["amplitude"][-1] = 0.005 * np.pi * BROAD_GAMMA
+    shallow = LineForest(
+        props["center"], props["amplitude"], props["sigma"], props["gamma"], trainable=()
+    )
+    assert broad_line_index(shallow, 200.0).size == 0
+    assert broad_line_index(shallow, 200.0, min_depth=0.001).tolist() == index.tolist()
     w = np.linspace(9900.0, 10100.0, 2001)
     (inside,) = broad_line_pixels([w], template, index, rv=300.0, half_width_fwhm=1.0)
     centre, fwhm = BROAD_CENTER * (1 + 300.0 / C_KMS), 2 * BROAD_GAMMA * (1 + 300.0 / C_KMS)

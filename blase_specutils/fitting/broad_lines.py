@@ -13,8 +13,11 @@ A line is *broad* when its intrinsic (clone) FWHM exceeds a velocity threshold,
 :data:`DEFAULT_BROAD_FWHM_KMS`. The threshold is about the template, not the star: a
 clone is unrotated, so its metal lines have the thermal and pressure widths of a few to
 ~ 20 km/s whatever the star's v sin i, while hydrogen lines of hot stars are 500–2000 km/s
-wide. 200 km/s lies in the empty gap between the two populations (and above any width a
-cool star's template gives a metal or molecular line).
+wide. 200 km/s lies in the gap between the two populations. A broad line must also be
+at least :data:`BROAD_MIN_DEPTH` deep: a cool star's clone has a few shallow pseudo-lines
+that wide (PHOENIX 3900 K, 10280–10380 Å: 268 and 200 km/s, 0.3 % deep, the clone's
+mop-up of the pseudo-continuum), whose shape cannot pull v sin i, while the hydrogen
+lines of the PHOENIX 10 kK clone are 16–26 % deep.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..core.profiles import pseudo_voigt_peak
 __all__ = [
     "BROAD_LINE_HANDLINGS",
     "DEFAULT_BROAD_FWHM_KMS",
+    "BROAD_MIN_DEPTH",
     "MASK_HALF_WIDTH_FWHM",
     "MIN_NARROW_LINES",
     "NARROW_LINE_DEPTH",
@@ -42,6 +46,9 @@ BROAD_LINE_HANDLINGS = ("mask", "keep")
 #: Intrinsic FWHM (km/s) above which a clone line counts as broad.
 DEFAULT_BROAD_FWHM_KMS = 200.0
 
+#: Peak depth (1 − F at the centre, single line) below which a wide line is not broad.
+BROAD_MIN_DEPTH = 0.02
+
 #: Pixels within this many FWHM of a broad line's (Doppler-shifted) centre are masked:
 #: there a Lorentzian still has ≥ 20 % of its peak depth, and a 30 % mismatch of its
 #: width leaves residuals of several per cent of the line's depth.
@@ -55,13 +62,19 @@ MIN_NARROW_LINES = 10
 NARROW_LINE_DEPTH = 0.01
 
 
-def _velocity_fwhm(forest) -> tuple[np.ndarray, np.ndarray]:
-    props = forest.line_properties()
-    return props["center"], SPEED_OF_LIGHT_KMS * props["fwhm"] / props["center"]
+def _depth(props: dict) -> np.ndarray:
+    with torch.no_grad():
+        peak = pseudo_voigt_peak(
+            torch.as_tensor(props["sigma"]), torch.as_tensor(props["gamma"])
+        ).numpy()
+    return 1.0 - np.exp(-props["amplitude"] * peak)
 
 
-def broad_line_index(forest, fwhm_kms: float = DEFAULT_BROAD_FWHM_KMS) -> np.ndarray:
-    """Rows of ``forest`` whose intrinsic FWHM exceeds ``fwhm_kms`` (emission lines too).
+def broad_line_index(
+    forest, fwhm_kms: float = DEFAULT_BROAD_FWHM_KMS, min_depth: float = BROAD_MIN_DEPTH
+) -> np.ndarray:
+    """Rows of ``forest`` whose intrinsic FWHM exceeds ``fwhm_kms`` and whose single-line
+    depth is at least ``min_depth`` (emission lines too, by the same measure).
 
     Parameters
     ----------
@@ -69,6 +82,8 @@ def broad_line_index(forest, fwhm_kms: float = DEFAULT_BROAD_FWHM_KMS) -> np.nda
         The stellar clone.
     fwhm_kms : float
         The threshold in velocity, km/s (FWHM × c / λ).
+    min_depth : float
+        Smallest peak depth, 1 − exp(−a V(0)).
 
     Returns
     -------
@@ -76,8 +91,9 @@ def broad_line_index(forest, fwhm_kms: float = DEFAULT_BROAD_FWHM_KMS) -> np.nda
     """
     if not np.isfinite(fwhm_kms) or fwhm_kms <= 0:
         raise ValueError(f"broad_fwhm_kms must be a positive number, got {fwhm_kms!r}")
-    _, width = _velocity_fwhm(forest)
-    return np.flatnonzero(width > fwhm_kms)
+    props = forest.line_properties()
+    width = SPEED_OF_LIGHT_KMS * props["fwhm"] / props["center"]
+    return np.flatnonzero((width > fwhm_kms) & (_depth(props) >= min_depth))
 
 
 def broad_line_pixels(
@@ -124,11 +140,7 @@ def narrow_lines_in_good_pixels(
 ) -> int:  # fmt: skip
     """How many of the clone's other lines at least ``depth`` deep fall on good pixels."""
     props = forest.line_properties()
-    with torch.no_grad():
-        peak = pseudo_voigt_peak(
-            torch.as_tensor(props["sigma"]), torch.as_tensor(props["gamma"])
-        ).numpy()
-    line_depth = 1.0 - np.exp(-props["amplitude"] * peak)
+    line_depth = _depth(props)
     keep = np.ones(props["center"].size, dtype=bool)
     keep[broad] = False
     keep &= line_depth >= depth

@@ -306,8 +306,8 @@ class FitOptions:
     global_epochs : int
         L-BFGS iterations of each global stage.
     broad_lines : {"mask", "keep"}
-        Broad intrinsic lines of the stellar clone (intrinsic FWHM above
-        ``broad_fwhm_kms``: hydrogen in A stars, Paschen and Brackett lines): ``"mask"``
+        Broad intrinsic lines of the stellar clone (at least 2 % deep, intrinsic FWHM
+        above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and Brackett lines): ``"mask"``
         removes the pixels within 1.5 FWHM of each (at the search's RV) from every stage's
         χ², so a template's mismatched hydrogen wings cannot drive v sin i; the lines stay
         in the model. ``"keep"`` fits them like any line.

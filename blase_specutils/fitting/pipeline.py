@@ -1335,8 +1335,9 @@ def fit(
     global_epochs : int
         L-BFGS iterations (of up to 20 evaluations each) of the global-parameter stages.
     broad_lines : {"mask", "keep"}
-        What to do with the stellar clone's broad intrinsic lines (intrinsic FWHM above
-        ``broad_fwhm_kms``: hydrogen in A stars, Paschen and Brackett lines), whose
+        What to do with the stellar clone's broad intrinsic lines (at least 2 % deep,
+        intrinsic FWHM above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and
+        Brackett lines), whose
         template shape rarely matches the star's and whose mismatch v sin i would absorb.
         ``"mask"`` (default) leaves the pixels within 1.5 FWHM of each, at the search's
         RV, out of every stage's χ² (the lines stay in the model);
