@@ -1,4 +1,4 @@
-"""HPF A0V single orders with the PHOENIX 10 kK clone: ``broad_lines="keep"`` vs the default.
+"""HPF A0V single orders with the PHOENIX 10 kK clone: ``broad_lines="keep"`` vs ``"mask"``.
 
 Usage: ``python benchmarks/bench_broad_lines.py WHICH ORDERS`` (WHICH: 0 HR 3039, 1 HR
 4829; ORDERS e.g. ``14,19,11``: Paschen δ, γ, ε). Clones of 300 epochs over each order

@@ -1024,9 +1024,9 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broad-lines",
         choices=("mask", "keep"),
-        default="mask",
-        help="the stellar clone's broad lines (intrinsic FWHM > 200 km/s, hydrogen): 'mask' "
-        "leaves them out of the chi2, 'keep' fits them (default: %(default)s)",
+        default="keep",
+        help="the stellar clone's broad lines (intrinsic FWHM > 200 km/s, hydrogen): 'keep' "
+        "fits them, 'mask' leaves them out of the chi2 (default: %(default)s)",
     )
     p.add_argument(
         "--checkpoint",

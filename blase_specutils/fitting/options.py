@@ -307,10 +307,10 @@ class FitOptions:
         L-BFGS iterations of each global stage.
     broad_lines : {"mask", "keep"}
         Broad intrinsic lines of the stellar clone (at least 2 % deep, intrinsic FWHM
-        above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and Brackett lines): ``"mask"``
-        removes the pixels within 1.5 FWHM of each (at the search's RV) from every stage's
-        χ², so a template's mismatched hydrogen wings cannot drive v sin i; the lines stay
-        in the model. ``"keep"`` fits them like any line.
+        above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and Brackett lines): ``"keep"``
+        (default) fits them like any line; ``"mask"`` removes the pixels within 1.5 FWHM of
+        each (at the search's RV) from every stage's χ², so a template's mismatched
+        hydrogen wings cannot drive v sin i; the lines stay in the model.
     broad_fwhm_kms : float
         Intrinsic FWHM (km/s) above which a clone line is broad.
     search, lines, run : SearchOptions, LineOptions, RunOptions
@@ -327,7 +327,7 @@ class FitOptions:
     outside: str = "error"
     relativistic: bool = False
     global_epochs: int = 30
-    broad_lines: str = "mask"
+    broad_lines: str = "keep"
     broad_fwhm_kms: float = DEFAULT_BROAD_FWHM_KMS
     search: SearchOptions = field(default_factory=SearchOptions)
     lines: LineOptions = field(default_factory=LineOptions)

@@ -1006,19 +1006,13 @@ def check(state: FitState) -> None:
 
 
 def broad_line_flags(state: FitState) -> dict:
-    """``broad_lines_masked`` (informational) and ``broad_lines_dominate`` (warned)."""
+    """``broad_lines_dominate`` (warned): a mask was asked for but could not be applied.
+
+    A mask that was applied is not a flag (nothing about the result is suspect); what it
+    did is in ``result.meta["broad_lines"]``.
+    """
     info = state.broad_lines
-    if not info:
-        return {}
-    if info["handling"] == "mask":
-        return {
-            "broad_lines_masked": (
-                f"{len(info['index'])} broad line(s) of the stellar clone (intrinsic FWHM > "
-                f"{info['fwhm_threshold_kms']:g} km/s) masked: {info['n_masked_pixels']} "
-                "pixels left out of the χ²"
-            )
-        }
-    if "vsini" not in state.free:
+    if not info or info["handling"] == "mask" or "vsini" not in state.free:
         return {}
     flags = {
         "broad_lines_dominate": (
@@ -1203,7 +1197,7 @@ def fit(
     relativistic: bool = False,
     epochs: int = 300,
     global_epochs: int = 30,
-    broad_lines: str = "mask",
+    broad_lines: str = "keep",
     broad_fwhm_kms: float = 200.0,
     learning_rate: float = 0.02,
     rtol: float = 1e-6,
@@ -1339,10 +1333,10 @@ def fit(
         intrinsic FWHM above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and
         Brackett lines), whose
         template shape rarely matches the star's and whose mismatch v sin i would absorb.
-        ``"mask"`` (default) leaves the pixels within 1.5 FWHM of each, at the search's
-        RV, out of every stage's χ² (the lines stay in the model);
-        ``result.meta["broad_lines"]`` lists them and the pixels masked, and the result is
-        flagged ``broad_lines_masked``. When fewer than 10 narrow lines would be left (an
+        ``"keep"`` (default) fits them like any line. ``"mask"`` leaves the pixels within
+        1.5 FWHM of each, at the search's RV, out of every stage's χ² (the lines stay in
+        the model); ``result.meta["broad_lines"]`` lists them and the pixels masked. When
+        fewer than 10 narrow lines would be left (an
         A0V star's single near-infrared order) the broad lines are kept, since they are
         then all that measures the RV, and the result is flagged ``broad_lines_dominate``
         with a warning. A clone without broad lines fits exactly as with ``"keep"``.
