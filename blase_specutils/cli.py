@@ -532,6 +532,7 @@ def _fit_keywords(args) -> dict:
         "prior_weight": args.prior_weight,
         "prior_center": args.prior_center,
         "prior_center_scaling": args.prior_center_scaling,
+        "broad_lines": args.broad_lines,
         "checkpoint": args.checkpoint,
         "checkpoint_every": args.checkpoint_every,
         "resume": args.resume,
@@ -1019,6 +1020,13 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
         choices=("uniform", "depth"),
         default="uniform",
         help="'depth': centre-prior width scales with line depth (default: %(default)s)",
+    )
+    p.add_argument(
+        "--broad-lines",
+        choices=("mask", "keep"),
+        default="keep",
+        help="the stellar clone's broad lines (intrinsic FWHM > 200 km/s, hydrogen): 'keep' "
+        "fits them, 'mask' leaves them out of the chi2 (default: %(default)s)",
     )
     p.add_argument(
         "--checkpoint",

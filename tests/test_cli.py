@@ -256,11 +256,13 @@ def test_fit_command_passes_resolving_power_and_outside(monkeypatch, tmp_path, c
     base = ["fit", str(datasets.wasp69_path()), "--stellar", str(part), "-q"]
     assert main([*base, "--fit-resolving-power", "--resolving-power", "40000"]) == 2
     assert main(base) == 2
+    assert main([*base, "--broad-lines", "mask"]) == 2
     # --outside error: the command stops before fit, naming the ranges (and the orders inside)
     capsys.readouterr()
     message = _error(capsys, [*base, "--outside", "error", "-o", str(tmp_path / "x")])
     assert "clone covers only" in message and "--outside crop" in message
-    given, default = calls
+    given, default, masked = calls
+    assert default["broad_lines"] == "keep" and masked["broad_lines"] == "mask"
     assert given["fit_resolving_power"] is True and given["resolving_power"] == 40000.0
     assert default["fit_resolving_power"] is False and default["outside"] == "crop"
     assert default["resolving_power"] == 55000.0  # the HPF table's nominal R (or the default)

@@ -9,6 +9,7 @@ import torch
 
 from ..astro.inputs import check_numbers
 from ..core.lineforest import SPEED_OF_LIGHT_KMS
+from .broad_lines import DEFAULT_BROAD_FWHM_KMS
 
 C_KMS = SPEED_OF_LIGHT_KMS
 
@@ -132,6 +133,7 @@ FIT_NUMBERS = {
     "checkpoint_seconds": (None, 0.0, True, None, True, False),
     "seed": (None, None, False, None, False, True),
     "num_threads": (None, 1, False, None, True, True),
+    "broad_fwhm_kms": (KMS, 0.0, True, None, False, False),
 }
 
 
@@ -281,6 +283,14 @@ class FitOptions:
         Relativistic Doppler factor.
     global_epochs : int
         L-BFGS iterations of each global stage.
+    broad_lines : {"mask", "keep"}
+        Broad intrinsic lines of the stellar clone (at least 2 % deep, intrinsic FWHM
+        above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and Brackett lines): ``"keep"``
+        (default) fits them like any line; ``"mask"`` removes the pixels within 1.5 FWHM of
+        each (at the search's RV) from every stage's χ², so a template's mismatched
+        hydrogen wings cannot drive v sin i; the lines stay in the model.
+    broad_fwhm_kms : float
+        Intrinsic FWHM (km/s) above which a clone line is broad.
     search, lines, run : SearchOptions, LineOptions, RunOptions
         The grouped settings.
     """
@@ -295,6 +305,8 @@ class FitOptions:
     outside: str = "error"
     relativistic: bool = False
     global_epochs: int = 30
+    broad_lines: str = "keep"
+    broad_fwhm_kms: float = DEFAULT_BROAD_FWHM_KMS
     search: SearchOptions = field(default_factory=SearchOptions)
     lines: LineOptions = field(default_factory=LineOptions)
     run: RunOptions = field(default_factory=RunOptions)

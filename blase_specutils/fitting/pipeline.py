@@ -54,6 +54,14 @@ from ..core.train import (
     resolve_device,
 )
 from .added_lines import grown_initial, insert_lines, read_added_lines
+from .broad_lines import (
+    BROAD_LINE_HANDLINGS,
+    MASK_HALF_WIDTH_FWHM,
+    MIN_NARROW_LINES,
+    broad_line_index,
+    broad_line_pixels,
+    narrow_lines_in_good_pixels,
+)
 from .diagnostics import (
     Jacobian,
     active_lines,
@@ -192,6 +200,11 @@ class FitState:
     #: the user's added lines (paper §8.4): their positions in the stellar forest, labels
     added_index: np.ndarray | None = None
     added_lines: object = None
+    #: broad intrinsic lines (rows of the stellar forest), the good pixels before they
+    #: were masked, and what the mask did (result.meta["broad_lines"])
+    broad_index: np.ndarray | None = None
+    unmasked_good: list = field(default_factory=list)
+    broad_lines: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -255,7 +268,7 @@ def prepare(
             "rtol": opts.lines.rtol, "step_kms": opts.search.step_kms,
             "checkpoint_every": opts.run.checkpoint_every,
             "checkpoint_seconds": opts.run.checkpoint_seconds, "seed": opts.run.seed,
-            "num_threads": opts.run.num_threads,
+            "num_threads": opts.run.num_threads, "broad_fwhm_kms": opts.broad_fwhm_kms,
         }
     )  # fmt: skip
     check_velocity_limits(numbers["rv"], numbers["rv_search"], numbers["rv_max"])
@@ -270,6 +283,10 @@ def prepare(
     degree = opts.continuum_degree
     if degree != "auto" and not (isinstance(degree, (int, np.integer)) and degree >= 0):
         raise ValueError(f"continuum_degree must be 'auto' or an integer >= 0, not {degree!r}")
+    if opts.broad_lines not in BROAD_LINE_HANDLINGS:
+        raise ValueError(
+            f"broad_lines must be one of {BROAD_LINE_HANDLINGS}, not {opts.broad_lines!r}"
+        )
     if opts.outside not in ("error", "crop"):
         raise ValueError(f"outside must be 'error' or 'crop', not {opts.outside!r}")
     if opts.lines.prior_center_scaling not in PRIOR_CENTER_SCALINGS:
@@ -444,6 +461,67 @@ def search_start(state: FitState) -> None:
         state.rv = state.search.best_rv
     if fit_vsini:
         state.vsini = max(state.search.best_vsini, MIN_START_VSINI)
+
+
+def mask_broad_lines(state: FitState) -> None:
+    """Mask the pixels around the stellar clone's broad lines (``broad_lines="mask"``).
+
+    Runs before the search (at the starting RV; the interval of 1.5 FWHM of a line
+    hundreds of km/s wide covers the RVs of most stars) and again after it, at the
+    search's RV, from the unmasked pixels. Nothing changes when the clone has no broad
+    line. When the mask would leave fewer than :data:`~.broad_lines.MIN_NARROW_LINES`
+    narrow lines (an A0V star's single near-infrared order) nothing is masked, since the
+    broad lines are then all that measures the RV, and the result is flagged
+    ``broad_lines_dominate`` with a warning.
+    """
+    opts = state.options
+    if opts.broad_lines == "keep":
+        return
+    if state.broad_index is None:
+        state.broad_index = broad_line_index(state.star0, opts.broad_fwhm_kms)
+        state.unmasked_good = [o.good.copy() for o in state.orders]
+    index = state.broad_index
+    if index.size == 0:
+        return
+    wavelengths = [o.wavelength for o in state.orders]
+    inside = broad_line_pixels(wavelengths, state.star0, index, state.rv)
+    goods = [g & ~m for g, m in zip(state.unmasked_good, inside)]
+    n_masked = int(sum(int(np.sum(g & m)) for g, m in zip(state.unmasked_good, inside)))
+    if n_masked == 0 or not any(g.any() for g in goods):
+        if n_masked:
+            warnings.warn(
+                f"broad_lines='mask': the {index.size} broad line(s) of the stellar clone "
+                "cover every good pixel; they are kept in the χ² (v sin i may absorb their "
+                "mismatch)",
+                FitQualityWarning,
+                stacklevel=4,
+            )
+        # nothing masked (an earlier call's mask, at another RV, undone)
+        for o, g in zip(state.orders, state.unmasked_good):
+            o.good = g.copy()
+        state.pristine_good = [g.copy() for g in state.unmasked_good]
+        state.broad_lines = {}
+        return
+    props = state.star0.line_properties()
+    n_narrow = narrow_lines_in_good_pixels(wavelengths, goods, state.star0, index, state.rv)
+    if n_narrow < MIN_NARROW_LINES:
+        goods, n_masked, handling = state.unmasked_good, 0, "keep (too few narrow lines)"
+    else:
+        handling = "mask"
+    for o, g in zip(state.orders, goods):
+        o.good = g.copy()
+    state.pristine_good = [g.copy() for g in goods]
+    state.broad_lines = {
+        "handling": handling,
+        "fwhm_threshold_kms": opts.broad_fwhm_kms,
+        "mask_half_width_fwhm": MASK_HALF_WIDTH_FWHM,
+        "rv_of_mask": float(state.rv),
+        "index": [int(i) for i in index],
+        "center": [float(c) for c in props["center"][index]],
+        "fwhm_kms": [float(v) for v in C_KMS * props["fwhm"][index] / props["center"][index]],
+        "n_masked_pixels": n_masked,
+        "n_narrow_lines": n_narrow,
+    }
 
 
 # ----------------------------------------------------------------------- stage 3
@@ -954,7 +1032,7 @@ def check(state: FitState) -> None:
     values = {"rv": final_rv, "vsini": float(model.rotation.effective_vsini().detach())}
     state.order_columns = order_diagnostics(model, state.jacobian, values, state.order_indices)
     state.order_chi2, state.order_dof = order_agreement(state.order_columns, final_rv)
-    state.flags = fit_flags(
+    flags = fit_flags(
         search=state.search, rv=final_rv, rv_max=opts.search.rv_max, n_dof=state.n_dof,
         n_good=state.n_good, n_free=state.n_free + state.n_line_dof,
         uncertainty_notes=state.uncertainty_notes, line_stage_undone=state.line_stage_undone,
@@ -964,6 +1042,8 @@ def check(state: FitState) -> None:
         resolution_kms=C_KMS / float(model.instrument.resolving_power.detach()),
         bounds=_bounds_of_free(state), vsini_capped=opts.search.vsini_max is not None,
     )  # fmt: skip
+    flags.update(broad_line_flags(state))
+    state.flags = flags
     if "rv_ambiguous" in state.flags:
         # A curvature error describes one basin; with a second of similar χ² the RV is
         # known only to within their distance: the error bar says so.
@@ -974,6 +1054,27 @@ def check(state: FitState) -> None:
             f"widened to {state.rv_error_floor:.1f} km/s, the distance between the search's "
             "two best minima (rv_ambiguous)"
         )
+
+
+def broad_line_flags(state: FitState) -> dict:
+    """``broad_lines_dominate`` (warned): a mask was asked for but could not be applied.
+
+    A mask that was applied is not a flag (nothing about the result is suspect); what it
+    did is in ``result.meta["broad_lines"]``.
+    """
+    info = state.broad_lines
+    if not info or info["handling"] == "mask" or "vsini" not in state.free:
+        return {}
+    flags = {
+        "broad_lines_dominate": (
+            f"only {info['n_narrow_lines']} narrow line(s) deeper than 1 % lie outside the "
+            f"{len(info['index'])} broad line(s) of the stellar clone, too few to mask them: "
+            "v sin i is measured on the broad lines and absorbs any mismatch of their "
+            "template shape (hydrogen wings); fix vsini, or fit more orders"
+        )
+    }
+    warnings.warn(flags["broad_lines_dominate"], FitQualityWarning, stacklevel=4)
+    return flags
 
 
 def _bounds_of_free(state: FitState) -> dict:
@@ -1052,6 +1153,9 @@ def make_result(state: FitState) -> FitResult:
         # the unit of the data (and of every flux-like result); "" when none was given
         "flux_unit": "" if state.flux_unit is None else state.flux_unit.to_string(),
     }
+    if state.broad_lines:
+        # the broad intrinsic lines masked (broad_lines="mask"): rows, centres, widths
+        meta["broad_lines"] = dict(state.broad_lines)
     if state.ceilings_raised:
         meta["vsini_ceilings_raised_from"] = list(state.ceilings_raised)
     if state.added_index is not None:
@@ -1144,6 +1248,8 @@ def fit(
     relativistic: bool = False,
     epochs: int = 300,
     global_epochs: int = 30,
+    broad_lines: str = "keep",
+    broad_fwhm_kms: float = 200.0,
     learning_rate: float = 0.02,
     rtol: float = 1e-6,
     step_kms: float | None = None,
@@ -1273,6 +1379,22 @@ def fit(
         Epochs of the joint stage.
     global_epochs : int
         L-BFGS iterations (of up to 20 evaluations each) of the global-parameter stages.
+    broad_lines : {"mask", "keep"}
+        What to do with the stellar clone's broad intrinsic lines (at least 2 % deep,
+        intrinsic FWHM above ``broad_fwhm_kms``: hydrogen in A stars, Paschen and
+        Brackett lines), whose
+        template shape rarely matches the star's and whose mismatch v sin i would absorb.
+        ``"keep"`` (default) fits them like any line. ``"mask"`` leaves the pixels within
+        1.5 FWHM of each, at the search's RV, out of every stage's χ² (the lines stay in
+        the model); ``result.meta["broad_lines"]`` lists them and the pixels masked. When
+        fewer than 10 narrow lines would be left (an
+        A0V star's single near-infrared order) the broad lines are kept, since they are
+        then all that measures the RV, and the result is flagged ``broad_lines_dominate``
+        with a warning. A clone without broad lines fits exactly as with ``"keep"``.
+    broad_fwhm_kms : float
+        The intrinsic FWHM (km/s) above which a clone line is broad (default 200: between
+        an unrotated template's metal lines, ≲ 20 km/s, and hot stars' hydrogen lines,
+        500–2000 km/s).
     learning_rate : float
         Adam step size of the line parameters.
     rtol : float
@@ -1338,7 +1460,9 @@ def fit(
         state = prepare(
             wavelength, flux, uncertainty, mask, stellar, telluric, opts, add_lines=add_lines
         )
+        mask_broad_lines(state)  # at the starting RV, for the search
         search_start(state)
+        mask_broad_lines(state)  # again at the search's RV
         while not run_model_stages(state):
             raise_vsini_ceiling(state)
         estimate_uncertainties(state)
