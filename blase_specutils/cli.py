@@ -532,6 +532,7 @@ def _fit_keywords(args) -> dict:
         "prior_weight": args.prior_weight,
         "prior_center": args.prior_center,
         "prior_center_scaling": args.prior_center_scaling,
+        "hold_common_modes": not args.free_common_modes,
         "broad_lines": args.broad_lines,
         "checkpoint": args.checkpoint,
         "checkpoint_every": args.checkpoint_every,
@@ -1020,6 +1021,12 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
         choices=("uniform", "depth"),
         default="uniform",
         help="'depth': centre-prior width scales with line depth (default: %(default)s)",
+    )
+    p.add_argument(
+        "--free-common-modes",
+        action="store_true",
+        help="let trained centres and widths take a common shift / broadening (by default "
+        "it stays with the RV, v sin i and R)",
     )
     p.add_argument(
         "--broad-lines",

@@ -288,16 +288,18 @@ def marginal_uncertainties(model, jac: Jacobian, lines: np.ndarray, inv_sigma, g
 
 @torch.no_grad()
 def line_velocities(
-    model: ForwardModel, data, inv_sigma, good, rel_step: float = 0.02, min_depth: float = 0.01
-):
+    model: ForwardModel, data, inv_sigma, good, rel_step: float = 0.02, min_depth: float = 0.01,
+    scale_by_local_chi2: bool = True,
+):  # fmt: skip
     """Each stellar line's own velocity (paper §8.1), by line-by-line template matching.
 
     With everything else at the fit, the data's residual is projected on the derivative
     of the model with respect to one line's centre (a central difference of the whole
     model; lines whose footprints do not overlap are moved together): one Gauss–Newton
     step ``δλ = Σ w²J r / Σ w²J²`` with ``σ = 1/√Σ w²J²``, scaled by the window's own
-    √max(1, χ²_red). The line's velocity is the fit's RV plus its trained centre shift
-    plus that step, in km/s.
+    √max(1, χ²_red) (not when ``scale_by_local_chi2`` is False: then ``1/σ²`` is the
+    line's velocity information). The line's velocity is the fit's RV plus its trained
+    centre shift plus that step, in km/s.
 
     Returns
     -------
@@ -367,7 +369,8 @@ def line_velocities(
             d_lambda = float((jac * r).sum()) / info
             own = C_KMS * trained_shift[line] / reference[line]
             velocity[line] = rv + own + C_KMS * d_lambda / centre[g]
-            sigma_v[line] = C_KMS / centre[g] / math.sqrt(info) * math.sqrt(max(1.0, local))
+            scale = math.sqrt(max(1.0, local)) if scale_by_local_chi2 else 1.0
+            sigma_v[line] = C_KMS / centre[g] / math.sqrt(info) * scale
     return velocity, sigma_v
 
 

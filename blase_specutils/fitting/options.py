@@ -192,6 +192,12 @@ class LineOptions:
         (clipped to 0.02–2 ×), so weak lines, whose centres the data barely constrain
         and which otherwise absorb their neighbours' mismatch, are held tighter than
         strong ones.
+    hold_common_modes : bool
+        Keep the trained centres' and widths' departures free of a common shift (the
+        information-weighted mean velocity shift of the centres, the mean change of ln σ
+        and of ln γ over the lines in the data are removed after each step), so a shift
+        of every line stays with the RV and a common broadening with v sin i and R (see
+        :mod:`~blase_specutils.fitting.common_modes`). No effect when only amplitudes train.
     epochs : int
         Epochs of the joint stage.
     learning_rate : float
@@ -208,6 +214,7 @@ class LineOptions:
     prior_ln_gamma: float | None = None
     prior_center: float | None = None
     prior_center_scaling: str = "uniform"
+    hold_common_modes: bool = True
     epochs: int = 300
     learning_rate: float = 0.02
     rtol: float = 1e-6

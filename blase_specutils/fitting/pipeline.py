@@ -62,6 +62,13 @@ from .broad_lines import (
     broad_line_pixels,
     narrow_lines_in_good_pixels,
 )
+from .common_modes import (
+    COMMON_MODE_PARAMETERS,
+    common_mode_weights,
+    good_ranges,
+    remove_common_modes,
+    velocity_information,
+)
 from .diagnostics import (
     Jacobian,
     active_lines,
@@ -205,6 +212,8 @@ class FitState:
     broad_index: np.ndarray | None = None
     unmasked_good: list = field(default_factory=list)
     broad_lines: dict = field(default_factory=dict)
+    #: the line stage's common modes: {"held": hold_common_modes} once the stage ran
+    common_modes: dict = field(default_factory=dict)
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -760,10 +769,29 @@ def train_lines(state: FitState) -> None:
             model.relayout(source=extra["layout_source"])
         r_floor_lowerings = int(extra.get("r_floor_lowerings", r_floor_lowerings))
 
+    # the lines' common shift and broadening belong to the RV, v sin i and R
+    common_weights = {}
+    if lines.hold_common_modes:
+        ranges = good_ranges(state.orders)
+        with torch.no_grad():
+            _, sigma_v = line_velocities(
+                model, state.data, state.inv_sigma, state.good, scale_by_local_chi2=False
+            )
+        common_weights[id(star)] = velocity_information(sigma_v, star)
+        if tell is not None:
+            common_weights[id(tell)] = common_mode_weights(tell, ranges, 0.0)
+
+    state.common_modes = {"held": bool(lines.hold_common_modes)}
+
     def after_step(epoch):
         nonlocal r_floor_lowerings
         for forest in forests:
             forest.clamp_()
+            if id(forest) in common_weights:
+                remove_common_modes(
+                    forest, state.line_start["star" if forest is star else "tell"],
+                    common_weights[id(forest)], COMMON_MODE_PARAMETERS,
+                )  # fmt: skip
         if epoch % 100 == 0:
             model.relayout()
             return True  # new windows, new loss: the convergence test starts afresh
@@ -1153,6 +1181,9 @@ def make_result(state: FitState) -> FitResult:
         # the unit of the data (and of every flux-like result); "" when none was given
         "flux_unit": "" if state.flux_unit is None else state.flux_unit.to_string(),
     }
+    if state.common_modes:
+        # whether the lines' common shift and broadening were held (hold_common_modes)
+        meta["line_common_modes"] = bool(state.common_modes["held"])
     if state.broad_lines:
         # the broad intrinsic lines masked (broad_lines="mask"): rows, centres, widths
         meta["broad_lines"] = dict(state.broad_lines)
@@ -1245,6 +1276,7 @@ def fit(
     prior_ln_gamma: float | None = None,
     prior_center: float | None = None,
     prior_center_scaling: str = "uniform",
+    hold_common_modes: bool = True,
     relativistic: bool = False,
     epochs: int = 300,
     global_epochs: int = 30,
@@ -1373,6 +1405,13 @@ def fit(
         ``"uniform"``: every line's centre prior has width ``prior_center``. ``"depth"``:
         the width scales with the line's depth (``prior_center`` at depth 0.5, clipped to
         0.02–2 × that), holding weak lines' centres tighter than strong ones'.
+    hold_common_modes : bool
+        When centres or widths train, keep their departures free of a common part: after
+        each step the information-weighted mean velocity shift of the centres and the
+        mean change of ln σ and ln γ (over the lines in the data) are removed, so that a
+        shift of every line stays with the RV and a common broadening with v sin i and R
+        (WASP 69, every property training: without it the RV moved 0.10 km/s, 4.7 σ).
+        ``False`` lets the lines take them.
     relativistic : bool
         Use the relativistic Doppler factor sqrt((1 + β)/(1 − β)) instead of 1 + β.
     epochs : int
