@@ -43,8 +43,12 @@ def _forest(centres, depths, sigma, mode="log"):
 
 
 def _molecules(mode_o2="log"):
-    h2o = _forest([8509.1, 8516.4, 8523.8, 8531.2, 8536.6, 8544.3], [0.6, 0.4, 0.7, 0.5, 0.3, 0.6], 0.06)
-    o2 = _forest([8512.7, 8520.1, 8527.5, 8539.9, 8547.2], [0.5, 0.6, 0.4, 0.55, 0.45], 0.05, mode_o2)
+    h2o = _forest(
+        [8509.1, 8516.4, 8523.8, 8531.2, 8536.6, 8544.3], [0.6, 0.4, 0.7, 0.5, 0.3, 0.6], 0.06
+    )
+    o2 = _forest(
+        [8512.7, 8520.1, 8527.5, 8539.9, 8547.2], [0.5, 0.6, 0.4, 0.55, 0.45], 0.05, mode_o2
+    )
     return h2o, o2
 
 
@@ -78,12 +82,15 @@ def injection():
         + TRUE_SCALES["O2"] * _dense_log(o2, wl)
     )  # fmt: skip
     pixels = np.linspace(LO, HI, N_PIX)
-    data = observe(wl, truth, pixels, rv=0.0, vsini=0.01, resolving_power=R_INSTRUMENT, snr=300.0, seed=3)
+    data = observe(
+        wl, truth, pixels, rv=0.0, vsini=0.01, resolving_power=R_INSTRUMENT, snr=300.0, seed=3
+    )
     common = dict(
         stellar=_clone(star), rv=0.0, rv_search=5.0, vsini=0.0, fit_vsini=False,
         resolving_power=R_INSTRUMENT, epochs=0, global_epochs=30, progress=False,
     )  # fmt: skip
-    by_molecule = fit(pixels, data.flux, data.uncertainty, telluric={"H2O": _clone(h2o), "O2": _clone(o2)}, **common)
+    molecules = {"H2O": _clone(h2o), "O2": _clone(o2)}
+    by_molecule = fit(pixels, data.flux, data.uncertainty, telluric=molecules, **common)
     combined = _clone(_concatenated(h2o, o2))
     single = fit(pixels, data.flux, data.uncertainty, telluric=combined, **common)
     return by_molecule, single, pixels, data
@@ -146,8 +153,11 @@ def test_scale_gradients_match_finite_differences():
 def test_single_clone_path_is_unchanged():
     """A plain forest keeps a scalar scale and the model T^s, bit for bit."""
     h2o, _ = _molecules()
-    edges = np.stack([np.linspace(8510, 8540, 301)[:-1], np.linspace(8510, 8540, 301)[1:]], 1)
-    model = ForwardModel(_star(), [edges], telluric=h2o, fit_telluric_scale=True, dtype=torch.float64)
+    bounds = np.linspace(8510, 8540, 301)
+    edges = np.stack([bounds[:-1], bounds[1:]], 1)
+    model = ForwardModel(
+        _star(), [edges], telluric=h2o, fit_telluric_scale=True, dtype=torch.float64
+    )
     assert model.ln_telluric_scale.shape == ()
     with torch.no_grad():
         model.ln_telluric_scale.fill_(math.log(1.3))
@@ -236,7 +246,9 @@ def test_correct_tellurics_with_a_model_by_molecule(injection):
 
     t_ref = reference(fitted)
     science = Spectrum(spectral_axis=pixels * u.AA, flux=2.0 * t_ref * u.one)
-    corrected = correct_tellurics(science, by_molecule, airmass_ratio=airmass, min_transmission=0.05)
+    corrected = correct_tellurics(
+        science, by_molecule, airmass_ratio=airmass, min_transmission=0.05
+    )
     t = corrected.meta["telluric_transmission"]
     assert t.min() < 0.3
     assert np.max(np.abs(t - t_ref)) < 2e-3
@@ -281,3 +293,77 @@ def test_bad_collections_of_clones_are_refused():
         fit(pixels, flux, 0.01 * flux, telluric=3, **kw)
     with pytest.raises(ValueError, match="differ in dtype"):
         ComponentForest.from_forests([("H2O", h2o), ("O2", o2.to(torch.float32))])
+
+
+# ------------------------------------------------------------------ cloning a PSG file
+def _write_psg(path):
+    """A small PSG-format file (µm): H2O and O2 lines, CO2 below 1e-3 deep, Rayleigh."""
+    wl_aa = np.arange(8495.0, 8560.0, 0.01)
+    h2o, o2 = _molecules()
+    t_h2o = np.exp(_dense_log(h2o, wl_aa))
+    t_o2 = np.exp(_dense_log(o2, wl_aa))
+    t_co2 = 1.0 - 4e-4 * np.exp(-0.5 * ((wl_aa - 8530.0) / 0.05) ** 2)
+    rayleigh = 0.99 + 0.001 * (wl_aa - 8495.0) / 65.0
+    total = t_h2o * t_o2 * t_co2 * rayleigh
+    rows = np.column_stack([wl_aa / 1e4, total, t_h2o, t_co2, t_o2, rayleigh])
+    header = "# Spectral unit: Wavelength [um]\n# Wave/freq Total H2O CO2 O2 Rayleigh\n"
+    with open(path, "w") as handle:
+        handle.write(header)
+        np.savetxt(handle, rows, fmt="%.8f")
+    return wl_aa, {"H2O": t_h2o, "O2": t_o2}
+
+
+def test_clone_molecules_clones_each_absorbing_column(tmp_path):
+    from blase_specutils.cloning import clone_molecules
+
+    path = tmp_path / "psg_trn.txt"
+    wl, truth = _write_psg(path)
+    clones = clone_molecules(path, epochs=30, prominence=0.02, progress=False)
+    # Total and Rayleigh are not molecules; CO2 absorbs less than 1e-3 here
+    assert list(clones) == ["H2O", "O2"]
+    for name, result in clones.items():
+        assert result.meta["molecule"] == name
+        assert result.meta["min_transmission"] == pytest.approx(truth[name].min(), abs=1e-7)
+        with torch.no_grad():
+            model = result.forest.dense_flux(torch.as_tensor(wl)).double().numpy()
+        assert np.sqrt(np.mean((model - truth[name]) ** 2)) < 5e-3, name
+    # asked for by name, CO2 is still skipped when it does not absorb; with a lower
+    # threshold it is cloned
+    kept = clone_molecules(path, ["H2O", "CO2"], epochs=5, progress=False)
+    assert list(kept) == ["H2O"]
+    with pytest.raises(ValueError, match="no molecule absorbs.*CO2"):
+        clone_molecules(path, ["CO2"], epochs=5, progress=False)
+    weak = clone_molecules(
+        path, ["CO2"], min_absorption=1e-4, prominence=1e-4, epochs=5, progress=False
+    )
+    assert list(weak) == ["CO2"]
+    with pytest.raises(ValueError, match="min_absorption"):
+        clone_molecules(path, min_absorption=1.0)
+    with pytest.raises(ValueError, match="no column"):
+        clone_molecules(path, ["CH4"])
+
+
+def test_line_table_round_trip_of_mixed_modes_is_exact():
+    from blase_specutils.astro.clone_files import forest_from_table, forest_to_table
+
+    h2o, o2 = _molecules(mode_o2="linear")
+    forest = ComponentForest.from_forests([("H2O", h2o), ("O2", o2)])
+    table = forest_to_table(forest)
+    assert table.meta["components"] == [
+        {"name": "H2O", "mode": "log"}, {"name": "O2", "mode": "linear"}
+    ]  # fmt: skip
+    # the single-line depth follows each component's mode: 1 − T at the (isolated)
+    # line's centre in that component's own dense evaluation
+    for k, source in enumerate((h2o, o2)):
+        centres = source.center_ref.numpy()
+        expected = 1.0 - np.exp(_dense_log(source, centres))
+        np.testing.assert_allclose(table["depth"][table["component"] == k], expected, rtol=5e-4)
+    back = forest_from_table(table)
+    assert isinstance(back, ComponentForest) and back.modes == ("log", "linear")
+    for attr in ("center_ref", "ln_amplitude", "ln_sigma", "ln_gamma", "center_shift", "component"):
+        assert torch.equal(getattr(back, attr), getattr(forest, attr)), attr
+    # a plain forest's table has no components, and a damaged one says what is wrong
+    assert "components" not in forest_to_table(h2o).meta
+    del table["component"]
+    with pytest.raises(ValueError, match="component"):
+        forest_from_table(table)
