@@ -9,6 +9,7 @@ forests' dense evaluation (every line on every pixel) and ``blase_specutils.test
 from __future__ import annotations
 
 import math
+import re
 
 import astropy.units as u
 import numpy as np
@@ -367,3 +368,46 @@ def test_line_table_round_trip_of_mixed_modes_is_exact():
     del table["component"]
     with pytest.raises(ValueError, match="component"):
         forest_from_table(table)
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_takes_one_telluric_clone_per_molecule(injection, tmp_path, capsys):
+    from astropy.table import Table
+
+    from blase_specutils.cli import main
+
+    _, _, pixels, data = injection
+    table = Table(
+        {"wavelength": pixels * u.AA, "flux": data.flux, "uncertainty": data.uncertainty}
+    )
+    observed = tmp_path / "standard.fits"
+    table.write(observed, format="fits")
+    h2o, o2 = _molecules()
+    paths = {}
+    for name, forest in (("star", _star()), ("H2O", h2o), ("O2", o2)):
+        paths[name] = tmp_path / f"{name}.ecsv"
+        _clone(forest).save(paths[name])
+    base = [
+        "fit", str(observed), "--stellar", str(paths["star"]), "--rv-search", "5",
+        "--vsini", "1", "--resolving-power", str(R_INSTRUMENT), "--epochs", "0",
+        "--global-epochs", "30", "-q",
+    ]  # fmt: skip
+    named = ["--telluric", f"H2O={paths['H2O']}", "--telluric", f"O2={paths['O2']}"]
+    assert main([*base, *named, "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    for name, truth in TRUE_SCALES.items():
+        match = re.search(rf"telluric scale {name} = ([\d.]+) ± ([\d.]+)", out)
+        assert match, out
+        assert float(match.group(1)) == pytest.approx(truth, rel=0.05)
+    loaded = read_fit(tmp_path / "out" / "fit.asdf")
+    assert loaded.telluric.names == ("H2O", "O2")
+    # one plain path is one clone with one scale, as before
+    assert main([*base, "--telluric", str(paths["H2O"]), "-o", str(tmp_path / "one")]) == 0
+    assert "telluric scale" not in capsys.readouterr().out
+    assert read_fit(tmp_path / "one" / "fit.asdf").telluric_scales.keys() == {"telluric"}
+    # mixing a plain path with named ones, or a molecule twice, is a usage error
+    assert main([*base, "--telluric", f"{paths['H2O']}", "--telluric", f"O2={paths['O2']}"]) == 2
+    assert "NAME=PATH" in capsys.readouterr().err
+    twice = ["--telluric", f"O2={paths['H2O']}", "--telluric", f"O2={paths['O2']}"]
+    assert main([*base, *twice]) == 2
+    assert "twice" in capsys.readouterr().err
