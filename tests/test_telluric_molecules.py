@@ -384,7 +384,9 @@ def test_cli_takes_one_telluric_clone_per_molecule(injection, tmp_path, capsys):
     table.write(observed, format="fits")
     h2o, o2 = _molecules()
     paths = {}
-    for name, forest in (("star", _star()), ("H2O", h2o), ("O2", o2)):
+    for name, forest in (
+        ("star", _star()), ("H2O", h2o), ("O2", o2), ("all", _concatenated(h2o, o2))
+    ):
         paths[name] = tmp_path / f"{name}.ecsv"
         _clone(forest).save(paths[name])
     base = [
@@ -402,7 +404,7 @@ def test_cli_takes_one_telluric_clone_per_molecule(injection, tmp_path, capsys):
     loaded = read_fit(tmp_path / "out" / "fit.asdf")
     assert loaded.telluric.names == ("H2O", "O2")
     # one plain path is one clone with one scale, as before
-    assert main([*base, "--telluric", str(paths["H2O"]), "-o", str(tmp_path / "one")]) == 0
+    assert main([*base, "--telluric", str(paths["all"]), "-o", str(tmp_path / "one")]) == 0
     assert "telluric scale" not in capsys.readouterr().out
     assert read_fit(tmp_path / "one" / "fit.asdf").telluric_scales.keys() == {"telluric"}
     # mixing a plain path with named ones, or a molecule twice, is a usage error
@@ -411,3 +413,23 @@ def test_cli_takes_one_telluric_clone_per_molecule(injection, tmp_path, capsys):
     twice = ["--telluric", f"O2={paths['H2O']}", "--telluric", f"O2={paths['O2']}"]
     assert main([*base, *twice]) == 2
     assert "twice" in capsys.readouterr().err
+
+
+def test_the_line_stage_trains_the_molecules_lines(injection):
+    """With epochs > 0 the molecules' amplitudes learn (mixed modes too) and the model
+    stays the fit's: χ² no worse than with the lines held."""
+    _, _, pixels, data = injection
+    h2o, o2 = _molecules(mode_o2="linear")
+    result = fit(
+        pixels, data.flux, data.uncertainty, stellar=_clone(_star()),
+        telluric=[("H2O", _clone(h2o)), ("O2", _clone(o2))], rv=0.0, rv_search=5.0,
+        vsini=0.0, fit_vsini=False, resolving_power=R_INSTRUMENT, epochs=20,
+        global_epochs=10, progress=False, telluric_trainable=("amplitude", "sigma"),
+    )  # fmt: skip
+    trained = result.telluric
+    start = ComponentForest.from_forests([("H2O", h2o), ("O2", o2)])
+    assert trained.modes == ("log", "linear")
+    assert not torch.equal(trained.ln_amplitude.detach().cpu(), start.ln_amplitude)
+    assert result.meta["n_line_dof"] > 0
+    assert set(result.telluric_scales) == {"H2O", "O2"}
+    assert result.chi2_reduced < 2.0
