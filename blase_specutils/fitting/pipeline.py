@@ -1195,8 +1195,13 @@ def fit(
         estimated from the pixel-to-pixel scatter.
     stellar : CloneResult, LineForest or path
         The stellar clone (flattened units).
-    telluric : CloneResult, LineForest or path, optional
-        A telluric clone (transmission).
+    telluric : CloneResult, LineForest, path, dict or list of pairs, optional
+        A telluric clone (transmission), or one clone per molecule as a dict
+        ``{name: clone}`` or a list of ``(name, clone)`` pairs (e.g. from
+        :func:`~blase_specutils.cloning.clone_molecules`): a telluric model by molecule,
+        ``∏_m T_m^{s_m}`` with one optical-depth scale per molecule (all freed by
+        ``"telluric_scale"``; the shift is shared), reported in
+        :attr:`FitResult.telluric_scales`.
     options : FitOptions, optional
         All the settings below as one frozen object (:class:`FitOptions`: the free set,
         the search, the line stage, the run); keywords given here besides it, at other
