@@ -562,14 +562,14 @@ def _check_fit_files(args) -> None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _load_telluric(values: list[str] | None):
-    """``--telluric`` as given: None, one clone (``PATH``), or one per molecule
+def _telluric_paths(values: list[str] | None):
+    """``--telluric`` as given: None, one path (``PATH``), or one per molecule
     (``NAME=PATH``, the option repeated) as a dict for a telluric model by molecule."""
     if not values:
         return None
     if len(values) == 1 and not _names_a_molecule(values[0]):
-        return _load_clone(values[0], "--telluric")
-    clones = {}
+        return values[0]
+    paths = {}
     for value in values:
         if not _names_a_molecule(value):
             raise UsageError(
@@ -577,10 +577,18 @@ def _load_telluric(values: list[str] | None):
                 "as NAME=PATH (e.g. --telluric H2O=h2o.ecsv --telluric O2=o2.ecsv)"
             )
         name, path = value.split("=", 1)
-        if name in clones:
+        if name in paths:
             raise UsageError(f"--telluric: the molecule {name} is given twice")
-        clones[name] = _load_clone(path, f"--telluric {name}")
-    return clones
+        paths[name] = path
+    return paths
+
+
+def _load_telluric(values: list[str] | None):
+    """The clone(s) ``--telluric`` names (see :func:`_telluric_paths`)."""
+    paths = _telluric_paths(values)
+    if isinstance(paths, dict):
+        return {name: _load_clone(path, f"--telluric {name}") for name, path in paths.items()}
+    return None if paths is None else _load_clone(paths, "--telluric")
 
 
 def _names_a_molecule(value: str) -> bool:
@@ -776,7 +784,13 @@ def _add_batch_parser(sub) -> None:
             )
         else:
             q.add_argument("--stellar", required=True, help="stellar clone (ECSV from `clone`)")
-            q.add_argument("--telluric", default=None, help="telluric clone (ECSV)")
+            q.add_argument(
+                "--telluric",
+                action="append",
+                default=None,
+                metavar="[NAME=]PATH",
+                help="telluric clone (ECSV); repeat as NAME=PATH for one per molecule",
+            )
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         q.set_defaults(handler=_cmd_batch)
 
@@ -800,7 +814,7 @@ def _cmd_batch(args, out, err) -> int:
             if args.range is not None:
                 job["read"] = {**(job.get("read") or {}), "wavelength_range": sorted(args.range)}
         else:
-            job["stellar"], job["telluric"] = args.stellar, args.telluric
+            job["stellar"], job["telluric"] = args.stellar, _telluric_paths(args.telluric)
         job["options"] = options
         started = time.perf_counter()
         summary = batch.run(

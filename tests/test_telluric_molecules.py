@@ -433,3 +433,29 @@ def test_the_line_stage_trains_the_molecules_lines(injection):
     assert result.meta["n_line_dof"] > 0
     assert set(result.telluric_scales) == {"H2O", "O2"}
     assert result.chi2_reduced < 2.0
+
+
+def test_a_batch_fit_job_takes_one_telluric_clone_per_molecule(tmp_path):
+    from blase_specutils import batch
+
+    h2o, o2 = _molecules()
+    paths = {}
+    for name, forest in (("star", _star()), ("H2O", h2o), ("O2", o2)):
+        paths[name] = tmp_path / f"{name}.ecsv"
+        _clone(forest).save(paths[name])
+    job = batch.Job(
+        "fit", stellar=paths["star"], telluric={"O2": paths["O2"], "H2O": paths["H2O"]}
+    )
+    assert list(job.telluric) == ["H2O", "O2"]  # sorted: one order, one fingerprint
+    assert [which for which, _ in job.clone_paths()] == [
+        "stellar", "telluric['H2O']", "telluric['O2']"
+    ]  # fmt: skip
+    assert batch.Job.from_dict(job.to_dict()) == job
+    assert batch.Job.load(job.save(tmp_path / "job.json")) == job
+    before = job.fingerprint()
+    _clone(_molecules()[1].to(torch.float32)).save(paths["O2"], overwrite=True)
+    assert job.fingerprint() != before  # a molecule's clone file is part of the job
+    with pytest.raises(ValueError, match="empty dict"):
+        batch.Job("fit", stellar=paths["star"], telluric={})
+    with pytest.raises(ValueError, match=r"telluric\['O2'\] clone must be a path"):
+        batch.Job("fit", stellar=paths["star"], telluric={"O2": 3})
