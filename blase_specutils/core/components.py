@@ -25,7 +25,7 @@ from .layout import SparseLayout
 from .lineforest import LineForest, forest_log_transmission
 from .profiles import pseudo_voigt, voigt
 
-__all__ = ["ComponentForest", "ComponentLayout"]
+__all__ = ["ComponentForest", "ComponentLayout", "check_component_names"]
 
 
 class ComponentLayout:
