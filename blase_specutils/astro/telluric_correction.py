@@ -7,7 +7,8 @@ fitted, a small velocity shift) and the instrument's resolving power. Then
 :func:`correct_tellurics` observes that learned transmission on the science spectrum's
 pixels exactly as the forward model does, ``T^(scale · airmass_ratio)`` on a
 uniform-velocity fine grid → instrumental Gaussian → mean over each pixel, and divides it
-out.
+out. A standard fitted with one telluric clone per molecule (a telluric model by
+molecule) gives ``∏_m T_m^(s_m · airmass_ratio)``, each molecule at its own fitted scale.
 """
 
 from __future__ import annotations
