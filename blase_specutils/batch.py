@@ -211,7 +211,9 @@ class Job:
         ``{"wavelength_range": [8600, 8620]}`` (Å).
     stellar, telluric : str, optional
         Fit only: the clone files (ECSV from ``clone``) to fit with; ``stellar`` is
-        required. The clones are read once and sent to each worker once.
+        required. The clones are read once and sent to each worker once. ``telluric``
+        may also be ``{molecule: path}``, one clone per molecule (a telluric model by
+        molecule, see :func:`blase_specutils.fit`; kept sorted by name).
 
     Raises
     ------
@@ -224,7 +226,7 @@ class Job:
     options: dict = dataclasses.field(default_factory=dict)
     read: dict = dataclasses.field(default_factory=dict)
     stellar: str | None = None
-    telluric: str | None = None
+    telluric: str | dict | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -275,13 +277,21 @@ class Job:
                 raise ValueError("a fit job needs a stellar clone (Job('fit', stellar=PATH))")
         for which in ("stellar", "telluric"):
             value = getattr(self, which)
-            if value is not None:
-                if not isinstance(value, (str, os.PathLike)):
-                    raise ValueError(
-                        f"the job's {which} clone must be a path to its ECSV file, "
-                        f"got {type(value).__name__}"
-                    )
-                setattr(self, which, str(Path(value).expanduser().resolve()))
+            if which == "telluric" and isinstance(value, Mapping):
+                if not value:
+                    raise ValueError("the job's telluric clones by molecule are an empty dict")
+                for name in value:
+                    if not isinstance(name, str) or not name.strip():
+                        raise ValueError(
+                            f"the job's telluric molecule names must be non-empty strings, "
+                            f"got {name!r}"
+                        )
+                self.telluric = {
+                    name: _clone_path(path, f"telluric[{name!r}]")
+                    for name, path in sorted(value.items())
+                }
+            elif value is not None:
+                setattr(self, which, _clone_path(value, which))
 
     # ----------------------------------------------------------- plain data
     def to_dict(self) -> dict:
@@ -291,8 +301,18 @@ class Job:
             "options": dict(self.options),
             "read": dict(self.read),
             "stellar": self.stellar,
-            "telluric": self.telluric,
+            "telluric": dict(self.telluric) if isinstance(self.telluric, dict) else self.telluric,
         }
+
+    def clone_paths(self) -> list[tuple[str, str]]:
+        """``(which, path)`` of every clone file the job names (one per molecule of a
+        telluric model by molecule, as ``telluric[NAME]``)."""
+        out = [] if self.stellar is None else [("stellar", self.stellar)]
+        if isinstance(self.telluric, dict):
+            out += [(f"telluric[{name!r}]", path) for name, path in self.telluric.items()]
+        elif self.telluric is not None:
+            out.append(("telluric", self.telluric))
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Job:
@@ -336,13 +356,21 @@ class Job:
     def fingerprint(self) -> str:
         """SHA-256 of the job and of the clone files it names: what a result depends on."""
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode())
-        for which in ("stellar", "telluric"):
-            value = getattr(self, which)
-            if value is not None:
-                for path in (Path(value), _clone_spectrum_path(Path(value))):
-                    if path.is_file():
-                        digest.update(_file_hash(path).encode())
+        for _, value in self.clone_paths():
+            for path in (Path(value), _clone_spectrum_path(Path(value))):
+                if path.is_file():
+                    digest.update(_file_hash(path).encode())
         return digest.hexdigest()
+
+
+def _clone_path(value, which: str) -> str:
+    """A job's clone path, checked and made absolute."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise ValueError(
+            f"the job's {which} clone must be a path to its ECSV file, "
+            f"got {type(value).__name__}"
+        )
+    return str(Path(value).expanduser().resolve())
 
 
 def _allowed_options(task: str) -> list[str]:
@@ -1025,19 +1053,18 @@ def _load_clones(job: Job) -> list:
         return []
     from .cloning import load_clone
 
-    clones = []
-    for which in ("stellar", "telluric"):
-        path = getattr(job, which)
-        if path is None:
-            clones.append(None)
-            continue
+    loaded = {}
+    for which, path in job.clone_paths():
         try:
-            clones.append(load_clone(path))
+            loaded[which] = load_clone(path)
         except FileNotFoundError as error:
             raise FileNotFoundError(f"the job's {which} clone: {error}") from None
         except ValueError as error:
             raise ValueError(f"the job's {which} clone {path} cannot be read: {error}") from None
-    return clones
+    telluric = loaded.get("telluric")
+    if isinstance(job.telluric, dict):
+        telluric = {name: loaded[f"telluric[{name!r}]"] for name in job.telluric}
+    return [loaded.get("stellar"), telluric]
 
 
 def run(

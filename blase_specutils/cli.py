@@ -444,6 +444,11 @@ def _report(result, out, label: str = "") -> None:
     print(f"{prefix}v sin i  = {pm('vsini', result.vsini, 3)} km/s", file=out)
     print(f"{prefix}R        = {pm('resolving_power', result.resolving_power, 0)}", file=out)
     print(f"{prefix}chi2_red = {_plain(result.chi2_reduced):.3f}", file=out)
+    scales = result.meta.get("telluric_scales") or {}
+    if len(scales) > 1 or (scales and "telluric" not in scales):  # a model by molecule
+        for name, entry in scales.items():
+            value = _pm(entry["value"], entry["uncertainty"], 4, None)
+            print(f"{prefix}telluric scale {name} = {value}", file=out)
 
 
 @contextlib.contextmanager
@@ -559,15 +564,55 @@ def _check_fit_files(args) -> None:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _telluric_paths(values: list[str] | None):
+    """``--telluric`` as given: None, one path (``PATH``), or one per molecule
+    (``NAME=PATH``, the option repeated) as a dict for a telluric model by molecule."""
+    if not values:
+        return None
+    if len(values) == 1 and not _names_a_molecule(values[0]):
+        return values[0]
+    paths = {}
+    for value in values:
+        if not _names_a_molecule(value):
+            raise UsageError(
+                f"--telluric {value}: with several telluric clones, name each one's molecule "
+                "as NAME=PATH (e.g. --telluric H2O=h2o.ecsv --telluric O2=o2.ecsv)"
+            )
+        name, path = value.split("=", 1)
+        if name in paths:
+            raise UsageError(f"--telluric: the molecule {name} is given twice")
+        paths[name] = path
+    return paths
+
+
+def _load_telluric(values: list[str] | None):
+    """The clone(s) ``--telluric`` names (see :func:`_telluric_paths`)."""
+    paths = _telluric_paths(values)
+    if isinstance(paths, dict):
+        return {name: _load_clone(path, f"--telluric {name}") for name, path in paths.items()}
+    return None if paths is None else _load_clone(paths, "--telluric")
+
+
+def _names_a_molecule(value: str) -> bool:
+    """Whether a ``--telluric`` value is ``NAME=PATH`` (not a file whose name holds '=')."""
+    name, equals, path = value.partition("=")
+    return (
+        bool(equals and name and path)
+        and name.replace("_", "").replace("-", "").replace("+", "").isalnum()
+        and not Path(value).expanduser().exists()
+    )
+
+
 def _cmd_fit(args, out, err) -> int:
     from . import fitting
 
     _check_fit_files(args)
     stellar = _load_clone(args.stellar, "--stellar")
-    telluric = None if args.telluric is None else _load_clone(args.telluric, "--telluric")
+    telluric = _load_telluric(args.telluric)
     orders = read_observation(args.data)
     instrument = orders[0].meta.get("instrument") if orders else None
-    clones = [c for c in (stellar, telluric) if c is not None]
+    by_molecule = list(telluric.values()) if isinstance(telluric, dict) else [telluric]
+    clones = [c for c in (stellar, *by_molecule) if c is not None]
     orders, labels = _prepare_orders(orders, clones, args, err)
     # the instrument's nominal R unless given (as spectrum.blase.fit does)
     resolving_power, source = fitting.initial_resolving_power(args.resolving_power, instrument)
@@ -741,7 +786,13 @@ def _add_batch_parser(sub) -> None:
             )
         else:
             q.add_argument("--stellar", required=True, help="stellar clone (ECSV from `clone`)")
-            q.add_argument("--telluric", default=None, help="telluric clone (ECSV)")
+            q.add_argument(
+                "--telluric",
+                action="append",
+                default=None,
+                metavar="[NAME=]PATH",
+                help="telluric clone (ECSV); repeat as NAME=PATH for one per molecule",
+            )
         q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
         q.set_defaults(handler=_cmd_batch)
 
@@ -765,7 +816,7 @@ def _cmd_batch(args, out, err) -> int:
             if args.range is not None:
                 job["read"] = {**(job.get("read") or {}), "wavelength_range": sorted(args.range)}
         else:
-            job["stellar"], job["telluric"] = args.stellar, args.telluric
+            job["stellar"], job["telluric"] = args.stellar, _telluric_paths(args.telluric)
         job["options"] = options
         started = time.perf_counter()
         summary = batch.run(
@@ -918,8 +969,14 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stellar", required=True, help="stellar clone (ECSV from `clone`)")
     p.add_argument(
         "--telluric",
+        action="append",
         default=None,
-        help="telluric clone (ECSV from `clone --no-flatten`; default: none)",
+        metavar="[NAME=]PATH",
+        help=(
+            "telluric clone (ECSV from `clone --no-flatten`; default: none); repeat as "
+            "NAME=PATH for one clone per molecule, each with its own optical-depth scale "
+            "(--telluric H2O=h2o.ecsv --telluric O2=o2.ecsv)"
+        ),
     )
     p.add_argument(
         "--rv", type=_finite_float, default=FIT_DEFAULTS["rv"], help="initial radial velocity, km/s"

@@ -32,7 +32,7 @@ from .astro.inputs import (
     n_masked,
     unpack_spectra,
 )
-from .astro.templates import Template
+from .astro.templates import Template, read_psg
 from .core.lineforest import LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
@@ -42,6 +42,7 @@ from .prep.linefind import find_lines, find_optical_depth_lines
 
 __all__ = [
     "clone",
+    "clone_molecules",
     "load_clone",
     "CloneResult",
     "forest_from_table",
@@ -70,6 +71,11 @@ CLONE_NUMBERS = {
     "num_threads": (None, 1, False, None, True, True),
     "max_optical_depth": (None, 0.0, True, None, False, False),
 }
+
+#: PSG columns :func:`clone_molecules` leaves out unless asked for: the total (the
+#: molecules' product) and the smooth continua (Rayleigh scattering, collision-induced
+#: absorption), which are no forests of lines.
+PSG_NON_MOLECULES = ("Total", "Rayleigh", "CIA")
 
 #: FWHM of a Voigt whose Gaussian and Lorentzian FWHM are equal, in units of either.
 _EQUAL_SPLIT_FWHM_RATIO = (1 + 2.69269 + 2.42843 + 4.47163 + 0.07842 + 1) ** 0.2
@@ -621,3 +627,79 @@ def _starting_values(center, amplitude, sigma, gamma, fwhm, depth, found_in_pass
         "depth": depth,
         "found_in_pass": np.full(np.size(center), found_in_pass, dtype=np.int64),
     }
+
+
+def clone_molecules(
+    path_or_name="psg",
+    molecules=None,
+    *,
+    wavelength_range=None,
+    min_absorption: float = 1e-3,
+    **clone_options,
+) -> dict[str, CloneResult]:
+    """Clone each molecule of a NASA PSG transmittance file: a telluric model by molecule.
+
+    Each molecule's transmission (a column read by
+    :func:`~blase_specutils.astro.templates.read_psg`) is cloned on its own with
+    :func:`clone` (not flattened; saturated ones on their optical depth), so that
+    ``fit(..., telluric=clone_molecules(...))`` fits one optical-depth scale per molecule
+    (``∏_m T_m^{s_m}``): water and O₂ (or CH₄ and CO₂) columns vary independently.
+
+    Parameters
+    ----------
+    path_or_name : str or os.PathLike
+        A PSG file, or muler's packaged one (``"psg"``, the default).
+    molecules : str or sequence of str, optional
+        Columns to clone; default every column but :data:`PSG_NON_MOLECULES` (``Total``,
+        ``Rayleigh``, ``CIA``).
+    wavelength_range : (float, float) or astropy.units.Quantity, optional
+        Range to clone, Å (vacuum) when plain numbers; default the whole file.
+    min_absorption : float
+        A molecule whose deepest absorption in the range is below this (its minimum
+        transmission above ``1 − min_absorption``; 0.999 by default) is skipped: it has no
+        lines worth a scale. In [0, 1).
+    **clone_options
+        Passed to :func:`clone` (``prominence``, ``epochs``, ``device``, ``progress`` …);
+        ``flatten`` is always False (a transmission is at 1 already).
+
+    Returns
+    -------
+    dict of str to CloneResult
+        One clone per molecule kept, in the file's column order; each clone's
+        ``meta["molecule"]`` names it and ``meta["min_transmission"]`` is the deepest
+        transmission in the range.
+
+    Raises
+    ------
+    ValueError
+        If ``min_absorption`` is not in [0, 1), a molecule is not in the file, or no
+        molecule absorbs more than ``min_absorption`` in the range (the message gives
+        each one's deepest absorption).
+    """
+    if "flatten" in clone_options:
+        raise TypeError("clone_molecules always clones unflattened transmissions: no flatten")
+    threshold = float(min_absorption)
+    if not (0.0 <= threshold < 1.0):
+        raise ValueError(f"min_absorption must be in [0, 1), got {min_absorption}")
+    if isinstance(wavelength_range, u.Quantity):
+        wavelength_range = tuple(
+            wavelength_range.to_value(u.AA, equivalencies=u.spectral()).tolist()
+        )
+    wavelength, columns = read_psg(path_or_name, molecules, wavelength_range=wavelength_range)
+    if molecules is None:
+        columns = {k: v for k, v in columns.items() if k not in PSG_NON_MOLECULES}
+    depths = {name: float(1.0 - np.min(t)) if t.size else 0.0 for name, t in columns.items()}
+    kept = [name for name, depth in depths.items() if depth > threshold]
+    if not kept:
+        listed = ", ".join(f"{name} {depth:.2g}" for name, depth in depths.items())
+        raise ValueError(
+            f"no molecule absorbs more than min_absorption = {threshold:g} in this range "
+            f"(deepest absorption: {listed or 'no columns'})"
+        )
+    out = {}
+    for name in kept:
+        result = clone(wavelength, columns[name], flatten=False, **clone_options)
+        result.meta["molecule"] = name
+        result.meta["min_transmission"] = float(np.min(columns[name]))
+        out[name] = result
+    return out

@@ -337,8 +337,9 @@ class BlaseAccessor:
         ----------
         stellar : blase_specutils.CloneResult
             Clone of the stellar template.
-        telluric : blase_specutils.CloneResult, optional
-            Clone of the telluric transmission.
+        telluric : blase_specutils.CloneResult or dict, optional
+            Clone of the telluric transmission, or one per molecule ``{name: clone}``
+            (a scale per molecule; see :func:`blase_specutils.fit`).
         **kwargs
             Passed on (``medium`` is consumed here, see :meth:`to_arrays`); the
             numeric ones are checked first, as :func:`blase_specutils.fit` checks them

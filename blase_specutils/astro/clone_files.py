@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from astropy.table import QTable
 
+from ..core.components import ComponentForest
 from ..core.lineforest import LOG_BOUNDS, LineForest
 from ..core.profiles import pseudo_voigt_peak
 
@@ -80,7 +81,7 @@ def forest_to_table(
             torch.as_tensor(props["sigma"]), torch.as_tensor(props["gamma"])
         ).numpy()
     strength = props["amplitude"] * peak
-    depth = strength if forest.mode == "linear" else -np.expm1(-strength)
+    depth = np.where(forest.linear_lines(), strength, -np.expm1(-strength))
     table = QTable()
     table["center"] = props["center"] * u.AA
     table["amplitude"] = props["amplitude"] * u.AA
@@ -95,6 +96,8 @@ def forest_to_table(
         for name in ("center_shift", "ln_amplitude", "ln_sigma", "ln_gamma"):
             table[name] = getattr(forest, name).detach().cpu().numpy()
     table["center_shift"].unit = u.AA
+    if isinstance(forest, ComponentForest):
+        table["component"] = props["component"].astype(np.int64)
     if initial is not None:
         for key, value in initial.items():
             if key == "found_in_pass":  # provenance, not a starting value
@@ -115,6 +118,14 @@ def forest_to_table(
             "trainable": list(forest.trainable),
         }
     )
+    if isinstance(forest, ComponentForest):
+        # a telluric model by molecule: the components' names and modes, in order (the
+        # ``component`` column indexes them)
+        table.meta["components"] = [
+            {"name": name, "mode": mode} for name, mode in zip(forest.names, forest.modes)
+        ]
+    else:
+        table.meta.pop("components", None)
     return table
 
 
@@ -144,7 +155,7 @@ def _check_meta(table: QTable, what: str) -> torch.dtype:
             f"{what} has dtype {name!r} in its metadata; expected one of {sorted(DTYPES)}"
         )
     mode = meta.get("mode", "linear")
-    if mode not in ("linear", "log"):
+    if mode not in ("linear", "log") and not (mode == "mixed" and "components" in meta):
         raise ValueError(f"{what} has mode {mode!r} in its metadata; expected 'linear' or 'log'")
     return DTYPES[name]
 
@@ -221,19 +232,22 @@ def forest_from_table(
     if emission.dtype != bool and not np.all(np.isin(emission, (0, 1))):
         raise ValueError(f"{what}: column 'emission' must hold booleans")
 
+    common = {
+        "emission": emission.astype(bool),
+        "profile": table.meta.get("profile", "pseudo_voigt"),
+        "trainable": table.meta.get("trainable", ("amplitude", "sigma", "gamma")),
+        "dtype": dtype,
+        "device": device,
+    }
+    ones = np.ones(len(table))
     try:
-        forest = LineForest(
-            values["center_ref"],
-            np.ones(len(table)),
-            np.ones(len(table)),
-            np.ones(len(table)),
-            emission=emission.astype(bool),
-            mode=table.meta.get("mode", "linear"),
-            profile=table.meta.get("profile", "pseudo_voigt"),
-            trainable=table.meta.get("trainable", ("amplitude", "sigma", "gamma")),
-            dtype=dtype,
-            device=device,
-        )
+        if "components" in table.meta:
+            forest = _component_forest(table, values["center_ref"], ones, common, what)
+        else:
+            forest = LineForest(
+                values["center_ref"], ones, ones, ones,
+                mode=table.meta.get("mode", "linear"), **common,
+            )  # fmt: skip
     except (TypeError, ValueError) as err:
         raise ValueError(f"{what}: {err}") from err
     with torch.no_grad():
@@ -241,6 +255,27 @@ def forest_from_table(
             column = torch.as_tensor(values[name], device=forest.center_ref.device)
             getattr(forest, name).copy_(column.to(dtype))
     return forest
+
+
+def _component_forest(table: QTable, center, ones, common: dict, what: str) -> ComponentForest:
+    """The :class:`ComponentForest` of a table with ``meta["components"]``."""
+    components = table.meta["components"]
+    if not isinstance(components, list) or not all(
+        isinstance(c, dict) and "name" in c and "mode" in c for c in components
+    ):
+        raise ValueError(
+            f"{what}: meta['components'] must list {{'name': ..., 'mode': ...}} entries"
+        )
+    if "component" not in table.colnames:
+        raise ValueError(f"{what} lists components but lacks the column 'component'")
+    index = np.asarray(getattr(table["component"], "value", table["component"]))
+    if index.dtype.kind not in "iu":
+        raise ValueError(f"{what}: column 'component' must hold integers")
+    return ComponentForest(
+        center, ones, ones, ones, component=index.astype(np.int64),
+        names=[str(c["name"]) for c in components], modes=[str(c["mode"]) for c in components],
+        **common,
+    )  # fmt: skip
 
 
 def spectrum_path(path: Path) -> Path:

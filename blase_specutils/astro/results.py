@@ -42,6 +42,7 @@ from astropy.table import QTable, Table
 from specutils import SpectralRegion, Spectrum, SpectrumList
 
 from .._version import __version__
+from ..core.components import ComponentForest
 from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
 from ..core.train import TrainingHistory
@@ -200,7 +201,10 @@ def telluric_settings(fit_result: Any) -> dict | None:
         the fit did), ``tolerance`` (the sparse windows' wing tolerance) and ``ranges``
         (``[[λ_min, λ_max], ...]`` in Å, vacuum:
         the pixels of each fitted order, where the clone was learned). Numbers are the
-        float64 values of the model's parameters, so a stored copy is exact.
+        float64 values of the model's parameters, so a stored copy is exact. For a
+        telluric model by molecule, ``components`` lists the molecules' names and
+        ``ln_scale`` is a list, one ln scale per molecule in that order (the
+        transmission is ``∏_m T_m^exp(ln_scale[m])``).
     """
     if not _is_fit(fit_result):
         raise TypeError(f"expected a FitResult, not {type(fit_result).__name__}")
@@ -215,8 +219,16 @@ def telluric_settings(fit_result: Any) -> dict | None:
         [float(np.min(o["wavelength"])), float(np.max(o["wavelength"]))]
         for o in _orders_of(fit_result)
     ]
+    ln_scale = model.ln_telluric_scale.detach().cpu().double()
+    by_molecule = {}
+    if isinstance(forest, ComponentForest):
+        by_molecule = {"components": list(forest.names)}
+        ln_scale = [float(v) for v in ln_scale]
+    else:
+        ln_scale = float(ln_scale)
     return {
-        "ln_scale": float(model.ln_telluric_scale.detach().cpu().double()),
+        **by_molecule,
+        "ln_scale": ln_scale,
         "shift_kms": float(model.telluric_shift.detach().cpu().double()),
         "shift_applied": bool(model.telluric_shift.requires_grad),
         "relativistic": bool(forest.relativistic),
@@ -932,7 +944,9 @@ def fit_parameters(fit_result: Any) -> QTable:
         Columns ``rv`` and ``vsini`` [km/s], ``resolving_power``, ``limb_darkening``,
         each with ``*_uncertainty`` (NaN when the parameter was held fixed),
         ``chi2_reduced``, ``initial_chi2_reduced``, ``n_good_pixels`` and, with a
-        telluric clone, ``telluric_scale``. ``meta`` records the version and date.
+        telluric clone, ``telluric_scale`` (by molecule: ``telluric_scale_<name>`` and
+        ``telluric_scale_<name>_uncertainty`` per molecule). ``meta`` records the
+        version and date.
     """
     if not _is_fit(fit_result):
         raise TypeError(f"fit_parameters expects a FitResult, not {type(fit_result).__name__}")
@@ -954,7 +968,12 @@ def fit_parameters(fit_result: Any) -> QTable:
     meta = getattr(fit_result, "meta", {}) or {}
     table["n_good_pixels"] = [int(meta.get("n_good_pixels", 0))]
     model = fit_result.forward_model
-    if fit_result.telluric is not None and hasattr(model, "ln_telluric_scale"):
+    if isinstance(fit_result.telluric, ComponentForest):
+        # a telluric model by molecule: one scale (and its error) per molecule
+        for name, entry in (meta.get("telluric_scales") or {}).items():
+            table[f"telluric_scale_{name}"] = [float(entry["value"])]
+            table[f"telluric_scale_{name}_uncertainty"] = [float(entry["uncertainty"])]
+    elif fit_result.telluric is not None and hasattr(model, "ln_telluric_scale"):
         table["telluric_scale"] = [float(torch.exp(model.ln_telluric_scale.detach()).double())]
     table.meta.update(
         {
@@ -1678,7 +1697,9 @@ class FitResult:
     telluric : LineForest or None
         The transfer-learned telluric clone (None without one, or for a file written
         before telluric clones were stored: :attr:`has_telluric` still says whether one
-        was fitted).
+        was fitted); a :class:`~blase_specutils.core.components.ComponentForest` for a
+        telluric model by molecule (``.component_forest("H2O")`` gives one molecule's).
+        The fitted scales are :attr:`telluric_scales`.
     initial_chi2_reduced : float
         χ² per pixel after the RV search, before any training.
     flags : dict
@@ -1871,6 +1892,38 @@ class FitResult:
     def _flux_scale(self) -> np.ndarray:
         """Per pixel: the order's flux level, to turn fitted units back into the data's."""
         return np.concatenate([np.full(len(o.wavelength), o.scale) for o in self.order_data])
+
+    @property
+    def telluric_scales(self) -> dict:
+        """The fitted telluric optical-depth scale(s): ``{name: Quantity}`` (dimensionless),
+        one per molecule of a telluric model by molecule (``fit(telluric={"H2O": ...,
+        "O2": ...})``), ``{"telluric": s}`` for a single clone, empty without one. The
+        transmission is ``∏_m T_m^{s_m}``; errors in :attr:`telluric_scale_uncertainties`."""
+        return {name: u.Quantity(v, u.one) for name, (v, _) in self._telluric_scales().items()}
+
+    @property
+    def telluric_scale_uncertainties(self) -> dict:
+        """1-σ errors of :attr:`telluric_scales` (``{name: Quantity}``): Gauss–Newton with
+        the free globals and the continua marginalised, lines held, scaled by the Birge
+        ratio like :attr:`uncertainties` (NaN when held fixed or undefined)."""
+        return {name: u.Quantity(e, u.one) for name, (_, e) in self._telluric_scales().items()}
+
+    def _telluric_scales(self) -> dict:
+        entries = self.meta.get("telluric_scales")
+        if entries:
+            return {
+                str(name): (float(e["value"]), float(e["uncertainty"]))
+                for name, e in dict(entries).items()
+            }
+        if not self.has_telluric:
+            return {}
+        # a fit file written before the scales were kept in meta: its telluric settings
+        settings = telluric_settings(self)
+        if settings is None:
+            return {}
+        names = settings.get("components", ["telluric"])
+        values = np.exp(np.atleast_1d(np.asarray(settings["ln_scale"], dtype=np.float64)))
+        return {str(n): (float(v), float("nan")) for n, v in zip(names, values)}
 
     @property
     def rv_uncertainty(self) -> u.Quantity:

@@ -7,7 +7,8 @@ fitted, a small velocity shift) and the instrument's resolving power. Then
 :func:`correct_tellurics` observes that learned transmission on the science spectrum's
 pixels exactly as the forward model does, ``T^(scale · airmass_ratio)`` on a
 uniform-velocity fine grid → instrumental Gaussian → mean over each pixel, and divides it
-out.
+out. A standard fitted with one telluric clone per molecule (a telluric model by
+molecule) gives ``∏_m T_m^(s_m · airmass_ratio)``, each molecule at its own fitted scale.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from astropy.nddata import StdDevUncertainty
 from specutils import Spectrum, SpectrumList
 
 from ..core.broadening import InstrumentalBroadening, log_uniform_grid
+from ..core.components import ComponentForest
 from ..core.forward import chebyshev_design
 from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.resample import PixelAverager, pixel_edges_from_centers
@@ -87,20 +89,34 @@ class _Observer:
             device=device,
         )
         self.instrument.to(device)
+        by_molecule = isinstance(forest, ComponentForest)
         with torch.no_grad():
             velocity = None
             if shift is not None:
                 velocity = torch.tensor(shift, dtype=forest.dtype, device=device)
-            self.log_t = forest.log_transmission(layout, velocity)
-        self.scale = torch.exp(
-            torch.tensor(float(settings["ln_scale"]), dtype=forest.dtype, device=device)
-        )
+            if by_molecule:
+                # one ln T_m per molecule, each raised to its own fitted scale
+                self.log_t = torch.stack(forest.component_log_transmissions(layout, velocity))
+            else:
+                self.log_t = forest.log_transmission(layout, velocity)
+        ln_scale = torch.tensor(settings["ln_scale"], dtype=torch.float64)
+        if by_molecule and ln_scale.shape != (forest.n_components,):
+            raise ValueError(
+                f"the telluric settings hold {ln_scale.numel()} scale(s) for "
+                f"{forest.n_components} molecules"
+            )
+        self.scale = torch.exp(ln_scale.to(dtype=forest.dtype, device=device))
+        if by_molecule:
+            self.scale = self.scale[:, None]
 
     @torch.no_grad()
     def __call__(self, factor: float = 1.0) -> np.ndarray:
-        """Observed transmission with the optical depth × ``factor``, float64 numpy."""
+        """Observed transmission with the optical depth(s) × ``factor``, float64 numpy."""
         exponent = self.scale if factor == 1.0 else self.scale * factor
-        fine = torch.exp(exponent * self.log_t)
+        log_t = exponent * self.log_t
+        if log_t.ndim == 2:  # by molecule: Σ_m s_m f ln T_m
+            log_t = log_t.sum(0)
+        fine = torch.exp(log_t)
         return self.averager(self.instrument(fine)).double().cpu().numpy()
 
 
@@ -176,9 +192,14 @@ def _correct_one(spectrum: Spectrum, forest, settings, factor, refit, degree, th
     mask = low if spectrum.mask is None else (np.asarray(spectrum.mask, dtype=bool) | low)
     meta = dict(spectrum.meta)
     meta["telluric_transmission"] = transmission
+    standard = _standard_scales(settings)
     meta["telluric_correction"] = {
-        "scale": float(math.exp(float(settings["ln_scale"])) * factor),
-        "standard_scale": float(math.exp(float(settings["ln_scale"]))),
+        "scale": (
+            {k: v * float(factor) for k, v in standard.items()}
+            if isinstance(standard, dict)
+            else standard * float(factor)
+        ),
+        "standard_scale": standard,
         "factor": float(factor),
         "refit_scale": bool(refit),
         "min_transmission": float(threshold),
@@ -191,6 +212,16 @@ def _correct_one(spectrum: Spectrum, forest, settings, factor, refit, degree, th
         mask=mask,
         meta=meta,
     )
+
+
+def _standard_scales(settings: dict) -> float | dict:
+    """The standard's fitted scale, or ``{molecule: scale}`` for a model by molecule."""
+    if "components" in settings:
+        return {
+            str(name): float(math.exp(float(v)))
+            for name, v in zip(settings["components"], settings["ln_scale"])
+        }
+    return float(math.exp(float(settings["ln_scale"])))
 
 
 def correct_tellurics(
@@ -243,7 +274,9 @@ def correct_tellurics(
         when the input had none), ``mask`` = the input mask OR ``T < min_transmission``
         (True = bad). ``meta["telluric_transmission"]`` holds T per pixel (in the input's
         pixel order) and ``meta["telluric_correction"]`` the ``scale`` used (``s · f``,
-        ``f`` the airmass ratio or the refitted factor), ``standard_scale`` (``s``),
+        ``f`` the airmass ratio or the refitted factor), ``standard_scale`` (``s``; both
+        ``{molecule: value}`` dicts for a telluric model by molecule, each molecule's
+        optical depth multiplied by the same ``f``),
         ``factor``, ``refit_scale``, ``min_transmission`` and ``n_masked_telluric``.
 
     Raises

@@ -25,6 +25,7 @@ from .broadening import (
     RotationalBroadening,
     log_uniform_grid,
 )
+from .components import ComponentForest
 from .lineforest import LineForest
 from .observe import observe_fine, veil
 from .resample import PixelAverager
@@ -52,7 +53,10 @@ class ForwardModel(nn.Module):
     pixel_edges : list of numpy.ndarray
         Per order, ``(n_pixels, 2)`` arrays of [lower, upper] pixel edges, Å (vacuum).
     telluric : LineForest, optional
-        Telluric clone (transmission).
+        Telluric clone (transmission). A
+        :class:`~blase_specutils.core.components.ComponentForest` (one forest per
+        molecule) gets one optical-depth scale per component: ``ln_telluric_scale`` is
+        then a vector and the transmission ``∏_m T_m^{s_m}``.
     rv : float
         Initial radial velocity, km/s (applied to stellar line centres).
     vsini : float
@@ -72,7 +76,7 @@ class ForwardModel(nn.Module):
     fit_rv, fit_vsini, fit_limb_darkening, fit_resolving_power : bool
         Which global parameters train.
     fit_telluric_shift, fit_telluric_scale : bool
-        Whether a small telluric velocity shift (km/s) and an optical-depth scale train.
+        Whether a small telluric velocity shift (km/s) and the optical-depth scale(s) train.
     line_strength : float
         Initial global scale ``s`` of the stellar clone's optical depths: the star's
         transmission is ``T^s`` (``T`` the clone's), so ``s < 1`` makes every line
@@ -156,8 +160,12 @@ class ForwardModel(nn.Module):
         self.telluric_shift = nn.Parameter(
             torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_shift
         )
+        # one scale, or one per component of a telluric model by molecule (the shift is
+        # shared: the molecules move together with the observatory)
+        scale_shape = (telluric.n_components,) if isinstance(telluric, ComponentForest) else ()
         self.ln_telluric_scale = nn.Parameter(
-            torch.tensor(0.0, dtype=dtype, device=device), requires_grad=fit_telluric_scale
+            torch.zeros(scale_shape, dtype=dtype, device=device),
+            requires_grad=fit_telluric_scale,
         )
         if not (math.isfinite(line_strength) and line_strength > 0):
             raise ValueError(f"line_strength must be finite and > 0, got {line_strength}")
@@ -336,11 +344,17 @@ class ForwardModel(nn.Module):
         return torch.exp(self.line_strength() * log_t)
 
     def telluric_fine(self) -> torch.Tensor | None:
-        """Telluric transmission on the fine grid (``T^scale``), or None."""
+        """Telluric transmission on the fine grid (``T^scale``, or ``∏_m T_m^{s_m}`` by
+        molecule), or None."""
         if self.telluric is None:
             return None
         # No float(...) test of the value: that would synchronise a GPU every epoch.
         shift = self.telluric_shift if self.telluric_shift.requires_grad else None
+        if isinstance(self.telluric, ComponentForest):
+            # ∏_m T_m^{s_m}: each molecule's optical depth scaled on its own
+            scales = torch.exp(self.ln_telluric_scale)
+            log_t = self.telluric.log_transmission(self.telluric_layout, shift, scales=scales)
+            return torch.exp(log_t)
         log_t = self.telluric.log_transmission(self.telluric_layout, shift)
         return torch.exp(torch.exp(self.ln_telluric_scale) * log_t)
 

@@ -32,7 +32,7 @@ from .sparse import (
 )
 from .train import as_torch_device
 
-__all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES"]
+__all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES", "forest_log_transmission"]
 
 SPEED_OF_LIGHT_KMS = 299792.458
 #: Names accepted by ``trainable``.
@@ -49,6 +49,83 @@ _LOG_BOUNDS = LOG_BOUNDS  # the name it had before it was public
 def _check_finite(name: str, value: np.ndarray) -> None:
     if not np.all(np.isfinite(value)):
         raise ValueError(f"{name} contains non-finite values")
+
+
+def forest_log_transmission(
+    layout: SparseLayout,
+    ln_amplitude: torch.Tensor,
+    ln_sigma: torch.Tensor,
+    ln_gamma: torch.Tensor,
+    shift: torch.Tensor,
+    sign: torch.Tensor,
+    *,
+    linear: bool,
+    profile: str = "pseudo_voigt",
+    emission: bool = True,
+    fused: bool = True,
+) -> torch.Tensor:
+    """ln of the flux of the lines given by their raw parameters, on ``layout``'s grid.
+
+    What :meth:`LineForest.log_transmission` evaluates, as a function of the per-line
+    tensors (``ln a``, ``ln σ``, ``ln γ``, the centre shift from ``layout.center_ref`` in
+    Å, the sign), so a subset of a forest's lines (a view of its parameters) is evaluated
+    by the same kernels: the Triton kernels on a CUDA device when they apply, else the
+    fused PyTorch kernels, or plain autograd with ``fused=False`` (the reference).
+    ``linear``: ∏(1 − aV) (True) or exp(−Σ aV); ``emission``: whether any sign is −1.
+    """
+    if profile == "pseudo_voigt" and fused and use_triton(shift.device):
+        # Every per-line step in Triton kernels, windows placed from the current shift.
+        out = run_triton(
+            "forest_log_transmission_triton",
+            layout,
+            ln_amplitude,
+            ln_sigma,
+            ln_gamma,
+            shift,
+            sign,
+            linear=linear,
+            clip=1.0 - 1e-6,
+            emission=emission,
+        )
+        if out is not None:
+            return out
+    layout.refresh(shift)
+    amplitude = torch.exp(ln_amplitude)
+    sigma = torch.exp(ln_sigma)
+    gamma = torch.exp(ln_gamma)
+    if profile == "pseudo_voigt" and fused:
+        fwhm, eta = tch_fwhm_and_eta(sigma, gamma)
+        return pseudo_voigt_log_transmission(
+            layout,
+            amplitude,
+            fwhm,
+            eta,
+            shift,
+            sign,
+            linear=linear,
+            emission=emission,
+        )
+    if profile == "voigt" and fused:
+        return voigt_log_transmission(
+            layout,
+            amplitude,
+            sigma,
+            gamma,
+            shift,
+            sign,
+            linear=linear,
+            emission=emission,
+        )
+    shape = pseudo_voigt if profile == "pseudo_voigt" else voigt
+    clip = 1.0 - 1e-6
+
+    def term(dx, amplitude, sigma, gamma, sign):
+        av = sign * amplitude * shape(dx, sigma, gamma)
+        return torch.log1p(-av.clamp(max=clip)) if linear else -av
+
+    return layout.evaluate(
+        term, {"amplitude": amplitude, "sigma": sigma, "gamma": gamma, "sign": sign}, shift
+    )
 
 
 class LineForest(nn.Module):
@@ -158,6 +235,11 @@ class LineForest(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.ln_amplitude.dtype
 
+    def linear_lines(self) -> np.ndarray:
+        """Per line: whether its transmission is the product ``1 − aV`` (linear mode) rather
+        than ``exp(−aV)`` (bool array; one value for a plain forest)."""
+        return np.full(self.n_lines, self.mode == "linear")
+
     def set_trainable(self, names: Iterable[str]) -> None:
         """Choose which line properties train (others are frozen).
 
@@ -242,6 +324,36 @@ class LineForest(nn.Module):
             on the CPU and on a GPU. (With the Triton kernels and CUDA graphs, 2 is also
             the fastest: 0.129 ms against 0.187 ms for 8 in the paper's setting.)
         """
+        wl, half, core = self.window_sizes(
+            wavelength,
+            tolerance=tolerance,
+            velocity_budget_kms=velocity_budget_kms,
+            n_fwhm=n_fwhm,
+            max_half_width=max_half_width,
+        )
+        return SparseLayout(
+            wl.to(self.center_ref.device),
+            self.center_ref,
+            half,
+            core,
+            dtype=self.dtype,
+            min_pixels=min_pixels,
+            bucket_ratio=bucket_ratio or 2,
+        )
+
+    def window_sizes(
+        self,
+        wavelength,
+        *,
+        tolerance: float = 1e-4,
+        velocity_budget_kms: float = 0.0,
+        n_fwhm: float = 4.0,
+        max_half_width: float = 50.0,
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The checked float64 grid and every line's window and core half-widths, Å.
+
+        What :meth:`make_layout` builds its windows from (the arguments are its own).
+        """
         props = self.line_properties()
         budget = props["center"] * velocity_budget_kms / SPEED_OF_LIGHT_KMS
         half, core = window_half_widths(
@@ -260,15 +372,7 @@ class LineForest(nn.Module):
             raise ValueError("wavelength contains non-finite values")
         if not bool(torch.all(wl[1:] > wl[:-1])):
             raise ValueError("wavelength must be strictly increasing")
-        return SparseLayout(
-            wl.to(self.center_ref.device),
-            self.center_ref,
-            half,
-            core,
-            dtype=self.dtype,
-            min_pixels=min_pixels,
-            bucket_ratio=bucket_ratio or 2,
-        )
+        return wl, half, core
 
     # ------------------------------------------------------------- evaluation
     def shift(self, velocity_kms: torch.Tensor | float | None = None) -> torch.Tensor:
@@ -301,60 +405,17 @@ class LineForest(nn.Module):
         fused : bool
             Use the fused kernel of the profile (False: plain autograd, the reference).
         """
-        shift = self.shift(velocity_kms)
-        linear = self.mode == "linear"
-        if self.profile == "pseudo_voigt" and fused and use_triton(shift.device):
-            # Every per-line step in Triton kernels, windows placed from the current shift.
-            out = run_triton(
-                "forest_log_transmission_triton",
-                layout,
-                self.ln_amplitude,
-                self.ln_sigma,
-                self.ln_gamma,
-                shift,
-                self.sign,
-                linear=linear,
-                clip=1.0 - 1e-6,
-                emission=self._has_emission,
-            )
-            if out is not None:
-                return out
-        layout.refresh(shift)
-        amplitude = torch.exp(self.ln_amplitude)
-        sigma = torch.exp(self.ln_sigma)
-        gamma = torch.exp(self.ln_gamma)
-        if self.profile == "pseudo_voigt" and fused:
-            fwhm, eta = tch_fwhm_and_eta(sigma, gamma)
-            return pseudo_voigt_log_transmission(
-                layout,
-                amplitude,
-                fwhm,
-                eta,
-                shift,
-                self.sign,
-                linear=linear,
-                emission=self._has_emission,
-            )
-        if self.profile == "voigt" and fused:
-            return voigt_log_transmission(
-                layout,
-                amplitude,
-                sigma,
-                gamma,
-                shift,
-                self.sign,
-                linear=linear,
-                emission=self._has_emission,
-            )
-        shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
-        clip = 1.0 - 1e-6
-
-        def term(dx, amplitude, sigma, gamma, sign):
-            av = sign * amplitude * shape(dx, sigma, gamma)
-            return torch.log1p(-av.clamp(max=clip)) if linear else -av
-
-        return layout.evaluate(
-            term, {"amplitude": amplitude, "sigma": sigma, "gamma": gamma, "sign": self.sign}, shift
+        return forest_log_transmission(
+            layout,
+            self.ln_amplitude,
+            self.ln_sigma,
+            self.ln_gamma,
+            self.shift(velocity_kms),
+            self.sign,
+            linear=self.mode == "linear",
+            profile=self.profile,
+            emission=self._has_emission,
+            fused=fused,
         )
 
     def forward(self, layout: SparseLayout, velocity_kms=None) -> torch.Tensor:

@@ -131,6 +131,18 @@ def global_uncertainties(jac: Jacobian) -> dict:
     out = {name: float("nan") for name, *_ in UNCERTAINTY_SPECS}
     if not jac.names:
         return out
+    cov = covariance(jac.columns, dense_nuisance(jac))
+    if cov is None:
+        return out
+    for i, name in enumerate(jac.names):
+        variance = float(cov[i, i])
+        if variance > 0 and math.isfinite(variance):  # never a zero error bar
+            out[name] = math.sqrt(variance) * jac.log_scale.get(name, 1.0)
+    return out
+
+
+def dense_nuisance(jac: Jacobian) -> torch.Tensor:
+    """Every order's continuum columns in one ``[n, q]`` matrix (zero off its pixels)."""
     n = jac.columns.shape[0]
     q = sum(b.shape[1] for b in jac.nuisance)
     nuisance = torch.zeros(n, q, dtype=torch.float64)
@@ -138,13 +150,45 @@ def global_uncertainties(jac: Jacobian) -> dict:
     for sel, block in zip(jac.rows, jac.nuisance):
         nuisance[sel, start : start + block.shape[1]] = block
         start += block.shape[1]
-    cov = covariance(jac.columns, nuisance)
+    return nuisance
+
+
+@torch.no_grad()
+def telluric_scale_uncertainties(
+    model: ForwardModel, jac: Jacobian, inv_sigma, good, step: float = 1e-3
+) -> list[float]:
+    """Gauss–Newton 1-σ errors of the telluric optical-depth scale(s) ``s_m`` (one per
+    molecule of a telluric model by molecule), the free globals of ``jac`` and the
+    continua marginalised, lines held; NaN where undefined or not fitted. Unscaled (the
+    caller applies the Birge ratio)."""
+    from ..core.uncertainty import covariance
+
+    p = model.ln_telluric_scale
+    n_scales = p.numel()
+    if model.telluric is None or not p.requires_grad:
+        return [float("nan")] * n_scales
+    w = (inv_sigma * good).double()
+    flat = p.view(-1)
+    original = p.detach().clone()
+    cols = []
+    for m in range(n_scales):
+        flat[m] = original.view(-1)[m] + step
+        plus = model().double()
+        flat[m] = original.view(-1)[m] - step
+        minus = model().double()
+        p.copy_(original)
+        cols.append((plus - minus) / (2 * step) * w)
+    columns = torch.cat([jac.columns, torch.stack(cols, dim=1)], dim=1)
+    cov = covariance(columns, dense_nuisance(jac))
+    out = [float("nan")] * n_scales
     if cov is None:
         return out
-    for i, name in enumerate(jac.names):
-        variance = float(cov[i, i])
+    first = jac.columns.shape[1]
+    scales = torch.exp(original.double()).view(-1)
+    for m in range(n_scales):
+        variance = float(cov[first + m, first + m])
         if variance > 0 and math.isfinite(variance):  # never a zero error bar
-            out[name] = math.sqrt(variance) * jac.log_scale.get(name, 1.0)
+            out[m] = math.sqrt(variance) * float(scales[m])
     return out
 
 

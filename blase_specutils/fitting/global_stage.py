@@ -6,12 +6,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..cloning import CloneResult, load_clone
+from ..core.components import ComponentForest, check_component_names
 from ..core.forward import ForwardModel
 from ..core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from ..core.losses import solve_continuum
@@ -34,6 +36,61 @@ def as_forest(obj, name: str) -> tuple[LineForest, CloneResult | None]:
         f"{name} must be a CloneResult, a saved clone path or a LineForest, "
         f"not {type(obj).__name__}"
     )
+
+
+def as_telluric(obj) -> tuple[LineForest | None, CloneResult | None, tuple[float, float] | None]:
+    """The telluric forest of ``fit(telluric=...)``, its clone (one clone given as a
+    CloneResult or a path; else None) and the range it covers (Å; None without one).
+
+    One clone (a CloneResult, a saved clone's path or a LineForest) is used as it is. A
+    mapping ``{name: clone}`` or a sequence of ``(name, clone)`` pairs, one clone per
+    molecule, becomes a :class:`~blase_specutils.core.components.ComponentForest` (one
+    optical-depth scale per molecule) covering the range every component covers.
+    """
+    if obj is None or isinstance(obj, (str, Path, CloneResult, LineForest)):
+        forest, clone_result = as_forest(obj, "telluric")
+        return forest, clone_result, None if forest is None else forest_range(forest, clone_result)
+    if isinstance(obj, Mapping):
+        pairs = list(obj.items())
+    elif isinstance(obj, (list, tuple)):
+        pairs = list(obj)
+        for k, pair in enumerate(pairs):
+            if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+                raise TypeError(
+                    f"telluric[{k}] is a {type(pair).__name__}: a list of telluric clones "
+                    "must hold (name, clone) pairs, e.g. [('H2O', h2o), ('O2', o2)]"
+                )
+    else:
+        raise TypeError(
+            "telluric must be a CloneResult, a saved clone path, a LineForest, or one clone "
+            "per molecule as a dict {name: clone} or a list of (name, clone) pairs, "
+            f"not {type(obj).__name__}"
+        )
+    if not pairs:
+        raise ValueError(
+            "telluric is an empty collection: give at least one (molecule name, clone)"
+        )
+    check_component_names([name for name, _ in pairs])
+    forests, lo, hi = [], -math.inf, math.inf
+    for name, value in pairs:
+        if value is None or isinstance(value, ComponentForest):
+            raise TypeError(
+                f"telluric[{name!r}] must be one molecule's clone (a CloneResult, a saved "
+                f"clone path or a LineForest), not {type(value).__name__}"
+            )
+        try:
+            forest, clone_result = as_forest(value, f"telluric[{name!r}]")
+        except TypeError as err:
+            raise TypeError(str(err)) from None
+        c_lo, c_hi = forest_range(forest, clone_result)
+        lo, hi = max(lo, c_lo), min(hi, c_hi)
+        forests.append((name, forest))
+    if lo >= hi:
+        raise ValueError(
+            "the telluric clones by molecule cover no common wavelength range; clone every "
+            "molecule over the data's range"
+        )
+    return ComponentForest.from_forests(forests), None, (lo, hi)
 
 
 def forest_range(forest: LineForest, clone_result: CloneResult | None) -> tuple[float, float]:

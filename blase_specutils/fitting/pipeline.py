@@ -43,6 +43,7 @@ import torch
 
 from ..astro.inputs import check_flag, observed_object, unpack_spectra
 from ..cloning import CloneResult
+from ..core.components import ComponentForest
 from ..core.forward import ForwardModel
 from ..core.profiles import pseudo_voigt_peak
 from ..core.search import SearchResult
@@ -82,6 +83,7 @@ from .diagnostics import (
     marginal_uncertainties,
     order_agreement,
     order_diagnostics,
+    telluric_scale_uncertainties,
     warn_at_bounds,
 )
 from .global_stage import (
@@ -90,6 +92,7 @@ from .global_stage import (
     MAX_R_FLOOR_LOWERINGS,
     MIN_START_VSINI,
     as_forest,
+    as_telluric,
     fit_globals_lowering_r,
     forest_range,
     initial_resolving_power,
@@ -196,6 +199,8 @@ class FitState:
     n_active_lines: int = 0
     uncertainty_notes: dict = field(default_factory=dict)
     uncertainty_scale: float = 1.0
+    #: Birge-scaled 1-σ errors of the telluric scale(s), one per component
+    telluric_scale_sigma: list = field(default_factory=list)
     order_columns: dict = field(default_factory=dict)
     order_chi2: float = float("nan")
     order_dof: int = 0
@@ -326,7 +331,7 @@ def prepare(
     if star0 is None:
         raise ValueError("a stellar clone is required")
     added = None if add_lines is None else read_added_lines(add_lines)
-    tell0, tell_clone = as_forest(telluric, "telluric")
+    tell0, tell_clone, tell_range = as_telluric(telluric)
     orders, flux_unit = prepare_orders(wavelength, flux, uncertainty, mask)
     rv = opts.rv
     if abs(rv) > opts.search.rv_max:
@@ -338,9 +343,8 @@ def prepare(
     vsini = 5.0 if opts.vsini is None else opts.vsini
     if "vsini" in opts.free:
         vsini = max(vsini, MIN_START_VSINI)
-    orders, order_indices = _within_clones(
-        orders, opts.outside, star0, star_clone, tell0, tell_clone
-    )
+    ranges = [("stellar", forest_range(star0, star_clone)), ("telluric", tell_range)]
+    orders, order_indices = _within_clones(orders, opts.outside, ranges)
     step_kms, step_source = _fine_step(orders, opts.search.step_kms)
     added_index = None
     if added is not None:
@@ -411,13 +415,14 @@ def check_resumable(path, fingerprint: str) -> None:
         )
 
 
-def _within_clones(orders, outside, star0, star_clone, tell0, tell_clone):
-    """Crop (``outside="crop"``) or refuse data beyond the clones' wavelength ranges."""
+def _within_clones(orders, outside, ranges):
+    """Crop (``outside="crop"``) or refuse data beyond the clones' wavelength ranges
+    (``ranges``: ``(name, (lo, hi) or None)`` per clone)."""
     order_indices = list(range(len(orders)))
-    for name, forest, cl in (("stellar", star0, star_clone), ("telluric", tell0, tell_clone)):
-        if forest is None:
+    for name, lo_hi in ranges:
+        if lo_hi is None:
             continue
-        lo, hi = forest_range(forest, cl)
+        lo, hi = lo_hi
         if outside == "crop":
             orders, order_indices = crop_orders(orders, order_indices, lo, hi, name)
         data_lo = min(float(o.wavelength[o.good].min()) for o in orders if o.good.any())
@@ -884,7 +889,8 @@ def center_prior_widths(forest, lines: LineOptions):
         strength = torch.exp(forest.ln_amplitude) * pseudo_voigt_peak(
             torch.exp(forest.ln_sigma), torch.exp(forest.ln_gamma)
         )
-        depth = strength if forest.mode == "linear" else -torch.expm1(-strength)
+        linear = torch.as_tensor(forest.linear_lines(), device=strength.device)
+        depth = torch.where(linear, strength, -torch.expm1(-strength))
         lo, hi = PRIOR_CENTER_FACTOR_RANGE
         factor = torch.clamp(depth.abs() / PRIOR_CENTER_REFERENCE_DEPTH, lo, hi)
     return lines.prior_center * factor
@@ -977,6 +983,9 @@ def estimate_uncertainties(state: FitState) -> None:
     chi2_red = state.chi2_reduced
     state.uncertainty_scale = math.sqrt(max(1.0, chi2_red)) if math.isfinite(chi2_red) else 1.0
     state.curvature_uncertainties = curvature
+    if tell is not None:
+        sigma = telluric_scale_uncertainties(model, state.jacobian, state.inv_sigma, state.good)
+        state.telluric_scale_sigma = [v * state.uncertainty_scale for v in sigma]
     state.line_ln_amplitude_sigma = line_sigma * state.uncertainty_scale
     # Per-line velocities (line-by-line template matching at the fit) and their robust
     # weighted mean, a check of the global RV line by line (paper §8.1).
@@ -1187,6 +1196,10 @@ def make_result(state: FitState) -> FitResult:
     if state.broad_lines:
         # the broad intrinsic lines masked (broad_lines="mask"): rows, centres, widths
         meta["broad_lines"] = dict(state.broad_lines)
+    if model.telluric is not None:
+        # per molecule (one "telluric" entry for a single clone): the optical-depth scale
+        # and its Birge-scaled curvature error, the globals and continua marginalised
+        meta["telluric_scales"] = telluric_scale_summary(model, state.telluric_scale_sigma)
     if state.ceilings_raised:
         meta["vsini_ceilings_raised_from"] = list(state.ceilings_raised)
     if state.added_index is not None:
@@ -1218,6 +1231,19 @@ def make_result(state: FitState) -> FitResult:
         line_velocity_uncertainty=state.line_velocity_sigma,
         meta=meta,
     )
+
+
+def telluric_scale_summary(model: ForwardModel, sigma: list) -> dict:
+    """``{name: {"value": s, "uncertainty": σ}}`` for the telluric scale(s) of ``model``
+    (the components' names, or ``"telluric"`` for a single clone)."""
+    tell = model.telluric
+    names = tell.names if isinstance(tell, ComponentForest) else ("telluric",)
+    values = torch.exp(model.ln_telluric_scale.detach().double()).view(-1).cpu().tolist()
+    sigma = list(sigma) or [float("nan")] * len(values)
+    return {
+        name: {"value": float(v), "uncertainty": float(e)}
+        for name, v, e in zip(names, values, sigma)
+    }
 
 
 # ------------------------------------------------------------------------- fit
@@ -1314,8 +1340,13 @@ def fit(
         estimated from the pixel-to-pixel scatter.
     stellar : CloneResult, LineForest or path
         The stellar clone (flattened units).
-    telluric : CloneResult, LineForest or path, optional
-        A telluric clone (transmission).
+    telluric : CloneResult, LineForest, path, dict or list of pairs, optional
+        A telluric clone (transmission), or one clone per molecule as a dict
+        ``{name: clone}`` or a list of ``(name, clone)`` pairs (e.g. from
+        :func:`~blase_specutils.cloning.clone_molecules`): a telluric model by molecule,
+        ``∏_m T_m^{s_m}`` with one optical-depth scale per molecule (all freed by
+        ``"telluric_scale"``; the shift is shared), reported in
+        :attr:`FitResult.telluric_scales`.
     options : FitOptions, optional
         All the settings below as one frozen object (:class:`FitOptions`: the free set,
         the search, the line stage, the run); keywords given here besides it, at other
