@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from astropy.table import QTable
 
-from ..core.lineforest import LOG_BOUNDS, LineForest
+from ..core.lineforest import LOG_BOUNDS, MAX_HALF_WIDTH, LineForest
 from ..core.profiles import pseudo_voigt_peak
 
 __all__ = [
@@ -115,6 +115,11 @@ def forest_to_table(
             "trainable": list(forest.trainable),
         }
     )
+    # the window cap is written only when it is not the default, so files of clones
+    # without broad lines stay as they were
+    table.meta.pop("max_half_width", None)
+    if forest.max_half_width != MAX_HALF_WIDTH:
+        table.meta["max_half_width"] = float(forest.max_half_width)
     return table
 
 
@@ -240,6 +245,17 @@ def forest_from_table(
         for name in RAW_COLUMNS[1:]:
             column = torch.as_tensor(values[name], device=forest.center_ref.device)
             getattr(forest, name).copy_(column.to(dtype))
+    cap = table.meta.get("max_half_width", MAX_HALF_WIDTH)
+    if (
+        isinstance(cap, (bool, np.bool_))
+        or not isinstance(cap, (int, float, np.number))
+        or not (np.isfinite(cap) and cap > 0)
+    ):
+        raise ValueError(
+            f"{what} has max_half_width {cap!r} in its metadata; expected a window "
+            "half-width in Å (a finite number > 0)"
+        )
+    forest.max_half_width = float(cap)
     return forest
 
 

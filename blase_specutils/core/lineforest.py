@@ -31,7 +31,7 @@ from .sparse import (
     window_half_widths,
 )
 
-__all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES"]
+__all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES", "MAX_HALF_WIDTH"]
 
 SPEED_OF_LIGHT_KMS = 299792.458
 #: Names accepted by ``trainable``.
@@ -43,6 +43,8 @@ LOG_BOUNDS = {
     "ln_gamma": (math.log(1e-6), math.log(50.0)),
 }
 _LOG_BOUNDS = LOG_BOUNDS  # the name it had before it was public
+#: Default cap on a line window's half-width, Å (:attr:`LineForest.max_half_width`).
+MAX_HALF_WIDTH = 50.0
 
 
 def _check_finite(name: str, value: np.ndarray) -> None:
@@ -116,6 +118,11 @@ class LineForest(nn.Module):
         self.profile = profile
         #: Doppler formula of :meth:`shift`: classical ``1 + v/c`` (False) or relativistic.
         self.relativistic = False
+        #: Largest window half-width of :meth:`make_layout`, Å. The default (50 Å) holds
+        #: every line of a cool star to the wing tolerance; a clone with broad lines (the
+        #: hydrogen lines of an A star, whose Lorentzian wings need hundreds of Å to fall
+        #: below the tolerance) raises it so their wings are not cut off by a step.
+        self.max_half_width = MAX_HALF_WIDTH
         self.register_buffer(
             "center_ref", torch.as_tensor(center, dtype=torch.float64, device=device)
         )
@@ -209,7 +216,7 @@ class LineForest(nn.Module):
         tolerance: float = 1e-4,
         velocity_budget_kms: float = 0.0,
         n_fwhm: float = 4.0,
-        max_half_width: float = 50.0,
+        max_half_width: float | None = None,
         min_pixels: int = 8,
         bucket_ratio: int | None = None,
     ) -> SparseLayout:
@@ -227,8 +234,9 @@ class LineForest(nn.Module):
             more than a window between refreshes.
         n_fwhm : float
             Minimum window half-width in FWHM.
-        max_half_width : float
-            Largest window half-width, Å.
+        max_half_width : float, optional
+            Largest window half-width, Å; default :attr:`max_half_width` (50 Å unless
+            the forest was cloned with broad lines).
         min_pixels : int
             Smallest window, pixels.
         bucket_ratio : int, optional
@@ -248,7 +256,7 @@ class LineForest(nn.Module):
             tolerance=tolerance,
             n_fwhm=n_fwhm,
             budget=budget,
-            max_half_width=max_half_width,
+            max_half_width=self.max_half_width if max_half_width is None else max_half_width,
         )
         wl = torch.as_tensor(wavelength, dtype=torch.float64)
         if wl.ndim != 1 or wl.numel() < 2:
