@@ -29,7 +29,7 @@ from .core.lineforest import SPEED_OF_LIGHT_KMS, LineForest
 from .core.profiles import GAUSSIAN_FWHM_PER_SIGMA, pseudo_voigt_peak
 from .core.train import TrainingHistory, optimize, resolve_device, thread_limited
 from .prep.checks import check_spectrum
-from .prep.continuum import auto_poly_order, flatten_continuum
+from .prep.continuum import flatten_continuum
 from .prep.linefind import find_lines, find_optical_depth_lines
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "forest_from_table",
     "forest_to_table",
     "residual_lines",
+    "envelope_poly_order",
 ]
 
 #: An unflattened spectrum whose minimum is below this is cloned on its optical depth by
@@ -52,6 +53,27 @@ BROAD_MIN_DEPTH = 0.02
 
 #: FWHM of a Voigt whose Gaussian and Lorentzian FWHM are equal, in units of either.
 _EQUAL_SPLIT_FWHM_RATIO = (1 + 2.69269 + 2.42843 + 4.47163 + 0.07842 + 1) ** 0.2
+
+
+def envelope_poly_order(span_angstrom: float) -> int:
+    """Chebyshev order of the envelope continuum of a clone with broad lines.
+
+    One order per 300 Å, between 1 and 15. The tops of a broad line's wings are as smooth
+    as a continuum, so an envelope free to bend on the ±100 Å scale of the wings bends into
+    them: on a 400 Å spectrum with one 20 Å-wide Lorentzian and a tilted continuum, order 2
+    leaves the continuum 1.1 % off and the clone at 0.45 % RMS, order 1 0.17 % and 0.13 %
+    (on PHOENIX 10,000 K over 8626–8798 Å: 0.22 % at order 2, 0.24 % at order 1).
+
+    Parameters
+    ----------
+    span_angstrom : float
+        Wavelength span of the spectrum, Å.
+
+    Returns
+    -------
+    int
+    """
+    return int(min(15, max(1, span_angstrom // 300.0)))
 
 
 def initial_line_parameters(depth, fwhm, *, mode: str = "linear"):
@@ -295,8 +317,8 @@ def clone(
     broad_lines : bool, optional
         Treat the spectrum as one with broad lines (the hydrogen lines of an A star):
         flatten with the upper envelope of the continuum anchors (``method="envelope"`` of
-        :func:`~blase_specutils.prep.continuum.flatten_continuum`, one Chebyshev order less
-        than the default) instead of the robust fit, whose continuum runs through the
+        :func:`~blase_specutils.prep.continuum.flatten_continuum`, of the low order of
+        :func:`envelope_poly_order`) instead of the robust fit, whose continuum runs through the
         middle of wings that cover most of the anchor windows, and let line windows grow
         to the whole cloned range (:attr:`LineForest.max_half_width`) so Lorentzian wings
         are never cut off. Default (None): True when the first line search, on the usual
@@ -365,7 +387,7 @@ def clone(
     def flattened(method: str) -> tuple[np.ndarray, np.ndarray]:
         if not flatten:
             return fl.copy(), np.ones_like(fl)
-        order = max(1, auto_poly_order(span) - 1) if method == "envelope" else None
+        order = envelope_poly_order(span) if method == "envelope" else None
         cont = flatten_continuum(wl, fl, teff=teff, method=method, poly_order=order)
         return np.asarray(cont.flat_flux), np.asarray(cont.continuum)
 
