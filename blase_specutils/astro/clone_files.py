@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from astropy.table import QTable
 
-from ..core.lineforest import LOG_BOUNDS, MAX_HALF_WIDTH, LineForest
+from ..core.lineforest import LOG_BOUNDS, MAX_HALF_WIDTH, WING_BOUNDS, LineForest
 from ..core.profiles import pseudo_voigt_peak
 
 __all__ = [
@@ -49,6 +49,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Meta keys that tie a saved line table to its file and its spectrum (CloneResult.save).
 INTEGRITY_KEYS = ("lines_sha256", "n_lines_saved", "spectrum")
 RAW_COLUMNS = ("center_ref", "center_shift", "ln_amplitude", "ln_sigma", "ln_gamma")
+#: Columns of a clone whose broad lines carry the wing correction (all or none of them).
+WING_COLUMNS = ("wing", "wing_alpha", "ln_wing_offset", "ln_wing_scale")
 # Loadable ranges of the log parameters: the training bounds of the forest
 # (core.lineforest.LOG_BOUNDS, which every optimiser step clamps to) widened by a factor
 # of ten each way. Outside them a file is damaged or hand-edited (ln_sigma = 30 would be
@@ -95,6 +97,13 @@ def forest_to_table(
         for name in ("center_shift", "ln_amplitude", "ln_sigma", "ln_gamma"):
             table[name] = getattr(forest, name).detach().cpu().numpy()
     table["center_shift"].unit = u.AA
+    if forest.has_wings:
+        # the wing correction of the broad lines (Appendix C.4): raw values, bit-exact
+        wings = forest.wing_properties()
+        table["wing"] = wings["wing"]
+        with torch.no_grad():
+            for name in WING_COLUMNS[1:]:
+                table[name] = getattr(forest, name).detach().cpu().numpy()
     if initial is not None:
         for key, value in initial.items():
             if key == "found_in_pass":  # provenance, not a starting value
@@ -256,7 +265,34 @@ def forest_from_table(
             "half-width in Å (a finite number > 0)"
         )
     forest.max_half_width = float(cap)
+    present = [c for c in WING_COLUMNS if c in table.colnames]
+    if present:
+        _read_wings(forest, table, present, what, dtype)
+        forest.set_trainable(table.meta.get("trainable", ("amplitude", "sigma", "gamma")))
     return forest
+
+
+def _read_wings(forest: LineForest, table: QTable, present, what: str, dtype) -> None:
+    """Restore the wing correction of ``forest`` from the table's wing columns."""
+    if len(present) != len(WING_COLUMNS):
+        missing = sorted(set(WING_COLUMNS) - set(present))
+        raise ValueError(f"{what} has wing columns but lacks {missing}")
+    mask = np.asarray(table["wing"])
+    if mask.dtype != bool and not np.all(np.isin(mask, (0, 1))):
+        raise ValueError(f"{what}: column 'wing' must hold booleans")
+    raw = {name: column_values(table, name, what, None) for name in WING_COLUMNS[1:]}
+    for name, column in raw.items():
+        lo, hi = WING_BOUNDS[name]
+        if not np.all(np.isfinite(column)) or np.any((column < lo) | (column > hi)):
+            raise ValueError(
+                f"{what}: column {name!r} has values that are not finite or outside "
+                f"[{lo:.3g}, {hi:.3g}]; the file is damaged or was edited by hand"
+            )
+    forest.set_wings(mask.astype(bool), offset=1.0, scale=1.0)
+    with torch.no_grad():
+        for name, column in raw.items():
+            tensor = torch.as_tensor(column, device=forest.center_ref.device)
+            getattr(forest, name).copy_(tensor.to(dtype))
 
 
 def spectrum_path(path: Path) -> Path:

@@ -202,6 +202,7 @@ def insert_lines(
         grown.center_ref[:n] = forest.center_ref
     grown.relativistic = forest.relativistic
     grown.max_half_width = forest.max_half_width
+    forest.copy_wings_into(grown, np.arange(n))
     return grown
 
 
