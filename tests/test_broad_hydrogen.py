@@ -15,7 +15,9 @@ import torch
 from scipy.special import voigt_profile
 
 from blase_specutils import clone, load_clone
+from blase_specutils.cloning import forest_from_table, forest_to_table
 from blase_specutils.core.lineforest import MAX_HALF_WIDTH, LineForest
+from blase_specutils.core.profiles import wing_correction
 from blase_specutils.prep.continuum import flatten_continuum
 
 BROAD_CENTER = 10000.0
@@ -143,8 +145,6 @@ def test_save_load_round_trip(broad_clone, tmp_path):
     # a damaged cap is an error, not a silently different model
     table = broad_clone.lines
     table.meta["max_half_width"] = -1.0
-    from blase_specutils.cloning import forest_from_table
-
     with pytest.raises(ValueError, match="max_half_width"):
         forest_from_table(table)
 
@@ -178,3 +178,132 @@ def test_envelope_continuum_against_the_truth():
 def test_bad_broad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         clone(WL, FLUX, flatten=False, epochs=0, progress=False, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# The wing correction G of Appendix C.4
+# ---------------------------------------------------------------------------
+def reference_g(dx, alpha, offset, scale):
+    """Eq. C6 written out in numpy."""
+    return 1.0 + (np.exp(alpha) - 1.0) / (1.0 + np.exp(-(np.abs(dx) - offset) / scale))
+
+
+def test_wing_correction_formula():
+    dx = torch.linspace(-60.0, 60.0, 1201, dtype=torch.float64)
+    # alpha = 0: exactly 1 (not merely close)
+    g = wing_correction(dx, torch.tensor(0.0, dtype=torch.float64), 5.0, 2.0)
+    assert torch.equal(g, torch.ones_like(dx))
+    for alpha in (-1.2, 0.4):
+        g = wing_correction(dx, torch.tensor(alpha, dtype=torch.float64), 8.0, 1.5).numpy()
+        np.testing.assert_allclose(g, reference_g(dx.numpy(), alpha, 8.0, 1.5), rtol=1e-13)
+        # core untouched, far wings scaled by e^alpha, half-way at the offset, positive
+        assert abs(g[600] - 1.0) < 1e-2 * abs(alpha)
+        assert g[0] == pytest.approx(math.exp(alpha), rel=1e-10)
+        at_offset = g[np.argmin(np.abs(dx.numpy() - 8.0))]
+        assert at_offset == pytest.approx(0.5 * (1.0 + math.exp(alpha)), rel=1e-12)
+        assert np.all(g > 0)
+
+
+def wing_forest(alpha=-0.6, mode="linear"):
+    forest = LineForest(
+        [9950.0, 10000.0, 10040.0], [0.04, 5.0, 0.03], [0.05, 1.0, 0.04], [0.03, 4.0, 0.02],
+        mode=mode, trainable=("amplitude", "sigma", "gamma", "center", "wing"),
+        dtype=torch.float64,
+    )  # fmt: skip
+    forest.max_half_width = 200.0
+    forest.set_wings([1], alpha=alpha, offset=12.0, scale=3.0)
+    return forest
+
+
+@pytest.mark.parametrize("mode", ["linear", "log"])
+def test_wing_forest_matches_the_dense_reference(mode):
+    wl = np.arange(9900.0, 10100.0, 0.1)
+    plain = LineForest(
+        [9950.0, 10000.0, 10040.0], [0.04, 5.0, 0.03], [0.05, 1.0, 0.04], [0.03, 4.0, 0.02],
+        mode=mode, dtype=torch.float64,
+    )  # fmt: skip
+    zero = wing_forest(0.0, mode)
+    with torch.no_grad():
+        # alpha = 0: the dense model is the plain forest's, exactly
+        assert torch.equal(zero.dense_flux(wl), plain.dense_flux(wl))
+        forest = wing_forest(-0.6, mode)
+        sparse = forest(forest.make_layout(wl, tolerance=1e-7)).numpy()
+        dense = forest.dense_flux(wl).numpy()
+    np.testing.assert_allclose(sparse, dense, atol=2e-6)
+    # the broad line alone against V · G from scipy's Voigt and eq. C6
+    sigma, gamma, area = 1.0, 4.0, 5.0
+    dx = wl - 10000.0
+    term = area * voigt_profile(dx, sigma, gamma) * reference_g(dx, -0.6, 12.0, 3.0)
+    alone = LineForest([10000.0], [area], [sigma], [gamma], mode=mode, profile="voigt",
+                       dtype=torch.float64)  # fmt: skip
+    alone.set_wings([0], alpha=-0.6, offset=12.0, scale=3.0)
+    with torch.no_grad():
+        flux = alone.dense_flux(wl).numpy()
+    expected = 1.0 - term if mode == "linear" else np.exp(-term)
+    np.testing.assert_allclose(flux, expected, atol=1e-6)
+
+
+def test_wing_gradients_against_finite_differences():
+    wl = np.arange(9960.0, 10040.0, 0.2)
+    forest = wing_forest(-0.4)
+    layout = forest.make_layout(wl, tolerance=1e-7)
+    weights = torch.as_tensor(np.cos(0.05 * (wl - 9960.0)))
+
+    def loss():
+        return torch.sum(forest(layout) * weights)
+
+    forest.zero_grad()
+    loss().backward()
+    for name in ("wing_alpha", "ln_wing_offset", "ln_wing_scale", "ln_amplitude"):
+        p = getattr(forest, name)
+        analytic = p.grad[1].item()
+        h = 1e-6
+        with torch.no_grad():
+            p[1] += h
+            up = loss().item()
+            p[1] -= 2 * h
+            down = loss().item()
+            p[1] += h
+        numeric = (up - down) / (2 * h)
+        assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-9), name
+        assert abs(analytic) > 1e-4, name  # the parameter does change the model
+    # the lines without the correction get no gradient on their (unused) entries
+    assert forest.wing_alpha.grad[0] == 0 and forest.wing_alpha.grad[2] == 0
+
+
+def test_wings_survive_save_load_and_growth(tmp_path):
+    forest = wing_forest(-0.3)
+    assert forest.trainable[-1] == "wing"
+    table = forest_to_table(forest)
+    loaded = forest_from_table(table)
+    assert loaded.trainable == forest.trainable
+    for name in ("wing_alpha", "ln_wing_offset", "ln_wing_scale", "ln_amplitude"):
+        assert torch.equal(getattr(loaded, name), getattr(forest, name))
+    np.testing.assert_array_equal(loaded.wing_properties()["wing"], [False, True, False])
+    wl = np.arange(9900.0, 10100.0, 0.1)
+    with torch.no_grad():
+        np.testing.assert_array_equal(
+            loaded(loaded.make_layout(wl)).numpy(), forest(forest.make_layout(wl)).numpy()
+        )
+    table["wing_alpha"][1] = 99.0
+    with pytest.raises(ValueError, match="wing_alpha"):
+        forest_from_table(table)
+
+
+def test_clone_with_wing_correction_round_trips(tmp_path):
+    torch.manual_seed(0)
+    result = clone(WL, FLUX, flatten=False, broad_lines=True, wing_correction=True,
+                   epochs=150, progress=False)  # fmt: skip
+    assert result.meta["wing_correction"] is True
+    assert result.forest.wing_properties()["wing"].sum() == 1
+    assert "wing" in result.forest.trainable
+    # alpha trained away from 0 without spoiling the clone
+    wings = result.forest.wing_properties()
+    assert abs(wings["alpha"][wings["wing"]][0]) > 1e-3
+    assert result.rms < 0.003, result.rms
+    path = result.save(tmp_path / "wings.ecsv")
+    loaded = load_clone(path)
+    np.testing.assert_array_equal(loaded.evaluate(WL), result.evaluate(WL))
+    np.testing.assert_array_equal(
+        loaded.forest.wing_properties()["alpha"], result.forest.wing_properties()["alpha"]
+    )
