@@ -307,3 +307,16 @@ def test_clone_with_wing_correction_round_trips(tmp_path):
     np.testing.assert_array_equal(
         loaded.forest.wing_properties()["alpha"], result.forest.wing_properties()["alpha"]
     )
+
+
+def test_layout_from_before_the_wings_is_refused():
+    wl = np.arange(9900.0, 10100.0, 0.1)
+    forest = LineForest([9950.0, 10000.0], [0.04, 5.0], [0.05, 1.0], [0.03, 4.0])
+    old = forest.make_layout(wl)
+    forest.set_wings([1], offset=10.0, scale=2.0)
+    with pytest.raises(ValueError, match="make_layout"):
+        forest(old)
+    with pytest.raises(ValueError, match="positive"):
+        forest.set_wings([1], offset=-1.0, scale=2.0)
+    with pytest.raises(ValueError, match="indices"):
+        forest.set_wings([5], offset=1.0, scale=2.0)

@@ -429,8 +429,9 @@ class LineForest(nn.Module):
             min_pixels=min_pixels,
             bucket_ratio=bucket_ratio or 2,
         )
-        #: The corrected lines' own windows (None without a wing correction).
-        layout.wing_layout = wing_layout
+        if wings is not None:
+            #: The corrected lines' own windows (None when the mask selects none).
+            layout.wing_layout = wing_layout
         return layout
 
     # ------------------------------------------------------------- evaluation
