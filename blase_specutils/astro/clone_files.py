@@ -27,7 +27,7 @@ import torch
 from astropy.table import QTable
 
 from ..core.components import ComponentForest
-from ..core.lineforest import LOG_BOUNDS, LineForest
+from ..core.lineforest import LOG_BOUNDS, MAX_HALF_WIDTH, WING_BOUNDS, LineForest
 from ..core.profiles import pseudo_voigt_peak
 
 __all__ = [
@@ -50,6 +50,8 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Meta keys that tie a saved line table to its file and its spectrum (CloneResult.save).
 INTEGRITY_KEYS = ("lines_sha256", "n_lines_saved", "spectrum")
 RAW_COLUMNS = ("center_ref", "center_shift", "ln_amplitude", "ln_sigma", "ln_gamma")
+#: Columns of a clone whose broad lines carry the wing correction (all or none of them).
+WING_COLUMNS = ("wing", "wing_alpha", "ln_wing_offset", "ln_wing_scale")
 # Loadable ranges of the log parameters: the training bounds of the forest
 # (core.lineforest.LOG_BOUNDS, which every optimiser step clamps to) widened by a factor
 # of ten each way. Outside them a file is damaged or hand-edited (ln_sigma = 30 would be
@@ -98,6 +100,13 @@ def forest_to_table(
     table["center_shift"].unit = u.AA
     if isinstance(forest, ComponentForest):
         table["component"] = props["component"].astype(np.int64)
+    if forest.has_wings:
+        # the wing correction of the broad lines (Appendix C.4): raw values, bit-exact
+        wings = forest.wing_properties()
+        table["wing"] = wings["wing"]
+        with torch.no_grad():
+            for name in WING_COLUMNS[1:]:
+                table[name] = getattr(forest, name).detach().cpu().numpy()
     if initial is not None:
         for key, value in initial.items():
             if key == "found_in_pass":  # provenance, not a starting value
@@ -126,6 +135,11 @@ def forest_to_table(
         ]
     else:
         table.meta.pop("components", None)
+    # the window cap is written only when it is not the default, so files of clones
+    # without broad lines stay as they were
+    table.meta.pop("max_half_width", None)
+    if forest.max_half_width != MAX_HALF_WIDTH:
+        table.meta["max_half_width"] = float(forest.max_half_width)
     return table
 
 
@@ -254,6 +268,21 @@ def forest_from_table(
         for name in RAW_COLUMNS[1:]:
             column = torch.as_tensor(values[name], device=forest.center_ref.device)
             getattr(forest, name).copy_(column.to(dtype))
+    cap = table.meta.get("max_half_width", MAX_HALF_WIDTH)
+    if (
+        isinstance(cap, (bool, np.bool_))
+        or not isinstance(cap, (int, float, np.number))
+        or not (np.isfinite(cap) and cap > 0)
+    ):
+        raise ValueError(
+            f"{what} has max_half_width {cap!r} in its metadata; expected a window "
+            "half-width in Å (a finite number > 0)"
+        )
+    forest.max_half_width = float(cap)
+    present = [c for c in WING_COLUMNS if c in table.colnames]
+    if present:
+        _read_wings(forest, table, present, what, dtype)
+        forest.set_trainable(table.meta.get("trainable", ("amplitude", "sigma", "gamma")))
     return forest
 
 
@@ -276,6 +305,29 @@ def _component_forest(table: QTable, center, ones, common: dict, what: str) -> C
         names=[str(c["name"]) for c in components], modes=[str(c["mode"]) for c in components],
         **common,
     )  # fmt: skip
+
+
+def _read_wings(forest: LineForest, table: QTable, present, what: str, dtype) -> None:
+    """Restore the wing correction of ``forest`` from the table's wing columns."""
+    if len(present) != len(WING_COLUMNS):
+        missing = sorted(set(WING_COLUMNS) - set(present))
+        raise ValueError(f"{what} has wing columns but lacks {missing}")
+    mask = np.asarray(table["wing"])
+    if mask.dtype != bool and not np.all(np.isin(mask, (0, 1))):
+        raise ValueError(f"{what}: column 'wing' must hold booleans")
+    raw = {name: column_values(table, name, what, None) for name in WING_COLUMNS[1:]}
+    for name, column in raw.items():
+        lo, hi = WING_BOUNDS[name]
+        if not np.all(np.isfinite(column)) or np.any((column < lo) | (column > hi)):
+            raise ValueError(
+                f"{what}: column {name!r} has values that are not finite or outside "
+                f"[{lo:.3g}, {hi:.3g}]; the file is damaged or was edited by hand"
+            )
+    forest.set_wings(mask.astype(bool), offset=1.0, scale=1.0)
+    with torch.no_grad():
+        for name, column in raw.items():
+            tensor = torch.as_tensor(column, device=forest.center_ref.device)
+            getattr(forest, name).copy_(tensor.to(dtype))
 
 
 def spectrum_path(path: Path) -> Path:

@@ -241,6 +241,10 @@ class ComponentForest(LineForest):
         props["component"] = self.component.cpu().numpy()
         return props
 
+    def set_wings(self, lines, *, alpha=0.0, offset, scale) -> None:
+        """Not for a telluric model by molecule (its lines are narrow)."""
+        raise NotImplementedError("a ComponentForest has no wing correction")
+
     # ----------------------------------------------------------------- layout
     def make_layout(
         self,
@@ -249,7 +253,7 @@ class ComponentForest(LineForest):
         tolerance: float = 1e-4,
         velocity_budget_kms: float = 0.0,
         n_fwhm: float = 4.0,
-        max_half_width: float = 50.0,
+        max_half_width: float | None = None,
         min_pixels: int = 8,
         bucket_ratio: int | None = None,
     ) -> ComponentLayout:

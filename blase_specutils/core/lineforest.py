@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .profiles import pseudo_voigt, tch_fwhm_and_eta, voigt
+from .profiles import pseudo_voigt, tch_fwhm_and_eta, voigt, wing_correction
 from .sparse import (
     SparseLayout,
     pseudo_voigt_log_transmission,
@@ -32,7 +32,15 @@ from .sparse import (
 )
 from .train import as_torch_device
 
-__all__ = ["LineForest", "SPEED_OF_LIGHT_KMS", "PARAMETER_NAMES", "forest_log_transmission"]
+__all__ = [
+    "LineForest",
+    "SPEED_OF_LIGHT_KMS",
+    "PARAMETER_NAMES",
+    "TRAINABLE_NAMES",
+    "MAX_HALF_WIDTH",
+    "WING_BOUNDS",
+    "forest_log_transmission",
+]
 
 SPEED_OF_LIGHT_KMS = 299792.458
 #: Names accepted by ``trainable``.
@@ -44,6 +52,18 @@ LOG_BOUNDS = {
     "ln_gamma": (math.log(1e-6), math.log(50.0)),
 }
 _LOG_BOUNDS = LOG_BOUNDS  # the name it had before it was public
+#: ``trainable`` may also name ``"wing"``: the wing correction of the lines that have one
+#: (:meth:`LineForest.set_wings`).
+TRAINABLE_NAMES = (*PARAMETER_NAMES, "wing")
+#: Bounds of the wing-correction parameters: α, ln λt (Å), ln b (Å).
+WING_BOUNDS = {
+    "wing_alpha": (-5.0, 5.0),
+    "ln_wing_offset": (math.log(1e-3), math.log(1e4)),
+    "ln_wing_scale": (math.log(1e-3), math.log(1e4)),
+}
+_WING_PARAMETERS = tuple(WING_BOUNDS)
+#: Default cap on a line window's half-width, Å (:attr:`LineForest.max_half_width`).
+MAX_HALF_WIDTH = 50.0
 
 
 def _check_finite(name: str, value: np.ndarray) -> None:
@@ -153,6 +173,14 @@ class LineForest(nn.Module):
         Working dtype of the parameters and fluxes (float32 or float64).
     device : str or torch.device, optional
         Where the parameters live.
+
+    Notes
+    -----
+    Broad lines may carry the wing correction of the method paper's Appendix C.4,
+    ``V · G`` with ``G = 1 + (e^α − 1) S((|λ − λc| − λt)/b)``
+    (:func:`~blase_specutils.core.profiles.wing_correction`; see :meth:`set_wings`).
+    Those lines are evaluated apart from the others, on windows of their own, with
+    plain autograd; the rest of the forest keeps its fused kernels.
     """
 
     def __init__(
@@ -196,6 +224,11 @@ class LineForest(nn.Module):
         self.profile = profile
         #: Doppler formula of :meth:`shift`: classical ``1 + v/c`` (False) or relativistic.
         self.relativistic = False
+        #: Largest window half-width of :meth:`make_layout`, Å. The default (50 Å) holds
+        #: every line of a cool star to the wing tolerance; a clone with broad lines (the
+        #: hydrogen lines of an A star, whose Lorentzian wings need hundreds of Å to fall
+        #: below the tolerance) raises it so their wings are not cut off by a step.
+        self.max_half_width = MAX_HALF_WIDTH
         self.register_buffer(
             "center_ref", torch.as_tensor(center, dtype=torch.float64, device=device)
         )
@@ -215,6 +248,8 @@ class LineForest(nn.Module):
         )
         self.ln_sigma = nn.Parameter(torch.as_tensor(np.log(sigma), dtype=dtype, device=device))
         self.ln_gamma = nn.Parameter(torch.as_tensor(np.log(gamma), dtype=dtype, device=device))
+        #: Whether the wing correction trains (``"wing"`` in ``trainable``).
+        self._wing_trainable = False
         self.set_trainable(trainable)
 
     # ----------------------------------------------------------------- basics
@@ -247,25 +282,131 @@ class LineForest(nn.Module):
         or one of them as a string.
         """
         names = {names} if isinstance(names, str) else set(names)
-        unknown = names - set(PARAMETER_NAMES)
+        unknown = names - set(TRAINABLE_NAMES)
         if unknown:
             raise ValueError(
-                f"unknown trainable parameter(s) {sorted(unknown)}; choose from {PARAMETER_NAMES}"
+                f"unknown trainable parameter(s) {sorted(unknown)}; choose from {TRAINABLE_NAMES}"
             )
         self.center_shift.requires_grad_("center" in names)
         self.ln_amplitude.requires_grad_("amplitude" in names)
         self.ln_sigma.requires_grad_("sigma" in names)
         self.ln_gamma.requires_grad_("gamma" in names)
+        self._wing_trainable = "wing" in names
+        if self.has_wings:
+            for name in _WING_PARAMETERS:
+                getattr(self, name).requires_grad_(self._wing_trainable)
 
     @property
     def trainable(self) -> tuple[str, ...]:
         flags = (self.center_shift, self.ln_amplitude, self.ln_sigma, self.ln_gamma)
-        return tuple(n for n, p in zip(PARAMETER_NAMES, flags) if p.requires_grad)
+        names = tuple(n for n, p in zip(PARAMETER_NAMES, flags) if p.requires_grad)
+        if self.has_wings and self.wing_alpha.requires_grad:
+            names += ("wing",)
+        return names
+
+    # ------------------------------------------------------------ broad lines
+    @property
+    def has_wings(self) -> bool:
+        """Whether some lines carry the wing correction (:meth:`set_wings`)."""
+        return hasattr(self, "wing_index")
+
+    def set_wings(self, lines, *, alpha=0.0, offset, scale) -> None:
+        """Give ``lines`` the wing correction ``G`` of Appendix C.4 (the rest keep none).
+
+        Parameters
+        ----------
+        lines : array_like of bool or int
+            The broad lines: a mask with one entry per line, or line indices.
+        alpha : float or array_like
+            Log stretch of the far wings, one value or one per line (dimensionless);
+            0 (the default) leaves the lines exactly as they are.
+        offset : float or array_like
+            Where the wings change, ``λt`` (> 0), Å.
+        scale : float or array_like
+            How gradually, ``b`` (> 0), Å.
+
+        Notes
+        -----
+        The parameters ``wing_alpha``, ``ln_wing_offset`` and ``ln_wing_scale`` hold one
+        entry per line of the forest (lines without the correction ignore theirs); they
+        train when ``"wing"`` is in :attr:`trainable`. Layouts made before this call do
+        not know the lines apart: make a new one.
+        """
+        n = self.n_lines
+        lines = np.asarray(lines).ravel()
+        if lines.dtype == bool:
+            if lines.size != n:
+                raise ValueError(f"the wing mask has {lines.size} entries but there are {n} lines")
+            mask = lines
+        else:
+            if lines.size and (lines.min() < 0 or lines.max() >= n):
+                raise ValueError(f"wing line indices must lie in [0, {n})")
+            mask = np.zeros(n, bool)
+            mask[lines.astype(np.int64)] = True
+        values = {}
+        for name, value in (("alpha", alpha), ("offset", offset), ("scale", scale)):
+            full = np.broadcast_to(np.asarray(value, dtype=np.float64), mask.shape).copy()
+            if np.ndim(value) and np.size(value) != n:
+                raise ValueError(f"{name} must be one value or one per line")
+            _check_finite(name, full)
+            if name != "alpha" and np.any(full[mask] <= 0):
+                raise ValueError(f"the wing {name} must be positive, Å")
+            values[name] = np.where(mask, full, 0.0 if name == "alpha" else 1.0)
+        device, dtype = self.ln_amplitude.device, self.dtype
+        raw = {
+            "wing_alpha": values["alpha"],
+            "ln_wing_offset": np.log(values["offset"]),
+            "ln_wing_scale": np.log(values["scale"]),
+        }
+        for name, value in raw.items():
+            parameter = nn.Parameter(torch.as_tensor(value, dtype=dtype, device=device))
+            parameter.requires_grad_(self._wing_trainable)
+            self.register_parameter(name, parameter)
+        index = torch.as_tensor(np.nonzero(mask)[0], dtype=torch.long, device=device)
+        self.register_buffer("wing_index", index)
+        self.register_buffer("narrow", torch.as_tensor(~mask, dtype=dtype, device=device))
+
+    def wing_properties(self) -> dict[str, np.ndarray] | None:
+        """Per-line wing correction: ``wing`` (bool), ``alpha``, ``offset``, ``scale`` (Å);
+        None without one."""
+        if not self.has_wings:
+            return None
+        with torch.no_grad():
+            mask = np.zeros(self.n_lines, bool)
+            mask[self.wing_index.cpu().numpy()] = True
+            return {
+                "wing": mask,
+                "alpha": self.wing_alpha.double().cpu().numpy(),
+                "offset": torch.exp(self.ln_wing_offset.double()).cpu().numpy(),
+                "scale": torch.exp(self.ln_wing_scale.double()).cpu().numpy(),
+            }
+
+    @torch.no_grad()
+    def copy_wings_into(self, other: LineForest, positions) -> None:
+        """Give ``other`` this forest's wing correction, line ``i`` at ``positions[i]``.
+
+        For a forest grown from this one (lines added); the raw values are copied, so the
+        corrected lines stay bit for bit as they were. Nothing happens without wings.
+        """
+        if not self.has_wings:
+            return
+        positions = np.asarray(positions, dtype=np.int64).ravel()
+        if positions.size != self.n_lines:
+            raise ValueError("positions must have one entry per line of this forest")
+        mask = np.zeros(other.n_lines, bool)
+        mask[positions[self.wing_index.cpu().numpy()]] = True
+        other.set_wings(mask, offset=1.0, scale=1.0)
+        where = torch.as_tensor(positions, dtype=torch.long, device=other.ln_amplitude.device)
+        for name in _WING_PARAMETERS:
+            getattr(other, name)[where] = getattr(self, name).to(other.dtype)
 
     @torch.no_grad()
     def clamp_(self) -> None:
         """Keep parameters finite and inside physical bounds (called after optimiser steps)."""
-        for name, (lo, hi) in LOG_BOUNDS.items():
+        bounds = dict(LOG_BOUNDS)
+        if self.has_wings:
+            bounds.update(WING_BOUNDS)
+        for name, (lo, hi) in bounds.items():
             p = getattr(self, name)
             p.nan_to_num_(nan=0.5 * (lo + hi)).clamp_(lo, hi)
         self.center_shift.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
@@ -294,7 +435,7 @@ class LineForest(nn.Module):
         tolerance: float = 1e-4,
         velocity_budget_kms: float = 0.0,
         n_fwhm: float = 4.0,
-        max_half_width: float = 50.0,
+        max_half_width: float | None = None,
         min_pixels: int = 8,
         bucket_ratio: int | None = None,
     ) -> SparseLayout:
@@ -312,8 +453,9 @@ class LineForest(nn.Module):
             more than a window between refreshes.
         n_fwhm : float
             Minimum window half-width in FWHM.
-        max_half_width : float
-            Largest window half-width, Å.
+        max_half_width : float, optional
+            Largest window half-width, Å; default :attr:`max_half_width` (50 Å unless
+            the forest was cloned with broad lines).
         min_pixels : int
             Smallest window, pixels.
         bucket_ratio : int, optional
@@ -331,8 +473,26 @@ class LineForest(nn.Module):
             n_fwhm=n_fwhm,
             max_half_width=max_half_width,
         )
-        return SparseLayout(
-            wl.to(self.center_ref.device),
+        wings = self.wing_properties()
+        wl = wl.to(self.center_ref.device)
+        wing_layout = None
+        if wings is not None:
+            # the corrected lines get windows of their own; the shared layout keeps them
+            # on its smallest windows, where they add nothing (their sign is masked there)
+            idx = np.nonzero(wings["wing"])[0]
+            if idx.size:
+                wing_layout = SparseLayout(
+                    wl,
+                    self.center_ref[self.wing_index],
+                    half[idx],
+                    dtype=self.dtype,
+                    min_pixels=min_pixels,
+                    bucket_ratio=bucket_ratio or 2,
+                )
+            half = np.where(wings["wing"], 0.0, half)
+            core = np.where(wings["wing"], 0.0, core)
+        layout = SparseLayout(
+            wl,
             self.center_ref,
             half,
             core,
@@ -340,6 +500,10 @@ class LineForest(nn.Module):
             min_pixels=min_pixels,
             bucket_ratio=bucket_ratio or 2,
         )
+        if wings is not None:
+            #: The corrected lines' own windows (None when the mask selects none).
+            layout.wing_layout = wing_layout
+        return layout
 
     def window_sizes(
         self,
@@ -348,7 +512,7 @@ class LineForest(nn.Module):
         tolerance: float = 1e-4,
         velocity_budget_kms: float = 0.0,
         n_fwhm: float = 4.0,
-        max_half_width: float = 50.0,
+        max_half_width: float | None = None,
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """The checked float64 grid and every line's window and core half-widths, Å.
 
@@ -356,6 +520,11 @@ class LineForest(nn.Module):
         """
         props = self.line_properties()
         budget = props["center"] * velocity_budget_kms / SPEED_OF_LIGHT_KMS
+        wings = self.wing_properties()
+        if wings is not None:  # corrected wings reach e^α times as far down
+            props["amplitude"] = props["amplitude"] * np.where(
+                wings["wing"], np.maximum(np.exp(wings["alpha"]), 1.0), 1.0
+            )
         half, core = window_half_widths(
             props["amplitude"],
             props["sigma"],
@@ -363,7 +532,7 @@ class LineForest(nn.Module):
             tolerance=tolerance,
             n_fwhm=n_fwhm,
             budget=budget,
-            max_half_width=max_half_width,
+            max_half_width=self.max_half_width if max_half_width is None else max_half_width,
         )
         wl = torch.as_tensor(wavelength, dtype=torch.float64)
         if wl.ndim != 1 or wl.numel() < 2:
@@ -405,16 +574,59 @@ class LineForest(nn.Module):
         fused : bool
             Use the fused kernel of the profile (False: plain autograd, the reference).
         """
+        shift = self.shift(velocity_kms)
+        if not self.has_wings:
+            return self._log_transmission(layout, shift, self.sign, fused, self._has_emission)
+        wing_layout = getattr(layout, "wing_layout", False)
+        if wing_layout is False:
+            raise ValueError(
+                "this layout was made before the forest had its wing correction; "
+                "make a new one with make_layout"
+            )
+        # the kernels apply the sign only when told there are emission lines
+        out = self._log_transmission(layout, shift, self.sign * self.narrow, fused, True)
+        if wing_layout is not None:
+            out = out + self._wing_log_transmission(wing_layout, shift)
+        return out
+
+    def _wing_log_transmission(self, layout: SparseLayout, shift: torch.Tensor) -> torch.Tensor:
+        """ln flux of the lines with a wing correction alone, on their own windows."""
+        idx = self.wing_index
+        sub_shift = shift[idx]
+        layout.refresh(sub_shift)
+        shape = pseudo_voigt if self.profile == "pseudo_voigt" else voigt
+        linear = self.mode == "linear"
+        clip = 1.0 - 1e-6
+
+        def term(dx, amplitude, sigma, gamma, sign, alpha, offset, scale):
+            v = shape(dx, sigma, gamma) * wing_correction(dx, alpha, offset, scale)
+            av = sign * amplitude * v
+            return torch.log1p(-av.clamp(max=clip)) if linear else -av
+
+        per_line = {
+            "amplitude": torch.exp(self.ln_amplitude[idx]),
+            "sigma": torch.exp(self.ln_sigma[idx]),
+            "gamma": torch.exp(self.ln_gamma[idx]),
+            "sign": self.sign[idx],
+            "alpha": self.wing_alpha[idx],
+            "offset": torch.exp(self.ln_wing_offset[idx]),
+            "scale": torch.exp(self.ln_wing_scale[idx]),
+        }
+        return layout.evaluate(term, per_line, sub_shift)
+
+    def _log_transmission(self, layout, shift, sign, fused: bool, signed: bool) -> torch.Tensor:
+        """ln flux of every line through the shared layout, each weighted by ``sign`` (the
+        fused kernels apply it only when ``signed``)."""
         return forest_log_transmission(
             layout,
             self.ln_amplitude,
             self.ln_sigma,
             self.ln_gamma,
-            self.shift(velocity_kms),
-            self.sign,
+            shift,
+            sign,
             linear=self.mode == "linear",
             profile=self.profile,
-            emission=self._has_emission,
+            emission=signed,
             fused=fused,
         )
 
@@ -433,6 +645,14 @@ class LineForest(nn.Module):
             * torch.exp(self.ln_amplitude)[:, None]
             * shape(dx, torch.exp(self.ln_sigma)[:, None], torch.exp(self.ln_gamma)[:, None])
         )
+        if self.has_wings:
+            g = wing_correction(
+                dx,
+                self.wing_alpha[:, None],
+                torch.exp(self.ln_wing_offset)[:, None],
+                torch.exp(self.ln_wing_scale)[:, None],
+            )
+            av = torch.where(self.narrow[:, None] > 0, av, av * g)
         if self.mode == "linear":
             return torch.prod(1.0 - av, dim=0)
         return torch.exp(-av.sum(0))

@@ -32,6 +32,7 @@ __all__ = [
     "voigt",
     "lorentzian",
     "gaussian",
+    "wing_correction",
 ]
 
 #: FWHM of a Gaussian in units of its standard deviation, 2 sqrt(2 ln 2).
@@ -117,3 +118,32 @@ def voigt(dx: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor) -> torch.T
     from .faddeeva import voigt_profile
 
     return voigt_profile(dx, sigma, gamma)
+
+
+def wing_correction(
+    dx: torch.Tensor, alpha: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Smooth factor on a broad line's wings (the method paper's Appendix C.4, eq. C6).
+
+    ``G = 1 + (e^α − 1) · S((|dx| − λt) / b)`` with ``S`` the logistic sigmoid: 1 in the
+    core, ``e^α`` far out in the wings, the change centred at ``|dx| = λt`` and ``b`` wide.
+    ``α < 0`` makes the wings sub-Lorentzian, ``α > 0`` super-Lorentzian; ``α = 0`` gives
+    exactly 1. ``G > 0`` always, so the corrected line ``V · G`` still only absorbs.
+
+    Parameters
+    ----------
+    dx : torch.Tensor
+        Offset from line centre, Å.
+    alpha : torch.Tensor
+        Log stretch of the far wings (dimensionless); broadcast against ``dx``.
+    offset : torch.Tensor
+        Transition offset ``λt`` (> 0), Å.
+    scale : torch.Tensor
+        Transition width ``b`` (> 0), Å.
+
+    Returns
+    -------
+    torch.Tensor
+        ``G`` (dimensionless).
+    """
+    return 1.0 + torch.expm1(alpha) * torch.sigmoid((dx.abs() - offset) / scale)

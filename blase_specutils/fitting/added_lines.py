@@ -201,6 +201,8 @@ def insert_lines(
             getattr(grown, name)[:n] = getattr(forest, name)
         grown.center_ref[:n] = forest.center_ref
     grown.relativistic = forest.relativistic
+    grown.max_half_width = forest.max_half_width
+    forest.copy_wings_into(grown, np.arange(n))
     return grown
 
 

@@ -28,7 +28,9 @@ _SPEED_OF_LIGHT_CM_S = 2.99792458e10
 _BOLTZMANN_ERG_K = 1.380649e-16
 _ANGSTROM_CM = 1e-8
 
-_METHODS = ("peaks", "spline", "none")
+_METHODS = ("peaks", "envelope", "spline", "none")
+#: Largest fractional distance below the fit at which ``method="envelope"`` keeps an anchor.
+ENVELOPE_TOLERANCE = 1e-3
 
 
 def planck_lambda(wavelength_angstrom, teff_kelvin: float) -> np.ndarray:
@@ -214,7 +216,7 @@ def _scaled(wavelength: np.ndarray, domain: tuple[float, float]) -> np.ndarray:
 
 
 def _evaluate_smooth(method, coefficients, knots, domain, wavelength):
-    if method == "peaks":
+    if method in ("peaks", "envelope"):
         return chebyshev.chebval(_scaled(wavelength, domain), coefficients)
     from scipy.interpolate import BSpline
 
@@ -284,6 +286,7 @@ def flatten_continuum(
     knot_spacing_angstrom: float = 100.0,
     reject_sigma: float = 3.0,
     max_iterations: int = 20,
+    envelope_tolerance: float = ENVELOPE_TOLERANCE,
 ) -> ContinuumFit:
     """Divide out a smooth continuum so that the continuum of the result sits at ≈ 1.
 
@@ -307,6 +310,14 @@ def flatten_continuum(
        the fit sit in line-blanketed windows; drop them and refit, until no
        anchor changes or ``max_iterations``.
 
+    ``method="envelope"`` is the same Chebyshev fit with a one-sided rule in step 4:
+    every anchor more than ``envelope_tolerance`` (fractional) below the fit is dropped,
+    so the fit settles on the upper envelope of the anchors. This is the continuum of a
+    spectrum whose broad lines (the hydrogen lines of an A star) cover most anchor
+    windows: the MAD rule then keeps the wing anchors, the fit runs through the middle of
+    the wings and the flattened flux rises to 1.08 between the Paschen lines of a PHOENIX
+    10,000 K model (HPF order 5), which no absorption line can reproduce.
+
     ``continuum = blackbody × smooth`` and ``flat_flux = flux / continuum``.
     With ``method=None`` (or ``"none"``), for spectra that are already flat
     such as a telluric transmission, the continuum is all ones.
@@ -319,7 +330,7 @@ def flatten_continuum(
         Flux (any linear unit), finite, >= 0, same length.
     teff : float, optional
         Effective temperature (K) of the black body to divide first.
-    method : {"peaks", "spline", None, "none"}
+    method : {"peaks", "envelope", "spline", None, "none"}
         Smooth function through the anchors (see above).
     poly_order : int, optional
         Chebyshev order (dimensionless) for ``"peaks"``.
@@ -331,6 +342,9 @@ def flatten_continuum(
         Rejection threshold (in robust σ) for anchors below the fit.
     max_iterations : int
         Maximum number of fit/reject rounds.
+    envelope_tolerance : float
+        ``method="envelope"`` only: anchors more than this fraction below the fit are
+        dropped (dimensionless, in (0, 1)).
 
     Returns
     -------
@@ -354,7 +368,11 @@ def flatten_continuum(
     """
     method_name = "none" if method is None else str(method).lower()
     if method_name not in _METHODS:
-        raise ValueError(f"method must be one of 'peaks', 'spline' or None, got {method!r}")
+        raise ValueError(
+            f"method must be one of 'peaks', 'envelope', 'spline' or None, got {method!r}"
+        )
+    if not (isinstance(envelope_tolerance, (int, float)) and 0 < envelope_tolerance < 1):
+        raise ValueError(f"envelope_tolerance must lie in (0, 1), got {envelope_tolerance!r}")
     wavelength, flux, teff = _validate(wavelength_angstrom, flux, teff)
     if method_name == "none":
         if teff is not None:
@@ -391,6 +409,9 @@ def flatten_continuum(
     divided = divided / scale
     anchor_x, anchor_y = _window_peaks(wavelength, divided, window)
     domain = (float(wavelength[0]), float(wavelength[-1]))
+    envelope = method_name == "envelope"
+    if envelope:
+        method_name = "peaks"  # the same Chebyshev fit, another rejection rule
     n_parameters = order + 1 if method_name == "peaks" else 4
     if anchor_x.size < n_parameters + 2:
         raise ValueError(
@@ -408,7 +429,8 @@ def flatten_continuum(
         residual = (anchor_y - model) / np.abs(model)
         kept = residual[used]
         robust_sigma = 1.4826 * np.median(np.abs(kept - np.median(kept)))
-        new_used = (anchor_y > 0) & (residual >= -reject_sigma * robust_sigma)
+        floor = envelope_tolerance if envelope else reject_sigma * robust_sigma
+        new_used = (anchor_y > 0) & (residual >= -floor)
         if new_used.sum() < n_parameters + 2 or np.array_equal(new_used, used):
             break
         used = new_used
@@ -427,7 +449,7 @@ def flatten_continuum(
         smooth=smooth,
         blackbody=blackbody,
         teff=teff,
-        method=method_name,
+        method="envelope" if envelope else method_name,
         anchor_wavelength=anchor_x,
         anchor_value=anchor_y * scale,
         anchor_used=used,
