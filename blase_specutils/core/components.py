@@ -128,8 +128,9 @@ class ComponentForest(LineForest):
                 f"component must index {len(names)} components (0 … {len(names) - 1}), "
                 "each with at least one line"
             )
-        #: The components' names and modes, in order.
+        #: The components' names, in order.
         self.names = names
+        #: The components' modes (``"linear"`` or ``"log"``), in order.
         self.modes = modes
         ends = np.cumsum(counts)
         #: Each component's lines: ``[start, stop)`` rows of the parameters.
