@@ -16,7 +16,9 @@ zero; see ``optical_depth`` in :func:`clone`.
 
 from __future__ import annotations
 
+import inspect
 import time
+import warnings
 
 import astropy.units as u
 import numpy as np
@@ -798,10 +800,25 @@ def clone_molecules(
             f"no molecule absorbs more than min_absorption = {threshold:g} in this range "
             f"(deepest absorption: {listed or 'no columns'})"
         )
-    out = {}
+    # a molecule shallower than the line finder's prominence has no line to find
+    prominence = float(clone_options.get("prominence", inspect.signature(clone).parameters[
+        "prominence"].default))  # fmt: skip
+    out, skipped = {}, {}
     for name in kept:
+        if depths[name] < prominence:
+            skipped[name] = depths[name]
+            continue
         result = clone(wavelength, columns[name], flatten=False, **clone_options)
         result.meta["molecule"] = name
         result.meta["min_transmission"] = float(np.min(columns[name]))
         out[name] = result
+    if skipped:
+        listed = ", ".join(f"{name} {depth:.2g}" for name, depth in skipped.items())
+        message = (
+            f"molecules absorbing less than the clone's prominence {prominence:g} have no "
+            f"lines to find and are left out (deepest absorption: {listed})"
+        )
+        if not out:
+            raise ValueError(message + "; lower prominence to clone them")
+        warnings.warn(message, UserWarning, stacklevel=2)
     return out

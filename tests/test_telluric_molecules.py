@@ -338,6 +338,15 @@ def test_clone_molecules_clones_each_absorbing_column(tmp_path):
         path, ["CO2"], min_absorption=1e-4, prominence=1e-4, epochs=5, progress=False
     )
     assert list(weak) == ["CO2"]
+    # deeper than min_absorption but shallower than the prominence (a PSG column over the
+    # IGRINS H band did this): left out with a warning, not a "no lines found" crash
+    with pytest.warns(UserWarning, match="CO2 0.0004"):
+        shallow = clone_molecules(
+            path, ["H2O", "CO2"], min_absorption=1e-4, epochs=5, progress=False
+        )
+    assert list(shallow) == ["H2O"]
+    with pytest.raises(ValueError, match="lower prominence"):
+        clone_molecules(path, ["CO2"], min_absorption=1e-4, epochs=5, progress=False)
     with pytest.raises(ValueError, match="min_absorption"):
         clone_molecules(path, min_absorption=1.0)
     with pytest.raises(ValueError, match="no column"):
