@@ -450,6 +450,7 @@ def clone(
     teff = _check_teff(teff, wl)
     if mode not in ("linear", "log"):
         raise ValueError(f"mode must be 'linear' or 'log', not {mode!r}")
+    check_flag(wing_correction, "wing_correction")
     if broad_lines is not None and not isinstance(broad_lines, (bool, np.bool_)):
         raise ValueError(f"broad_lines must be True, False or None, got {broad_lines!r}")
     if (

@@ -178,6 +178,8 @@ def test_envelope_continuum_against_the_truth():
 def test_bad_broad_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         clone(WL, FLUX, flatten=False, epochs=0, progress=False, **kwargs)
+    with pytest.raises(TypeError, match="wing_correction must be True or False"):
+        clone(WL, FLUX, flatten=False, epochs=0, progress=False, wing_correction="no")
 
 
 # ---------------------------------------------------------------------------

@@ -123,3 +123,5 @@ def test_fit_with_centres_training_keeps_their_line_by_line_shift_at_zero(small_
     kw.update(trainable=("amplitude",), prior_center=None, prior_ln_sigma=None)
     a, b = bs.fit(*args, **kw), bs.fit(*args, hold_common_modes=False, **kw)
     assert a.rv.value == b.rv.value and np.array_equal(a.model_flux, b.model_flux)
+    with pytest.raises(TypeError, match="hold_common_modes must be True or False"):
+        bs.fit(*args, hold_common_modes="no", **kw)

@@ -292,6 +292,7 @@ def prepare(
     for name in ("progress", "cuda_graph"):
         check_flag(getattr(opts.run, name), name)
     check_flag(opts.relativistic, "relativistic")
+    check_flag(opts.lines.hold_common_modes, "hold_common_modes")
     if opts.run.resume is not None and not Path(opts.run.resume).is_file():
         raise FileNotFoundError(f"resume: no checkpoint file at {opts.run.resume}")
     degree = opts.continuum_degree
